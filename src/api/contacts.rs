@@ -1,0 +1,469 @@
+//! ContactService.
+
+use tonic::{Request, Response, Status, Streaming};
+
+use super::AppState;
+use super::convert::{activity, contact as cc, page_size};
+use super::error::{checked, invalid};
+use crate::db;
+use crate::error::Violation;
+use crate::proto::{self as pb, contact_service_server::ContactService};
+
+/// Most rows in one import or event batch (request message).
+pub const MAX_BATCH_ROWS: usize = 10_000;
+/// Most rows in one import or event call, so the per-row response stays
+/// under the 4 MB default message limit of gRPC clients.
+pub const MAX_CALL_ROWS: usize = 200_000;
+/// Most duplicates in one merge.
+const MAX_MERGE: usize = 100;
+
+/// The ContactService implementation.
+#[derive(Debug, Clone)]
+pub struct Contacts {
+    state: AppState,
+}
+
+impl Contacts {
+    /// The service over shared state.
+    pub fn new(state: AppState) -> Self {
+        Self { state }
+    }
+}
+
+fn too_many(field: &str, max: usize, batch: usize) -> Status {
+    invalid(vec![Violation::new(
+        field,
+        format!("at most {max} rows; batches before {batch} were applied"),
+    )])
+}
+
+fn row_error(v: Vec<Violation>) -> (String, String) {
+    let first = v
+        .into_iter()
+        .next()
+        .unwrap_or_else(|| Violation::new("", "invalid"));
+    (first.field, first.description)
+}
+
+#[tonic::async_trait]
+impl ContactService for Contacts {
+    async fn create_contact(
+        &self,
+        req: Request<pb::CreateContactRequest>,
+    ) -> Result<Response<pb::CreateContactResponse>, Status> {
+        let ws = self.state.workspace(&req).await?;
+        let p = req.into_inner().contact.unwrap_or_default();
+        let c = checked("contact", cc::from_proto(p))?;
+        let mut client = self.state.conn().await?;
+        let created = db::contacts::create(&mut client, ws, &c).await?;
+        Ok(Response::new(pb::CreateContactResponse {
+            contact: Some(cc::to_proto(&created)),
+        }))
+    }
+
+    async fn get_contact(
+        &self,
+        req: Request<pb::GetContactRequest>,
+    ) -> Result<Response<pb::GetContactResponse>, Status> {
+        let ws = self.state.workspace(&req).await?;
+        let key = checked(
+            "contact",
+            cc::key_from_proto(req.get_ref().contact.as_ref()),
+        )?;
+        let client = self.state.conn().await?;
+        let c = db::contacts::get(&**client, ws, &key).await?;
+        Ok(Response::new(pb::GetContactResponse {
+            contact: Some(cc::to_proto(&c)),
+        }))
+    }
+
+    async fn update_contact(
+        &self,
+        req: Request<pb::UpdateContactRequest>,
+    ) -> Result<Response<pb::UpdateContactResponse>, Status> {
+        let ws = self.state.workspace(&req).await?;
+        let r = req.into_inner();
+        let p = r.contact.unwrap_or_default();
+        if p.id <= 0 {
+            return Err(invalid(vec![Violation::new("contact.id", "required")]));
+        }
+        let (id, expected) = (p.id, parse_etag("contact.etag", &p.etag)?);
+        let patch = checked("", cc::patch_from_mask(p, r.update_mask))?;
+        let mut client = self.state.conn().await?;
+        let c = db::contacts::update(&mut client, ws, id, expected, &patch).await?;
+        Ok(Response::new(pb::UpdateContactResponse {
+            contact: Some(cc::to_proto(&c)),
+        }))
+    }
+
+    async fn delete_contact(
+        &self,
+        req: Request<pb::DeleteContactRequest>,
+    ) -> Result<Response<pb::DeleteContactResponse>, Status> {
+        let ws = self.state.workspace(&req).await?;
+        let r = req.into_inner();
+        if r.id <= 0 {
+            return Err(invalid(vec![Violation::new("id", "required")]));
+        }
+        let expected = parse_etag("etag", &r.etag)?;
+        let client = self.state.conn().await?;
+        db::contacts::delete(&**client, ws, r.id, expected).await?;
+        Ok(Response::new(pb::DeleteContactResponse {}))
+    }
+
+    async fn list_contacts(
+        &self,
+        req: Request<pb::ListContactsRequest>,
+    ) -> Result<Response<pb::ListContactsResponse>, Status> {
+        let ws = self.state.workspace(&req).await?;
+        let r = req.into_inner();
+        let limit = page_size(r.page_size, 100, 1000)
+            .map_err(|e| invalid(vec![Violation::new("page_size", e)]))?;
+        let order = db::contacts::Order::parse(&r.order_by).ok_or_else(|| {
+            invalid(vec![Violation::new(
+                "order_by",
+                "use id, created_at or updated_at, optionally with desc",
+            )])
+        })?;
+        let after: Option<db::contacts::Cursor> = match r.page_token.as_str() {
+            "" => None,
+            t => Some(
+                serde_json::from_value(db::decode_token(t)?)
+                    .ok()
+                    .filter(|c: &db::contacts::Cursor| c.order_by == r.order_by)
+                    .ok_or_else(|| {
+                        invalid(vec![Violation::new(
+                            "page_token",
+                            "does not belong to this order_by",
+                        )])
+                    })?,
+            ),
+        };
+        let client = self.state.conn().await?;
+        let (contacts, next) =
+            db::contacts::list(&**client, ws, &r.order_by, order, after.as_ref(), limit).await?;
+        Ok(Response::new(pb::ListContactsResponse {
+            contacts: contacts.iter().map(cc::to_proto).collect(),
+            next_page_token: next
+                .map(|c| db::encode_token(&serde_json::to_value(c).expect("cursor serialises")))
+                .unwrap_or_default(),
+        }))
+    }
+
+    async fn batch_upsert_contacts(
+        &self,
+        req: Request<Streaming<pb::BatchUpsertContactsRequest>>,
+    ) -> Result<Response<pb::BatchUpsertContactsResponse>, Status> {
+        use db::import::RowResult;
+        let ws = self.state.workspace(&req).await?;
+        let mut stream = req.into_inner();
+        let mut client = self.state.conn().await?;
+        let mut out = pb::BatchUpsertContactsResponse::default();
+        let mut batch = 0usize;
+        let mut total = 0usize;
+        while let Some(msg) = stream.message().await? {
+            total += msg.contacts.len();
+            if msg.contacts.len() > MAX_BATCH_ROWS {
+                return Err(too_many("contacts", MAX_BATCH_ROWS, batch));
+            }
+            if total > MAX_CALL_ROWS {
+                return Err(too_many("contacts", MAX_CALL_ROWS, batch));
+            }
+            let mut rows = Vec::with_capacity(msg.contacts.len());
+            let mut failures = Vec::new();
+            for (i, p) in msg.contacts.into_iter().enumerate() {
+                match cc::from_proto(p) {
+                    Ok(c) if c.external_id.is_none() && c.email.is_none() => {
+                        failures.push((
+                            i,
+                            RowResult::Failed {
+                                field: "external_id".into(),
+                                error: "an imported contact needs an external_id or an email"
+                                    .into(),
+                            },
+                        ));
+                    }
+                    Ok(c) => rows.push((i, c)),
+                    Err(v) => {
+                        let (field, error) = row_error(v);
+                        failures.push((i, RowResult::Failed { field, error }));
+                    }
+                }
+            }
+            let mut results = db::import::upsert_batch(&mut client, ws, &rows).await?;
+            results.extend(failures);
+            results.sort_by_key(|(i, _)| *i);
+            for (i, r) in results {
+                let mut row = pb::ContactRowResult {
+                    batch_index: batch as i32,
+                    row_index: i as i32,
+                    ..Default::default()
+                };
+                let (outcome, id) = match r {
+                    RowResult::Created(id) => {
+                        out.created += 1;
+                        (pb::RowOutcome::Created, id)
+                    }
+                    RowResult::Updated(id) => {
+                        out.updated += 1;
+                        (pb::RowOutcome::Updated, id)
+                    }
+                    RowResult::Unchanged(id) => {
+                        out.unchanged += 1;
+                        (pb::RowOutcome::Unchanged, id)
+                    }
+                    RowResult::Failed { field, error } => {
+                        out.failed += 1;
+                        (row.field, row.error) = (field, error);
+                        (pb::RowOutcome::Failed, 0)
+                    }
+                };
+                (row.outcome, row.contact_id) = (outcome as i32, id);
+                out.results.push(row);
+            }
+            batch += 1;
+        }
+        Ok(Response::new(out))
+    }
+
+    async fn record_events(
+        &self,
+        req: Request<Streaming<pb::RecordEventsRequest>>,
+    ) -> Result<Response<pb::RecordEventsResponse>, Status> {
+        use db::events::EventResult;
+        let ws = self.state.workspace(&req).await?;
+        let mut stream = req.into_inner();
+        let mut client = self.state.conn().await?;
+        let mut out = pb::RecordEventsResponse::default();
+        let (mut batch, mut total) = (0usize, 0usize);
+        while let Some(msg) = stream.message().await? {
+            total += msg.events.len();
+            if msg.events.len() > MAX_BATCH_ROWS {
+                return Err(too_many("events", MAX_BATCH_ROWS, batch));
+            }
+            if total > MAX_CALL_ROWS {
+                return Err(too_many("events", MAX_CALL_ROWS, batch));
+            }
+            let mut rows = Vec::with_capacity(msg.events.len());
+            let mut results = Vec::new();
+            for (i, p) in msg.events.iter().enumerate() {
+                match activity::event_from_proto(p) {
+                    Ok(e) => rows.push((i, e)),
+                    Err(v) => {
+                        let (field, error) = row_error(v);
+                        results.push((i, EventResult::Failed { field, error }));
+                    }
+                }
+            }
+            results.extend(db::events::record_batch(&mut client, ws, &rows).await?);
+            results.sort_by_key(|(i, _)| *i);
+            for (i, r) in results {
+                let mut row = pb::EventRowResult {
+                    batch_index: batch as i32,
+                    row_index: i as i32,
+                    ..Default::default()
+                };
+                row.outcome = match r {
+                    EventResult::Recorded => {
+                        out.recorded += 1;
+                        pb::EventOutcome::Recorded
+                    }
+                    EventResult::Duplicate => {
+                        out.duplicates += 1;
+                        pb::EventOutcome::Duplicate
+                    }
+                    EventResult::Failed { field, error } => {
+                        out.failed += 1;
+                        (row.field, row.error) = (field, error);
+                        pb::EventOutcome::Failed
+                    }
+                } as i32;
+                out.results.push(row);
+            }
+            batch += 1;
+        }
+        Ok(Response::new(out))
+    }
+
+    async fn list_events(
+        &self,
+        req: Request<pb::ListEventsRequest>,
+    ) -> Result<Response<pb::ListEventsResponse>, Status> {
+        let ws = self.state.workspace(&req).await?;
+        let r = req.into_inner();
+        let key = checked("contact", cc::key_from_proto(r.contact.as_ref()))?;
+        let limit = page_size(r.page_size, 100, 1000)
+            .map_err(|e| invalid(vec![Violation::new("page_size", e)]))?;
+        let event_type = (!r.r#type.is_empty()).then_some(r.r#type.as_str());
+        let after = match r.page_token.as_str() {
+            "" => None,
+            t => Some(serde_json::from_value(db::decode_token(t)?).map_err(|_| {
+                invalid(vec![Violation::new("page_token", "not a ListEvents token")])
+            })?),
+        };
+        let client = self.state.conn().await?;
+        let events = db::events::list(&**client, ws, &key, event_type, after, limit + 1).await?;
+        let more = events.len() as i64 > limit;
+        let events = &events[..events.len().min(limit as usize)];
+        let next = match (more, events.last()) {
+            (true, Some(e)) => db::encode_token(&serde_json::json!([e.occurred_at, e.id])),
+            _ => String::new(),
+        };
+        Ok(Response::new(pb::ListEventsResponse {
+            events: events.iter().map(activity::event_to_proto).collect(),
+            next_page_token: next,
+        }))
+    }
+
+    async fn upsert_deal(
+        &self,
+        req: Request<pb::UpsertDealRequest>,
+    ) -> Result<Response<pb::UpsertDealResponse>, Status> {
+        let ws = self.state.workspace(&req).await?;
+        let deal = checked(
+            "deal",
+            activity::deal_from_proto(&req.into_inner().deal.unwrap_or_default()),
+        )?;
+        let client = self.state.conn().await?;
+        let (d, created) = db::deals::upsert(&**client, ws, &deal).await?;
+        Ok(Response::new(pb::UpsertDealResponse {
+            deal: Some(activity::deal_to_proto(&d)),
+            created,
+        }))
+    }
+
+    async fn list_deals(
+        &self,
+        req: Request<pb::ListDealsRequest>,
+    ) -> Result<Response<pb::ListDealsResponse>, Status> {
+        let ws = self.state.workspace(&req).await?;
+        let r = req.into_inner();
+        let limit = page_size(r.page_size, 100, 1000)
+            .map_err(|e| invalid(vec![Violation::new("page_size", e)]))?;
+        let after: i64 = match r.page_token.as_str() {
+            "" => 0,
+            t => db::decode_token(t)?.as_i64().ok_or_else(|| {
+                invalid(vec![Violation::new("page_token", "not a ListDeals token")])
+            })?,
+        };
+        let contact = (r.contact_id != 0).then_some(r.contact_id);
+        let client = self.state.conn().await?;
+        let mut deals = db::deals::list(&**client, ws, contact, after, limit + 1).await?;
+        let next = if deals.len() as i64 > limit {
+            deals.truncate(limit as usize);
+            deals
+                .last()
+                .map(|d| db::encode_token(&d.id.into()))
+                .unwrap_or_default()
+        } else {
+            String::new()
+        };
+        Ok(Response::new(pb::ListDealsResponse {
+            deals: deals.iter().map(activity::deal_to_proto).collect(),
+            next_page_token: next,
+        }))
+    }
+
+    async fn define_custom_field(
+        &self,
+        req: Request<pb::DefineCustomFieldRequest>,
+    ) -> Result<Response<pb::DefineCustomFieldResponse>, Status> {
+        let ws = self.state.workspace(&req).await?;
+        let def = checked(
+            "field",
+            cc::custom_field_from_proto(&req.into_inner().field.unwrap_or_default()),
+        )?;
+        let client = self.state.conn().await?;
+        let d = db::definitions::define_custom_field(&**client, ws, &def).await?;
+        Ok(Response::new(pb::DefineCustomFieldResponse {
+            field: Some(cc::custom_field_to_proto(&d)),
+        }))
+    }
+
+    async fn list_custom_fields(
+        &self,
+        req: Request<pb::ListCustomFieldsRequest>,
+    ) -> Result<Response<pb::ListCustomFieldsResponse>, Status> {
+        let ws = self.state.workspace(&req).await?;
+        let client = self.state.conn().await?;
+        let defs = db::definitions::list_custom_fields(&**client, ws).await?;
+        Ok(Response::new(pb::ListCustomFieldsResponse {
+            fields: defs.iter().map(cc::custom_field_to_proto).collect(),
+        }))
+    }
+
+    async fn define_label(
+        &self,
+        req: Request<pb::DefineLabelRequest>,
+    ) -> Result<Response<pb::DefineLabelResponse>, Status> {
+        let ws = self.state.workspace(&req).await?;
+        let def = checked(
+            "label",
+            cc::label_from_proto(&req.into_inner().label.unwrap_or_default()),
+        )?;
+        let client = self.state.conn().await?;
+        let l = db::definitions::define_label(&**client, ws, &def).await?;
+        Ok(Response::new(pb::DefineLabelResponse {
+            label: Some(cc::label_to_proto(&l)),
+        }))
+    }
+
+    async fn list_labels(
+        &self,
+        req: Request<pb::ListLabelsRequest>,
+    ) -> Result<Response<pb::ListLabelsResponse>, Status> {
+        let ws = self.state.workspace(&req).await?;
+        let client = self.state.conn().await?;
+        let labels = db::definitions::list_labels(&**client, ws).await?;
+        Ok(Response::new(pb::ListLabelsResponse {
+            labels: labels.iter().map(cc::label_to_proto).collect(),
+        }))
+    }
+
+    async fn merge_contacts(
+        &self,
+        req: Request<pb::MergeContactsRequest>,
+    ) -> Result<Response<pb::MergeContactsResponse>, Status> {
+        let ws = self.state.workspace(&req).await?;
+        let r = req.into_inner();
+        let mut v = Vec::new();
+        if r.primary_id <= 0 {
+            v.push(Violation::new("primary_id", "required"));
+        }
+        if r.duplicate_ids.is_empty() || r.duplicate_ids.len() > MAX_MERGE {
+            v.push(Violation::new(
+                "duplicate_ids",
+                format!("give 1 to {MAX_MERGE} ids"),
+            ));
+        }
+        for (i, id) in r.duplicate_ids.iter().enumerate() {
+            if *id == r.primary_id || *id <= 0 || r.duplicate_ids[..i].contains(id) {
+                v.push(Violation::new(
+                    format!("duplicate_ids[{i}]"),
+                    "must be distinct positive ids other than the primary",
+                ));
+            }
+        }
+        if !v.is_empty() {
+            return Err(invalid(v));
+        }
+        let mut client = self.state.conn().await?;
+        let m = db::merge::merge(&mut client, ws, r.primary_id, &r.duplicate_ids).await?;
+        Ok(Response::new(pb::MergeContactsResponse {
+            contact: Some(cc::to_proto(&m.contact)),
+            events_moved: m.events_moved as i64,
+            deals_moved: m.deals_moved as i64,
+        }))
+    }
+}
+
+/// Parses an etag (`v<version>`); empty means none.
+fn parse_etag(field: &str, etag: &str) -> Result<Option<i64>, Status> {
+    if etag.is_empty() {
+        return Ok(None);
+    }
+    etag.strip_prefix('v')
+        .and_then(|v| v.parse().ok())
+        .map(Some)
+        .ok_or_else(|| invalid(vec![Violation::new(field, "not an etag returned by segd")]))
+}

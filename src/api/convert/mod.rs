@@ -1,0 +1,127 @@
+//! Proto ↔ domain conversions. Input is validated and normalised here, once;
+//! violations name the field path relative to the converted message.
+
+pub mod activity;
+pub mod contact;
+
+use chrono::{DateTime, Utc};
+use prost_types::{ListValue, Struct, Timestamp, Value, value::Kind};
+
+/// Earliest accepted timestamp (1900-01-01).
+const MIN_SECONDS: i64 = -2_208_988_800;
+/// Latest accepted timestamp (2200-01-01).
+const MAX_SECONDS: i64 = 7_258_118_400;
+
+/// A domain time as a proto timestamp.
+pub fn ts(t: DateTime<Utc>) -> Timestamp {
+    Timestamp {
+        seconds: t.timestamp(),
+        nanos: t.timestamp_subsec_nanos() as i32,
+    }
+}
+
+/// An optional domain time as a proto timestamp.
+pub fn opt_ts(t: Option<DateTime<Utc>>) -> Option<Timestamp> {
+    t.map(ts)
+}
+
+/// A proto timestamp as a domain time, between 1900 and 2200.
+///
+/// # Errors
+/// A description of the range.
+pub fn from_ts(t: &Timestamp) -> Result<DateTime<Utc>, String> {
+    if !(MIN_SECONDS..MAX_SECONDS).contains(&t.seconds) || !(0..1_000_000_000).contains(&t.nanos) {
+        return Err("must be a valid time between 1900 and 2200".into());
+    }
+    DateTime::from_timestamp(t.seconds, t.nanos as u32).ok_or_else(|| "not a valid time".into())
+}
+
+/// A protobuf `Struct` as a JSON object.
+pub fn struct_to_json(s: &Struct) -> serde_json::Map<String, serde_json::Value> {
+    s.fields
+        .iter()
+        .map(|(k, v)| (k.clone(), value_to_json(v)))
+        .collect()
+}
+
+fn value_to_json(v: &Value) -> serde_json::Value {
+    use serde_json::Value as J;
+    match &v.kind {
+        None | Some(Kind::NullValue(_)) => J::Null,
+        Some(Kind::NumberValue(n)) => serde_json::Number::from_f64(*n).map_or(J::Null, J::Number),
+        Some(Kind::StringValue(s)) => J::String(s.clone()),
+        Some(Kind::BoolValue(b)) => J::Bool(*b),
+        Some(Kind::StructValue(s)) => J::Object(struct_to_json(s)),
+        Some(Kind::ListValue(l)) => J::Array(l.values.iter().map(value_to_json).collect()),
+    }
+}
+
+/// A JSON object as a protobuf `Struct`.
+pub fn json_to_struct(m: &serde_json::Map<String, serde_json::Value>) -> Struct {
+    Struct {
+        fields: m
+            .iter()
+            .map(|(k, v)| (k.clone(), json_to_value(v)))
+            .collect(),
+    }
+}
+
+fn json_to_value(v: &serde_json::Value) -> Value {
+    use serde_json::Value as J;
+    let kind = match v {
+        J::Null => Kind::NullValue(0),
+        J::Bool(b) => Kind::BoolValue(*b),
+        J::Number(n) => Kind::NumberValue(n.as_f64().unwrap_or_default()),
+        J::String(s) => Kind::StringValue(s.clone()),
+        J::Array(a) => Kind::ListValue(ListValue {
+            values: a.iter().map(json_to_value).collect(),
+        }),
+        J::Object(m) => Kind::StructValue(json_to_struct(m)),
+    };
+    Value { kind: Some(kind) }
+}
+
+/// Clamps a requested page size: 0 means `default`, at most `max`.
+pub fn page_size(requested: i32, default: i64, max: i64) -> Result<i64, String> {
+    match requested {
+        0 => Ok(default),
+        n if n < 0 => Err("must not be negative".into()),
+        n => Ok(i64::from(n).min(max)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps_round_trip_and_reject_out_of_range() {
+        let t = Timestamp {
+            seconds: 1_700_000_000,
+            nanos: 5_000,
+        };
+        assert_eq!(ts(from_ts(&t).unwrap()), t);
+        assert!(
+            from_ts(&Timestamp {
+                seconds: i64::MAX,
+                nanos: 0
+            })
+            .is_err()
+        );
+        assert!(
+            from_ts(&Timestamp {
+                seconds: 0,
+                nanos: -1
+            })
+            .is_err()
+        );
+    }
+
+    #[test]
+    fn structs_round_trip() {
+        let j =
+            serde_json::json!({"url": "/pricing", "n": 2.5, "tags": ["a", true], "o": {"x": null}});
+        let m = j.as_object().unwrap();
+        assert_eq!(struct_to_json(&json_to_struct(m)), *m);
+    }
+}

@@ -1,0 +1,69 @@
+//! gRPC services: proto ↔ domain, nothing else. Handlers validate, call one
+//! function a layer down, and convert the answer.
+
+pub mod contacts;
+pub mod convert;
+pub mod error;
+pub mod workspace;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use deadpool_postgres::Pool;
+use tokio_util::sync::CancellationToken;
+
+use crate::db::workspaces::Workspaces;
+
+/// Limits and timeouts the services apply.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Statement timeout for counts, previews and breakdowns.
+    pub query_timeout: Duration,
+    /// Statement timeout for membership streams (zero: none).
+    pub stream_timeout: Duration,
+    /// EXPLAIN cost above which inline definitions need `allow_expensive`.
+    pub max_query_cost: f64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            query_timeout: Duration::from_secs(60),
+            stream_timeout: Duration::ZERO,
+            max_query_cost: 50_000_000.0,
+        }
+    }
+}
+
+/// What every service shares.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    /// The connection pool.
+    pub pool: Pool,
+    /// Workspace resolution and creation.
+    pub workspaces: Arc<Workspaces>,
+    /// Cancelled when the server shuts down; streams stop on it.
+    pub shutdown: CancellationToken,
+    /// Limits and timeouts.
+    pub limits: Limits,
+}
+
+impl AppState {
+    /// State over `pool`.
+    pub fn new(pool: Pool, limits: Limits) -> Self {
+        Self {
+            workspaces: Arc::new(Workspaces::new(pool.clone())),
+            pool,
+            shutdown: CancellationToken::new(),
+            limits,
+        }
+    }
+
+    /// A pooled connection.
+    ///
+    /// # Errors
+    /// `UNAVAILABLE` when the database cannot be reached.
+    pub async fn conn(&self) -> Result<crate::db::Conn, tonic::Status> {
+        Ok(crate::db::conn(&self.pool).await?)
+    }
+}

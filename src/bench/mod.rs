@@ -1,0 +1,151 @@
+//! Benchmark commands. Each prints human-readable figures and a final
+//! machine-readable `key=value` line. They use `DATABASE_URL` or the private
+//! cluster, always in a fresh database that is dropped afterwards.
+
+pub mod import;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio_postgres::NoTls;
+
+use crate::api::{AppState, Limits};
+use crate::cluster::{ClusterOptions, LocalCluster};
+use crate::config::{BenchCommand, Config};
+use crate::{db, server, startup};
+
+/// Runs one benchmark.
+///
+/// # Errors
+/// Setup failed (no PostgreSQL) or a call failed.
+pub async fn run(cmd: BenchCommand, config: Config) -> anyhow::Result<()> {
+    let env = BenchEnv::start(&config).await?;
+    let result = match cmd {
+        BenchCommand::Import(o) => import::run(&env, &o).await,
+        BenchCommand::Stream(_) => anyhow::bail!("the stream benchmark is not built yet"),
+    };
+    env.stop().await;
+    result
+}
+
+/// A fresh, migrated database with segd serving it on a local port.
+pub struct BenchEnv {
+    /// Where segd listens.
+    pub addr: SocketAddr,
+    /// URL of the fresh database.
+    pub url: String,
+    /// The server's pool.
+    pub pool: deadpool_postgres::Pool,
+    admin_url: String,
+    db_name: String,
+    cluster: Option<Arc<LocalCluster>>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    server: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl BenchEnv {
+    async fn start(config: &Config) -> anyhow::Result<Self> {
+        let (admin_url, cluster) = match &config.database_url {
+            Some(u) => (u.expose().to_string(), None),
+            None => {
+                let dir = config.data_dir.clone();
+                let c = tokio::task::spawn_blocking(move || {
+                    LocalCluster::start(&dir, ClusterOptions { durable: false })
+                })
+                .await??;
+                (c.url("postgres"), Some(Arc::new(c)))
+            }
+        };
+        let db_name = format!("segd_bench_{}", std::process::id());
+        startup::create_database(&admin_url, &db_name).await?;
+        let mut cfg: tokio_postgres::Config = admin_url.parse()?;
+        cfg.dbname(&db_name);
+        let url = pg_url(&cfg);
+        startup::migrate(&url).await?;
+        let pool = db::pool(&url, config.pool_size, config.statement_timeout)?;
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let state = AppState::new(pool.clone(), Limits::default());
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(server::serve(listener, state, 64 << 20, async {
+            let _ = rx.await;
+        }));
+        Ok(Self {
+            addr,
+            url,
+            pool,
+            admin_url,
+            db_name,
+            cluster,
+            stop: Some(tx),
+            server,
+        })
+    }
+
+    /// A tonic channel to the server with large flow-control windows.
+    ///
+    /// # Errors
+    /// The server is unreachable.
+    pub async fn channel(&self) -> anyhow::Result<tonic::transport::Channel> {
+        tonic::transport::Endpoint::from_shared(format!("http://{}", self.addr))?
+            .initial_stream_window_size(Some(8 << 20))
+            .initial_connection_window_size(Some(16 << 20))
+            .tcp_nodelay(true)
+            .connect()
+            .await
+            .context("connecting to the benchmark server")
+    }
+
+    async fn stop(mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), &mut self.server).await;
+        self.pool.close();
+        if let Ok((client, conn)) = tokio_postgres::connect(&self.admin_url, NoTls).await {
+            tokio::spawn(conn);
+            let _ = client
+                .batch_execute(&format!(
+                    "DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)",
+                    self.db_name
+                ))
+                .await;
+        }
+        if let Some(c) = self.cluster.take() {
+            let _ = tokio::task::spawn_blocking(move || drop(c)).await;
+        }
+    }
+}
+
+/// A `postgres://` URL for a parsed config (TCP hosts only).
+fn pg_url(cfg: &tokio_postgres::Config) -> String {
+    let host = cfg
+        .get_hosts()
+        .first()
+        .map(|h| match h {
+            tokio_postgres::config::Host::Tcp(h) => h.clone(),
+            #[cfg(unix)]
+            tokio_postgres::config::Host::Unix(p) => p.to_string_lossy().into_owned(),
+        })
+        .unwrap_or_else(|| "localhost".into());
+    let port = cfg.get_ports().first().copied().unwrap_or(5432);
+    let user = cfg.get_user().unwrap_or("postgres");
+    let auth = match cfg.get_password() {
+        Some(p) => format!("{user}:{}", String::from_utf8_lossy(p)),
+        None => user.to_string(),
+    };
+    let host = if host.starts_with('/') {
+        return format!(
+            "postgres://{auth}@/{}?host={host}&port={port}",
+            cfg.get_dbname().unwrap_or("postgres")
+        );
+    } else {
+        host
+    };
+    format!(
+        "postgres://{auth}@{host}:{port}/{}",
+        cfg.get_dbname().unwrap_or("postgres")
+    )
+}

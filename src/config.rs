@@ -1,0 +1,221 @@
+//! Command-line and environment configuration (clap). `segd --help` is the
+//! reference; every flag also reads an environment variable.
+
+use std::{fmt, net::SocketAddr, path::PathBuf, str::FromStr, time::Duration};
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// segd: CRM contact segmentation served over gRPC, on PostgreSQL.
+#[derive(Debug, Parser)]
+#[command(name = "segd", version, about, long_about = None)]
+pub struct Cli {
+    /// What to do; `serve` when omitted.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// Settings shared by every command.
+    #[command(flatten)]
+    pub config: Config,
+}
+
+/// segd's subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve gRPC (the default).
+    Serve,
+    /// Apply database migrations and exit.
+    Migrate,
+    /// Run a benchmark and print its figures.
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+/// The benchmarks.
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// Bulk import through BatchUpsertContacts; prints contacts per second.
+    Import(ImportBench),
+    /// StreamMembers against `COPY (same SQL) TO STDOUT`, alternating.
+    Stream(StreamBench),
+}
+
+/// Options of `segd bench import`.
+#[derive(Debug, Clone, Args)]
+pub struct ImportBench {
+    /// How many contacts to import.
+    #[arg(long, default_value_t = 100_000)]
+    pub contacts: usize,
+    /// Contacts per batch (request message).
+    #[arg(long, default_value_t = 2_000)]
+    pub batch_size: usize,
+}
+
+/// Options of `segd bench stream`.
+#[derive(Debug, Clone, Args)]
+pub struct StreamBench {
+    /// How many contacts to generate.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub contacts: usize,
+    /// How many measured rounds of each method.
+    #[arg(long, default_value_t = 5)]
+    pub rounds: usize,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Settings shared by every command.
+#[derive(Debug, Clone, Args)]
+pub struct Config {
+    /// Address to serve gRPC on.
+    #[arg(
+        long,
+        env = "SEGD_LISTEN",
+        default_value = "0.0.0.0:50051",
+        global = true
+    )]
+    pub listen: SocketAddr,
+
+    /// PostgreSQL connection URL. Without it, segd runs its own private
+    /// PostgreSQL cluster in --data-dir, using the installed binaries.
+    #[arg(long, env = "DATABASE_URL", global = true)]
+    pub database_url: Option<Secret>,
+
+    /// Where the private PostgreSQL cluster lives when DATABASE_URL is unset.
+    #[arg(long, env = "SEGD_DATA_DIR", default_value = ".segd", global = true)]
+    pub data_dir: PathBuf,
+
+    /// Maximum PostgreSQL connections in the pool.
+    #[arg(long, env = "SEGD_POOL_SIZE", default_value_t = 16, global = true)]
+    pub pool_size: usize,
+
+    /// Statement timeout for ordinary calls (for example 30s, 500ms, 2m).
+    #[arg(long, env = "SEGD_STATEMENT_TIMEOUT", default_value = "30s", value_parser = parse_duration, global = true)]
+    pub statement_timeout: Duration,
+
+    /// Statement timeout for counts, previews, breakdowns and overlaps.
+    #[arg(long, env = "SEGD_QUERY_TIMEOUT", default_value = "60s", value_parser = parse_duration, global = true)]
+    pub query_timeout: Duration,
+
+    /// Statement timeout for membership streams (0 means none).
+    #[arg(long, env = "SEGD_STREAM_TIMEOUT", default_value = "0s", value_parser = parse_duration, global = true)]
+    pub stream_timeout: Duration,
+
+    /// Inline definitions whose PostgreSQL cost estimate exceeds this are
+    /// refused unless the request sets `allow_expensive`.
+    #[arg(
+        long,
+        env = "SEGD_MAX_QUERY_COST",
+        default_value_t = 50_000_000.0,
+        global = true
+    )]
+    pub max_query_cost: f64,
+
+    /// Largest gRPC request message accepted, in bytes.
+    #[arg(long, env = "SEGD_MAX_MESSAGE_BYTES", default_value_t = 16 * 1024 * 1024, global = true)]
+    pub max_message_bytes: usize,
+
+    /// How long shutdown waits for in-flight calls before giving up.
+    #[arg(long, env = "SEGD_SHUTDOWN_GRACE", default_value = "5s", value_parser = parse_duration, global = true)]
+    pub shutdown_grace: Duration,
+
+    /// Log format.
+    #[arg(
+        long,
+        env = "SEGD_LOG_FORMAT",
+        value_enum,
+        default_value = "text",
+        global = true
+    )]
+    pub log_format: LogFormat,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Cli::parse_from(["segd"]).config
+    }
+}
+
+/// A string that never prints (connection URLs carry passwords).
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a secret value.
+    pub fn new(s: impl Into<String>) -> Self {
+        Self(s.into())
+    }
+
+    /// The secret itself; do not log it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+impl FromStr for Secret {
+    type Err = std::convert::Infallible;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Self(s.to_string()))
+    }
+}
+
+/// Parses `500ms`, `30s`, `2m`, `1h` or a bare number of seconds.
+///
+/// # Errors
+/// A message naming the accepted forms.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("`{s}` is not a duration like 500ms, 30s, 2m or 1h"))?;
+    let ms = match unit {
+        "ms" => Some(n),
+        "" | "s" => n.checked_mul(1_000),
+        "m" => n.checked_mul(60_000),
+        "h" => n.checked_mul(3_600_000),
+        _ => return Err(format!("`{s}` has an unknown unit; use ms, s, m or h")),
+    };
+    ms.map(Duration::from_millis)
+        .ok_or_else(|| format!("`{s}` is too large"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("7"), Ok(Duration::from_secs(7)));
+        assert!(parse_duration("7x").is_err());
+        assert!(parse_duration("s").is_err());
+    }
+
+    #[test]
+    fn secrets_do_not_print() {
+        let s: Secret = "postgres://u:pw@h/db".parse().unwrap();
+        assert!(!format!("{s:?}").contains("pw"));
+    }
+
+    #[test]
+    fn defaults_serve_on_50051() {
+        let c = Config::default();
+        assert_eq!(c.listen.port(), 50051);
+        assert!(c.database_url.is_none() || std::env::var("DATABASE_URL").is_ok());
+    }
+}

@@ -1,0 +1,82 @@
+//! The database layer: one module per aggregate, all SQL parameterised,
+//! every statement scoped to one workspace. Nothing here knows about gRPC.
+
+pub mod contacts;
+pub mod deals;
+pub mod definitions;
+pub mod error;
+pub mod events;
+pub mod import;
+pub mod merge;
+pub mod migrate;
+pub mod workspaces;
+
+use std::time::Duration;
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use tokio_postgres::NoTls;
+
+use crate::error::{Error, Result};
+
+pub use deadpool_postgres::Object as Conn;
+
+/// Builds a connection pool. Sessions run in UTC with the given default
+/// statement timeout.
+///
+/// # Errors
+/// The URL does not parse.
+pub fn pool(url: &str, size: usize, statement_timeout: Duration) -> Result<Pool> {
+    let mut cfg: tokio_postgres::Config = url
+        .parse()
+        .map_err(|e| Error::invalid("database_url", format!("{e}")))?;
+    let options = format!(
+        "{} -c statement_timeout={} -c TimeZone=UTC -c idle_in_transaction_session_timeout=300000",
+        cfg.get_options().unwrap_or_default(),
+        statement_timeout.as_millis()
+    );
+    cfg.options(options.trim());
+    if cfg.get_application_name().is_none() {
+        cfg.application_name("segd");
+    }
+    let mgr = Manager::from_config(
+        cfg,
+        NoTls,
+        ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        },
+    );
+    Pool::builder(mgr)
+        .max_size(size)
+        .wait_timeout(Some(Duration::from_secs(10)))
+        .create_timeout(Some(Duration::from_secs(10)))
+        .runtime(deadpool_postgres::Runtime::Tokio1)
+        .build()
+        .map_err(Error::internal)
+}
+
+/// Takes a connection from the pool.
+///
+/// # Errors
+/// `Unavailable` when no connection can be had.
+pub async fn conn(pool: &Pool) -> Result<Conn> {
+    Ok(pool.get().await?)
+}
+
+/// Encodes a keyset position as an opaque page token.
+pub fn encode_token(v: &serde_json::Value) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string())
+}
+
+/// Decodes a page token made by [`encode_token`].
+///
+/// # Errors
+/// `InvalidArgument` on `page_token` when it is not one of ours.
+pub fn decode_token(token: &str) -> Result<serde_json::Value> {
+    use base64::Engine;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(token)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .ok_or_else(|| Error::invalid("page_token", "not a page token from this call"))
+}

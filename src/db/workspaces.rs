@@ -1,0 +1,80 @@
+//! Workspaces: created, with their built-in labels (and, once segments
+//! exist, built-in segments), the first time a request names one.
+
+use std::collections::HashMap;
+use std::sync::RwLock;
+
+use deadpool_postgres::Pool;
+
+use crate::error::Result;
+use crate::model::{WorkspaceId, contact::BUILTIN_LABELS};
+
+/// Resolves workspace names to ids, creating workspaces on first use and
+/// caching the answer (workspaces are never renamed or deleted).
+#[derive(Debug)]
+pub struct Workspaces {
+    pool: Pool,
+    cache: RwLock<HashMap<String, WorkspaceId>>,
+}
+
+impl Workspaces {
+    /// A resolver over `pool`.
+    pub fn new(pool: Pool) -> Self {
+        Self {
+            pool,
+            cache: RwLock::new(HashMap::new()),
+        }
+    }
+
+    /// The id of workspace `name`, creating it if needed.
+    ///
+    /// # Errors
+    /// The database is unavailable.
+    pub async fn resolve(&self, name: &str) -> Result<WorkspaceId> {
+        if let Some(id) = self.cache.read().expect("cache lock").get(name) {
+            return Ok(*id);
+        }
+        let mut client = super::conn(&self.pool).await?;
+        let id = ensure(&mut client, name).await?;
+        self.cache
+            .write()
+            .expect("cache lock")
+            .insert(name.to_string(), id);
+        Ok(id)
+    }
+}
+
+/// Finds or creates workspace `name` with its built-in definitions.
+///
+/// # Errors
+/// The database is unavailable.
+pub async fn ensure(client: &mut tokio_postgres::Client, name: &str) -> Result<WorkspaceId> {
+    let find = "SELECT workspace_id FROM workspaces WHERE name = $1";
+    if let Some(row) = client.query_opt(find, &[&name]).await? {
+        return Ok(WorkspaceId(row.get(0)));
+    }
+    let tx = client.transaction().await?;
+    let created = tx
+        .query_opt(
+            "INSERT INTO workspaces (name) VALUES ($1) ON CONFLICT (name) DO NOTHING RETURNING workspace_id",
+            &[&name],
+        )
+        .await?;
+    let Some(row) = created else {
+        // Another request created it concurrently.
+        tx.rollback().await?;
+        let row = client.query_one(find, &[&name]).await?;
+        return Ok(WorkspaceId(row.get(0)));
+    };
+    let ws = WorkspaceId(row.get(0));
+    let (names, descriptions): (Vec<&str>, Vec<&str>) = BUILTIN_LABELS.iter().copied().unzip();
+    tx.execute(
+        "INSERT INTO labels (workspace_id, name, description, builtin)
+         SELECT $1, n, d, true FROM unnest($2::text[], $3::text[]) AS t(n, d)",
+        &[&ws.0, &names, &descriptions],
+    )
+    .await?;
+    tx.commit().await?;
+    tracing::info!(workspace = name, id = ws.0, "created workspace");
+    Ok(ws)
+}

