@@ -6,7 +6,9 @@ use super::AppState;
 use super::convert::{activity, contact as cc, page_size};
 use super::error::{checked, invalid};
 use crate::db;
+use crate::db::import::RowResult;
 use crate::error::Violation;
+use crate::model::contact::Contact;
 use crate::proto::{self as pb, contact_service_server::ContactService};
 
 /// Most rows in one import or event batch (request message).
@@ -154,74 +156,27 @@ impl ContactService for Contacts {
         &self,
         req: Request<Streaming<pb::BatchUpsertContactsRequest>>,
     ) -> Result<Response<pb::BatchUpsertContactsResponse>, Status> {
-        use db::import::RowResult;
         let ws = self.state.workspace(&req).await?;
         let mut stream = req.into_inner();
         let mut client = self.state.conn().await?;
         let mut out = pb::BatchUpsertContactsResponse::default();
-        let mut batch = 0usize;
-        let mut total = 0usize;
-        while let Some(msg) = stream.message().await? {
-            total += msg.contacts.len();
-            if msg.contacts.len() > MAX_BATCH_ROWS {
-                return Err(too_many("contacts", MAX_BATCH_ROWS, batch));
-            }
-            if total > MAX_CALL_ROWS {
-                return Err(too_many("contacts", MAX_CALL_ROWS, batch));
-            }
-            let mut rows = Vec::with_capacity(msg.contacts.len());
-            let mut failures = Vec::new();
-            for (i, p) in msg.contacts.into_iter().enumerate() {
-                match cc::from_proto(p) {
-                    Ok(c) if c.external_id.is_none() && c.email.is_none() => {
-                        failures.push((
-                            i,
-                            RowResult::Failed {
-                                field: "external_id".into(),
-                                error: "an imported contact needs an external_id or an email"
-                                    .into(),
-                            },
-                        ));
-                    }
-                    Ok(c) => rows.push((i, c)),
-                    Err(v) => {
-                        let (field, error) = row_error(v);
-                        failures.push((i, RowResult::Failed { field, error }));
-                    }
-                }
-            }
-            let mut results = db::import::upsert_batch(&mut client, ws, &rows).await?;
+        let (mut batch, mut total) = (0usize, 0usize);
+        let mut next = next_import_batch(&mut stream, batch, &mut total).await?;
+        while let Some((rows, failures)) = next {
+            // Decode and validate the next batch while PostgreSQL applies this one.
+            let (applied, following) = tokio::join!(
+                db::import::upsert_batch(&mut client, ws, &rows),
+                next_import_batch(&mut stream, batch + 1, &mut total)
+            );
+            let mut results = applied?;
             results.extend(failures);
             results.sort_by_key(|(i, _)| *i);
             for (i, r) in results {
-                let mut row = pb::ContactRowResult {
-                    batch_index: batch as i32,
-                    row_index: i as i32,
-                    ..Default::default()
-                };
-                let (outcome, id) = match r {
-                    RowResult::Created(id) => {
-                        out.created += 1;
-                        (pb::RowOutcome::Created, id)
-                    }
-                    RowResult::Updated(id) => {
-                        out.updated += 1;
-                        (pb::RowOutcome::Updated, id)
-                    }
-                    RowResult::Unchanged(id) => {
-                        out.unchanged += 1;
-                        (pb::RowOutcome::Unchanged, id)
-                    }
-                    RowResult::Failed { field, error } => {
-                        out.failed += 1;
-                        (row.field, row.error) = (field, error);
-                        (pb::RowOutcome::Failed, 0)
-                    }
-                };
-                (row.outcome, row.contact_id) = (outcome as i32, id);
+                let row = import_row(&mut out, batch, i, r);
                 out.results.push(row);
             }
             batch += 1;
+            next = following?;
         }
         Ok(Response::new(out))
     }
@@ -455,6 +410,80 @@ impl ContactService for Contacts {
             deals_moved: m.deals_moved as i64,
         }))
     }
+}
+
+type ImportBatch = (Vec<(usize, Contact)>, Vec<(usize, RowResult)>);
+
+/// Reads and validates the next import batch: valid rows, and failures.
+async fn next_import_batch(
+    stream: &mut Streaming<pb::BatchUpsertContactsRequest>,
+    batch: usize,
+    total: &mut usize,
+) -> Result<Option<ImportBatch>, Status> {
+    let Some(msg) = stream.message().await? else {
+        return Ok(None);
+    };
+    *total += msg.contacts.len();
+    if msg.contacts.len() > MAX_BATCH_ROWS {
+        return Err(too_many("contacts", MAX_BATCH_ROWS, batch));
+    }
+    if *total > MAX_CALL_ROWS {
+        return Err(too_many("contacts", MAX_CALL_ROWS, batch));
+    }
+    let mut rows = Vec::with_capacity(msg.contacts.len());
+    let mut failures = Vec::new();
+    for (i, p) in msg.contacts.into_iter().enumerate() {
+        match cc::from_proto(p) {
+            Ok(c) if c.external_id.is_none() && c.email.is_none() => failures.push((
+                i,
+                RowResult::Failed {
+                    field: "external_id".into(),
+                    error: "an imported contact needs an external_id or an email".into(),
+                },
+            )),
+            Ok(c) => rows.push((i, c)),
+            Err(v) => {
+                let (field, error) = row_error(v);
+                failures.push((i, RowResult::Failed { field, error }));
+            }
+        }
+    }
+    Ok(Some((rows, failures)))
+}
+
+/// One import row's result, counted into the totals.
+fn import_row(
+    out: &mut pb::BatchUpsertContactsResponse,
+    batch: usize,
+    i: usize,
+    r: RowResult,
+) -> pb::ContactRowResult {
+    let mut row = pb::ContactRowResult {
+        batch_index: batch as i32,
+        row_index: i as i32,
+        ..Default::default()
+    };
+    let (outcome, id) = match r {
+        RowResult::Created(id) => {
+            out.created += 1;
+            (pb::RowOutcome::Created, id)
+        }
+        RowResult::Updated(id) => {
+            out.updated += 1;
+            (pb::RowOutcome::Updated, id)
+        }
+        RowResult::Unchanged(id) => {
+            out.unchanged += 1;
+            (pb::RowOutcome::Unchanged, id)
+        }
+        RowResult::Failed { field, error } => {
+            out.failed += 1;
+            (row.field, row.error) = (field, error);
+            (pb::RowOutcome::Failed, 0)
+        }
+    };
+    (row.outcome, row.contact_id) = (outcome as i32, id);
+    row
 }
 
 /// Parses an etag (`v<version>`); empty means none.

@@ -57,7 +57,14 @@ fn contact(i: usize) -> pb::Contact {
         country: COUNTRIES[i % COUNTRIES.len()].into(),
         city: format!("City{}", i % 500),
         source_channel: (1 + i % 8) as i32,
-        labels: vec![if i.is_multiple_of(3) { "customer" } else { "lead" }.into()],
+        labels: vec![
+            if i.is_multiple_of(3) {
+                "customer"
+            } else {
+                "lead"
+            }
+            .into(),
+        ],
         tags: vec![
             TAGS[i % TAGS.len()].into(),
             TAGS[(i / 5) % TAGS.len()].into(),

@@ -2,7 +2,7 @@
 //! `import`, merging in `merge`.
 //!
 //! Writes send the contact as one JSON row and unpack it with
-//! `jsonb_to_record(set)`, so every write path shares one column list.
+//! `json_to_record(set)`, so every write path shares one column list.
 
 use std::sync::LazyLock;
 
@@ -88,7 +88,7 @@ pub(crate) static SELECT_COLUMNS: LazyLock<String> = LazyLock::new(|| {
 });
 
 /// `id bigint, external_id text, ...`: the record definition for
-/// `jsonb_to_record(set)` over a serialised [`Contact`].
+/// `json_to_record(set)` over a serialised [`Contact`].
 pub(crate) static RECORD_DEF: LazyLock<String> = LazyLock::new(|| {
     std::iter::once("id bigint".to_string())
         .chain(COLUMNS.iter().map(|(n, t, _)| format!("{n} {t}")))
@@ -96,9 +96,13 @@ pub(crate) static RECORD_DEF: LazyLock<String> = LazyLock::new(|| {
         .join(", ")
 });
 
-/// The contact's row JSON: the model serialises with column names.
-pub(crate) fn to_row_json(c: &Contact) -> serde_json::Value {
-    serde_json::to_value(c).expect("contacts serialise")
+/// Contacts as one JSON array parameter (sent as `json`, which PostgreSQL
+/// parses once, rather than `jsonb`, which it also sorts and re-encodes).
+/// The model serialises with column names and skips unset fields.
+pub(crate) fn rows_param<'a>(
+    rows: &[&'a Contact],
+) -> tokio_postgres::types::Json<Vec<&'a Contact>> {
+    tokio_postgres::types::Json(rows.to_vec())
 }
 
 pub(crate) static INSERT_SQL: LazyLock<String> = LazyLock::new(|| {
@@ -118,7 +122,7 @@ pub(crate) static INSERT_SQL: LazyLock<String> = LazyLock::new(|| {
         })
         .collect();
     format!(
-        "INSERT INTO contacts AS c (workspace_id, {}) SELECT $1, {} FROM jsonb_to_recordset($2) AS r({}) RETURNING {}",
+        "INSERT INTO contacts AS c (workspace_id, {}) SELECT $1, {} FROM json_to_recordset($2::json) AS r({}) RETURNING {}",
         names.join(", "),
         values.join(", "),
         *RECORD_DEF,
@@ -138,7 +142,7 @@ static REPLACE_SQL: LazyLock<String> = LazyLock::new(|| {
         .collect();
     format!(
         "UPDATE contacts AS c SET {}, updated_at = now(), version = c.version + 1
-         FROM jsonb_to_record($2) AS r({}) WHERE c.workspace_id = $1 AND c.id = r.id RETURNING {}",
+         FROM json_to_record($2::json) AS r({}) WHERE c.workspace_id = $1 AND c.id = r.id RETURNING {}",
         sets.join(", "),
         *RECORD_DEF,
         *SELECT_COLUMNS
@@ -200,9 +204,8 @@ pub async fn create(
     let tx = client.transaction().await?;
     let schema = definitions::schema(&tx, ws).await?;
     check(&schema, c)?;
-    let rows = serde_json::Value::Array(vec![to_row_json(c)]);
     let row = tx
-        .query_one(INSERT_SQL.as_str(), &[&ws.0, &rows])
+        .query_one(INSERT_SQL.as_str(), &[&ws.0, &rows_param(&[c])])
         .await
         .map_err(|e| taken(e, c))?;
     let out = from_row(&row, &schema);
@@ -311,7 +314,10 @@ pub async fn update(
     }
     check(&schema, &c)?;
     let row = tx
-        .query_one(REPLACE_SQL.as_str(), &[&ws.0, &to_row_json(&c)])
+        .query_one(
+            REPLACE_SQL.as_str(),
+            &[&ws.0, &tokio_postgres::types::Json(&c)],
+        )
         .await
         .map_err(|e| taken(e, &c))?;
     let out = from_row(&row, &schema);
@@ -327,7 +333,10 @@ pub(crate) async fn replace(
     schema: &Schema,
 ) -> Result<Contact> {
     let row = tx
-        .query_one(REPLACE_SQL.as_str(), &[&ws.0, &to_row_json(c)])
+        .query_one(
+            REPLACE_SQL.as_str(),
+            &[&ws.0, &tokio_postgres::types::Json(c)],
+        )
         .await
         .map_err(|e| taken(e, c))?;
     Ok(from_row(&row, schema))
@@ -494,10 +503,19 @@ pub async fn resolve_keys(
             ContactKey::Email(e) => emails.push(e.as_str()),
         }
     }
+    // One lateral index probe per key; OFFSET 0 keeps the subquery from
+    // being flattened into a join the planner might turn into a scan of the
+    // whole workspace when its statistics lag behind an import.
     let rows = client
         .query(
-            "SELECT id, external_id, email FROM contacts WHERE workspace_id = $1
-               AND (id = ANY($2) OR external_id = ANY($3) OR email = ANY($4))",
+            "SELECT c.* FROM unnest($2::bigint[]) AS k(key) CROSS JOIN LATERAL (
+                 SELECT id, external_id, email FROM contacts WHERE workspace_id = $1 AND id = k.key OFFSET 0) c
+             UNION ALL
+             SELECT c.* FROM unnest($3::text[]) AS k(key) CROSS JOIN LATERAL (
+                 SELECT id, external_id, email FROM contacts WHERE workspace_id = $1 AND external_id = k.key OFFSET 0) c
+             UNION ALL
+             SELECT c.* FROM unnest($4::text[]) AS k(key) CROSS JOIN LATERAL (
+                 SELECT id, external_id, email FROM contacts WHERE workspace_id = $1 AND email = k.key OFFSET 0) c",
             &[&ws.0, &ids, &exts, &emails],
         )
         .await?;

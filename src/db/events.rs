@@ -31,7 +31,7 @@ const INSERT_SQL: &str = "
 WITH ins AS (
     INSERT INTO events (workspace_id, contact_id, event_key, type, occurred_at, value, currency, properties)
     SELECT $1, r.contact_id, r.event_key, r.type, r.occurred_at, r.value, r.currency, coalesce(r.properties, '{}')
-    FROM jsonb_to_recordset($2) AS r(contact_id bigint, event_key text, type text, occurred_at timestamptz,
+    FROM json_to_recordset($2::json) AS r(contact_id bigint, event_key text, type text, occurred_at timestamptz,
                                      value float8, currency text, properties jsonb)
     ON CONFLICT (workspace_id, event_key) WHERE event_key IS NOT NULL DO NOTHING
     RETURNING contact_id, event_key, type, occurred_at

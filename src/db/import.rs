@@ -2,14 +2,12 @@
 //!
 //! A batch costs a handful of statements whatever its size: one lock-and-
 //! resolve query, one multi-row UPDATE and one multi-row INSERT, each fed a
-//! single JSON parameter unpacked with `jsonb_to_recordset`.
+//! single JSON parameter unpacked with `json_to_recordset`.
 
 use std::collections::HashMap;
 use std::sync::LazyLock;
 
-use tokio_postgres::Client;
-
-use super::contacts::{COLUMNS, INSERT_SQL, Merge, RECORD_DEF, taken, to_row_json};
+use super::contacts::{COLUMNS, INSERT_SQL, Merge, RECORD_DEF, rows_param, taken};
 use super::definitions;
 use crate::error::{Error, Result};
 use crate::model::WorkspaceId;
@@ -65,8 +63,9 @@ static MERGE_SQL: LazyLock<String> = LazyLock::new(|| {
         .join(", ");
     format!(
         "UPDATE contacts AS c SET ({cols}, updated_at, version) = ({vals}, now(), c.version + 1)
-         FROM jsonb_to_recordset($2) AS r({def})
-         WHERE c.workspace_id = $1 AND c.id = r.id AND ({old}) IS DISTINCT FROM ({vals})
+         FROM json_to_recordset($2::json) AS r({def})
+         WHERE c.ctid = ANY($3::text[]::tid[]) AND c.workspace_id = $1 AND c.id = r.id
+           AND ({old}) IS DISTINCT FROM ({vals})
          RETURNING c.id",
         def = *RECORD_DEF
     )
@@ -80,25 +79,26 @@ static MERGE_SQL: LazyLock<String> = LazyLock::new(|| {
 /// problems are reported as `RowResult::Failed`.
 #[tracing::instrument(skip_all, fields(ws = ws.0, rows = rows.len()))]
 pub async fn upsert_batch(
-    client: &mut Client,
+    client: &mut super::Conn,
     ws: WorkspaceId,
     rows: &[(usize, Contact)],
 ) -> Result<Vec<(usize, RowResult)>> {
     // A concurrent import may insert the same new key between our resolve
-    // and our insert; one retry re-resolves against it.
+    // and our insert, or deadlock with us on row locks; one retry
+    // re-resolves against it.
     match try_batch(client, ws, rows).await {
-        Err(Error::AlreadyExists(_)) => try_batch(client, ws, rows).await,
+        Err(Error::AlreadyExists(_) | Error::Aborted(_)) => try_batch(client, ws, rows).await,
         other => other,
     }
 }
 
 async fn try_batch(
-    client: &mut Client,
+    client: &mut super::Conn,
     ws: WorkspaceId,
     rows: &[(usize, Contact)],
 ) -> Result<Vec<(usize, RowResult)>> {
     let tx = client.transaction().await?;
-    let schema = definitions::schema(&tx, ws).await?;
+    let schema = definitions::schema(&*tx, ws).await?;
     let mut results: HashMap<usize, RowResult> = HashMap::new();
 
     // Rows that break the schema or repeat a key of an earlier row.
@@ -141,14 +141,25 @@ async fn try_batch(
         .iter()
         .filter_map(|(_, c)| c.email.as_deref())
         .collect();
-    let found = tx
-        .query(
-            "SELECT id, external_id, email FROM contacts
-             WHERE workspace_id = $1 AND (external_id = ANY($2) OR email = ANY($3))
-             ORDER BY id FOR UPDATE",
-            &[&ws.0, &exts, &emails],
-        )
-        .await?;
+    // Lock and resolve the existing contacts these rows name: one lateral
+    // unique-index probe per key. During a large import the planner's
+    // statistics lag behind the table (a new workspace looks empty), and a
+    // plain join or `= ANY` is then planned as a scan of the whole workspace
+    // per batch; a lateral subquery with FOR UPDATE cannot be flattened, so
+    // it stays a probe whatever the statistics say.
+    let mut found = Vec::new();
+    for (col, keys) in [("external_id", &exts), ("email", &emails)] {
+        if keys.is_empty() {
+            continue;
+        }
+        let sql = format!(
+            "SELECT c.id, c.external_id, c.email, c.tid FROM unnest($2::text[]) AS k(key)
+             CROSS JOIN LATERAL (SELECT id, external_id, email, ctid::text AS tid FROM contacts
+                                 WHERE workspace_id = $1 AND {col} = k.key FOR UPDATE) c"
+        );
+        found.extend(tx.query(&sql, &[&ws.0, keys]).await?);
+    }
+    let tids: HashMap<i64, String> = found.iter().map(|r| (r.get(0), r.get(3))).collect();
     let mut by_ext: HashMap<String, i64> = HashMap::new();
     let mut by_email: HashMap<String, (i64, Option<String>)> = HashMap::new();
     for r in &found {
@@ -200,9 +211,16 @@ async fn try_batch(
     }
 
     if !updates.is_empty() {
-        let json = serde_json::Value::Array(updates.iter().map(|(_, c)| to_row_json(c)).collect());
+        let json = rows_param(&updates.iter().map(|(_, c)| c).collect::<Vec<_>>());
+        // The rows are locked, so their ctids are stable until commit; a TID
+        // scan reaches them without trusting the planner's row estimates.
+        let ids: Vec<&str> = updates
+            .iter()
+            .filter_map(|(_, c)| tids.get(&c.id).map(String::as_str))
+            .collect();
+        let merge = tx.prepare_cached(MERGE_SQL.as_str()).await?;
         let changed: std::collections::HashSet<i64> = tx
-            .query(MERGE_SQL.as_str(), &[&ws.0, &json])
+            .query(&merge, &[&ws.0, &json, &ids])
             .await
             .map_err(|e| taken(e, &updates[0].1))?
             .iter()
@@ -219,8 +237,9 @@ async fn try_batch(
     }
 
     if !inserts.is_empty() {
-        let json = serde_json::Value::Array(inserts.iter().map(|(_, c)| to_row_json(c)).collect());
-        let created = tx.query(INSERT_SQL.as_str(), &[&ws.0, &json]).await?;
+        let json = rows_param(&inserts.iter().map(|(_, c)| *c).collect::<Vec<_>>());
+        let insert = tx.prepare_cached(INSERT_SQL.as_str()).await?;
+        let created = tx.query(&insert, &[&ws.0, &json]).await?;
         let mut ids: HashMap<(bool, String), i64> = HashMap::new();
         for r in &created {
             let id: i64 = r.get("id");

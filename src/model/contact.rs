@@ -159,65 +159,94 @@ pub struct Contact {
     /// Server-assigned id (0 before creation).
     pub id: i64,
     /// Caller's id.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub external_id: Option<String>,
     /// Lower-cased email.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub email: Option<String>,
     /// Phone.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub phone: Option<String>,
     /// Given name.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub first_name: Option<String>,
     /// Family name.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub last_name: Option<String>,
     /// Date of birth.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub birth_date: Option<NaiveDate>,
     /// Gender, lower-cased.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub gender: Option<String>,
     /// BCP 47 locale.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub locale: Option<String>,
     /// ISO country code.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub country: Option<String>,
     /// Region.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub region: Option<String>,
     /// City.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub city: Option<String>,
     /// Postal code.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub postal_code: Option<String>,
     /// Company.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub company: Option<String>,
     /// Job title.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub job_title: Option<String>,
     /// Acquisition channel.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub source_channel: Option<SourceChannel>,
     /// Acquisition detail.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub source_detail: Option<String>,
     /// Creation time (None on input means now).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub created_at: Option<DateTime<Utc>>,
     /// Last change (output only).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub updated_at: Option<DateTime<Utc>>,
     /// First conversion.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub converted_at: Option<DateTime<Utc>>,
     /// Responsible manager.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub owner: Option<String>,
     /// Lifecycle labels, sorted.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub labels: Vec<String>,
     /// Pipeline status.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub status: Option<String>,
     /// Reason for the status.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub status_reason: Option<String>,
     /// Lead score.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub lead_score: Option<f64>,
     /// Tags, sorted.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub tags: Vec<String>,
     /// Custom field values by key.
-    #[serde(rename = "attrs")]
+    #[serde(rename = "attrs", skip_serializing_if = "BTreeMap::is_empty")]
     pub custom: BTreeMap<String, CustomValue>,
     /// Email subscription status.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub email_status: Option<SubscriptionStatus>,
     /// When the email status changed.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub email_changed_at: Option<DateTime<Utc>>,
     /// SMS subscription status.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub sms_status: Option<SubscriptionStatus>,
     /// When the SMS status changed.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub sms_changed_at: Option<DateTime<Utc>>,
     /// Optimistic-concurrency version (the etag).
     pub version: i64,
