@@ -27,6 +27,7 @@ pub mod db;
 pub mod error;
 pub mod model;
 pub mod proto;
+pub mod segment;
 pub mod server;
 pub mod startup;
 pub mod telemetry;

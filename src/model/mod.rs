@@ -47,6 +47,7 @@ pub(crate) use str_enum;
 pub mod merge;
 pub mod patch;
 pub mod schema;
+pub mod segment;
 
 /// A workspace's internal id. Every stored row belongs to exactly one, and
 /// every query is scoped to one.

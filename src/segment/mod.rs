@@ -1,0 +1,30 @@
+//! The segment rule language, as pure phases (no I/O):
+//!
+//! text ─[`parse`]→ [`ast::Rule`] ─[`check`]→ [`ir::Pred`] ─[`lower`]→ SQL
+//!
+//! - [`ast`]: the rule tree exactly as callers write it (text or proto).
+//! - [`lex`] and [`parse`]: the text form; errors carry line and column.
+//! - [`print`]: the canonical text of a tree; `parse(print(t)) == t`.
+//! - [`check`]: resolves fields, types values and segment references
+//!   against a workspace [`check::Catalog`], naming the path of each problem.
+//! - [`ir`]: the typed, resolved predicate that lowering and evaluation share.
+//! - [`lower`]: one parameterised, set-based SQL query per predicate.
+//! - [`eval`]: a reference evaluator over in-memory data, used by the
+//!   differential test and to explain why a contact is in a segment.
+//! - [`time`]: calendar arithmetic both `lower` and `eval` rely on.
+
+pub mod ast;
+pub mod check;
+pub mod eval;
+pub mod ir;
+pub mod lex;
+pub mod lower;
+pub mod parse;
+pub mod print;
+pub mod time;
+
+#[cfg(test)]
+mod golden;
+
+#[cfg(test)]
+mod proptests;

@@ -1,0 +1,409 @@
+//! Golden tests: the exact SQL and parameters for each construct.
+
+use chrono::{DateTime, TimeZone, Utc};
+
+use super::check::{Catalog, SegmentInfo, check};
+use super::lower::{Param, lower};
+use super::parse::parse;
+use crate::model::WorkspaceId;
+use crate::model::contact::CustomFieldType;
+use crate::model::schema::Schema;
+use crate::model::segment::SegmentKind;
+
+pub(crate) fn now() -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(2026, 3, 15, 12, 0, 0).unwrap()
+}
+
+pub(crate) fn schema() -> Schema {
+    let mut s = Schema::default();
+    s.labels
+        .extend(["lead", "customer", "donor", "subscriber"].map(String::from));
+    for (k, t) in [
+        ("plan", CustomFieldType::String),
+        ("seats", CustomFieldType::Number),
+        ("trial", CustomFieldType::Boolean),
+        ("renewal", CustomFieldType::Date),
+        ("pets", CustomFieldType::StringList),
+    ] {
+        s.custom.insert(k.into(), t);
+    }
+    s
+}
+
+/// Compiles `src` against the fixture workspace (id 7).
+pub(crate) fn compile(src: &str) -> (String, Vec<Param>) {
+    let s = schema();
+    let segs = vec![
+        SegmentInfo {
+            id: 40,
+            name: "engaged".into(),
+            kind: SegmentKind::Dynamic,
+            rule: Some(parse("tags:vip").unwrap()),
+        },
+        SegmentInfo {
+            id: 41,
+            name: "vip list".into(),
+            kind: SegmentKind::Static,
+            rule: None,
+        },
+    ];
+    let checked = check(
+        &parse(src).unwrap(),
+        &Catalog {
+            schema: &s,
+            segments: &segs,
+            current: None,
+        },
+    )
+    .unwrap_or_else(|e| panic!("{src}: {e:?}"));
+    let c = lower(&checked.pred, WorkspaceId(7), now());
+    (c.select_ids(), c.params)
+}
+
+fn t(s: &str) -> Param {
+    Param::Text(s.into())
+}
+
+fn ts(y: i32, m: u32, d: u32, h: u32) -> Param {
+    Param::Time(Utc.with_ymd_and_hms(y, m, d, h, 0, 0).unwrap())
+}
+
+fn date(y: i32, m: u32, d: u32) -> Param {
+    Param::Date(chrono::NaiveDate::from_ymd_opt(y, m, d).unwrap())
+}
+
+const BASE: &str = "SELECT c.id FROM contacts c";
+
+fn assert_golden(src: &str, joins: &str, cond: &str, params: Vec<Param>) {
+    let (sql, got) = compile(src);
+    assert_eq!(
+        sql,
+        format!("{BASE}{joins} WHERE c.workspace_id = $1 AND ({cond})"),
+        "{src}"
+    );
+    let mut want = vec![Param::Int8(7)];
+    want.extend(params);
+    assert_eq!(got, want, "{src}");
+}
+
+#[test]
+fn boolean_structure() {
+    assert_golden(
+        r#"(country = "us" OR country IN ("CA", "mx")) AND NOT city = "Oslo""#,
+        "",
+        "((c.country = $2) OR (c.country = ANY($3))) AND (NOT coalesce(c.city = $4, false))",
+        vec![
+            t("US"),
+            Param::TextArray(vec!["CA".into(), "MX".into()]),
+            t("Oslo"),
+        ],
+    );
+    assert_golden("all()", "", "TRUE", vec![]);
+    assert_golden("any()", "", "FALSE", vec![]);
+    assert_golden(
+        "NOT tags:vip",
+        "",
+        "NOT (c.tags && $2)",
+        vec![Param::TextArray(vec!["vip".into()])],
+    );
+}
+
+#[test]
+fn text_operators() {
+    assert_golden(
+        r#"email != "A@B.co""#,
+        "",
+        "c.email <> $2",
+        vec![t("a@b.co")],
+    );
+    assert_golden(
+        r#"status NOT IN ("Rejected", "poor")"#,
+        "",
+        "c.status <> ALL($2)",
+        vec![Param::TextArray(vec!["rejected".into(), "poor".into()])],
+    );
+    assert_golden(
+        r#"company CONTAINS "50%_off""#,
+        "",
+        "c.company ILIKE $2",
+        vec![t("%50\\%\\_off%")],
+    );
+    assert_golden(
+        r#"city STARTS_WITH "New""#,
+        "",
+        "c.city ILIKE $2",
+        vec![t("New%")],
+    );
+    assert_golden(
+        r#"email ENDS_WITH "@gmail.com""#,
+        "",
+        "c.email ILIKE $2",
+        vec![t("%@gmail.com")],
+    );
+    assert_golden(
+        "phone IS SET AND owner IS NOT SET",
+        "",
+        "(c.phone IS NOT NULL) AND (c.owner IS NULL)",
+        vec![],
+    );
+    assert_golden(
+        r#"source_channel = "PAID""#,
+        "",
+        "c.source_channel = $2",
+        vec![t("paid")],
+    );
+}
+
+#[test]
+fn numbers_dates_and_times() {
+    assert_golden(
+        "lead_score BETWEEN 10 AND 20.5",
+        "",
+        "c.lead_score BETWEEN $2 AND $3",
+        vec![Param::Float8(10.0), Param::Float8(20.5)],
+    );
+    assert_golden(
+        "id IN (3, 4)",
+        "",
+        "c.id = ANY($2)",
+        vec![Param::Int8Array(vec![3, 4])],
+    );
+    assert_golden(
+        "birth_date < 1990-01-01",
+        "",
+        "c.birth_date < $2",
+        vec![date(1990, 1, 1)],
+    );
+    assert_golden(
+        "created_at >= 2026-01-01",
+        "",
+        "c.created_at >= $2",
+        vec![ts(2026, 1, 1, 0)],
+    );
+    assert_golden(
+        "converted_at WITHIN_LAST 30d",
+        "",
+        "c.converted_at BETWEEN $2 AND $3",
+        vec![ts(2026, 2, 13, 12), ts(2026, 3, 15, 12)],
+    );
+    assert_golden(
+        "created_at OLDER_THAN 2w",
+        "",
+        "c.created_at < $2",
+        vec![ts(2026, 3, 1, 12)],
+    );
+    assert_golden(
+        "custom.renewal WITHIN_NEXT 1mo",
+        "",
+        "(c.attrs ->> $2)::date BETWEEN $3 AND $4",
+        vec![t("renewal"), date(2026, 3, 15), date(2026, 4, 15)],
+    );
+    assert_golden(
+        "birth_date ANNIVERSARY_WITHIN 2d",
+        "",
+        "(extract(month FROM c.birth_date) * 100 + extract(day FROM c.birth_date))::int = ANY($2)",
+        vec![Param::Int4Array(vec![315, 316, 317])],
+    );
+}
+
+#[test]
+fn age_becomes_birth_date_ranges() {
+    assert_golden(
+        "age >= 25",
+        "",
+        "c.birth_date <= $2",
+        vec![date(2001, 3, 15)],
+    );
+    assert_golden(
+        "age > 25",
+        "",
+        "c.birth_date <= $2",
+        vec![date(2000, 3, 15)],
+    );
+    assert_golden("age < 18", "", "c.birth_date > $2", vec![date(2008, 3, 15)]);
+    assert_golden(
+        "age = 30",
+        "",
+        "c.birth_date <= $2 AND c.birth_date > $3",
+        vec![date(1996, 3, 15), date(1995, 3, 15)],
+    );
+    assert_golden(
+        "age BETWEEN 20 AND 29",
+        "",
+        "c.birth_date <= $2 AND c.birth_date > $3",
+        vec![date(2006, 3, 15), date(1996, 3, 15)],
+    );
+}
+
+#[test]
+fn custom_fields_bind_their_keys() {
+    assert_golden(
+        r#"custom.plan = "pro""#,
+        "",
+        "(c.attrs ->> $2) = $3",
+        vec![t("plan"), t("pro")],
+    );
+    assert_golden(
+        "custom.seats > 10",
+        "",
+        "(c.attrs -> $2)::float8 > $3",
+        vec![t("seats"), Param::Float8(10.0)],
+    );
+    assert_golden(
+        "custom.trial = true",
+        "",
+        "(c.attrs -> $2)::boolean = $3",
+        vec![t("trial"), Param::Bool(true)],
+    );
+    assert_golden(
+        "custom.plan IS NOT SET",
+        "",
+        "NOT (c.attrs ? $2)",
+        vec![t("plan")],
+    );
+    assert_golden(
+        r#"custom.pets HAS_ALL ("cat", "dog")"#,
+        "",
+        "(c.attrs -> $3) ?& $2",
+        vec![
+            Param::TextArray(vec!["cat".into(), "dog".into()]),
+            t("pets"),
+        ],
+    );
+    assert_golden(
+        r#"custom.pets HAS_NONE ("cat")"#,
+        "",
+        "NOT coalesce((c.attrs -> $3) ?| $2, false)",
+        vec![Param::TextArray(vec!["cat".into()]), t("pets")],
+    );
+}
+
+#[test]
+fn sets_and_subscriptions() {
+    assert_golden(
+        r#"label:lead AND labels HAS_ALL ("lead", "donor")"#,
+        "",
+        "(c.labels && $2) AND (c.labels @> $3)",
+        vec![
+            Param::TextArray(vec!["lead".into()]),
+            Param::TextArray(vec!["lead".into(), "donor".into()]),
+        ],
+    );
+    assert_golden(
+        "subscription(sms, pending)",
+        "",
+        "c.sms_status = $2",
+        vec![t("pending")],
+    );
+}
+
+#[test]
+fn events_group_once_per_condition() {
+    let ev = |n: usize, value: &str, conds: &str| {
+        format!(
+            " LEFT JOIN (SELECT e.contact_id, {value} AS v FROM events e WHERE e.workspace_id = $1 AND {conds} GROUP BY e.contact_id) ev{n} ON ev{n}.contact_id = c.id"
+        )
+    };
+    assert_golden(
+        "event(purchase, last 90d).count >= 2",
+        &ev(1, "count(*)", "e.type = $2 AND e.occurred_at >= $3"),
+        "coalesce(ev1.v, 0) >= $4",
+        vec![t("purchase"), ts(2025, 12, 15, 12), Param::Float8(2.0)],
+    );
+    assert_golden(
+        "NOT event(purchase)",
+        &ev(1, "count(*)", "e.type = $2"),
+        "NOT (coalesce(ev1.v, 0) >= $3)",
+        vec![t("purchase"), Param::Float8(1.0)],
+    );
+    assert_golden(
+        r#"event(page_view, between 2026-01-01 and 2026-02-01, url STARTS_WITH "/pricing", properties.n > 2).distinct(url) >= 3"#,
+        &ev(
+            1,
+            "count(DISTINCT e.properties ->> $8)",
+            "e.type = $2 AND e.occurred_at >= $3 AND e.occurred_at < $4 AND ((CASE WHEN jsonb_typeof(e.properties -> $5) = 'string' THEN e.properties ->> $5 END) ILIKE $6) AND ((CASE WHEN jsonb_typeof(e.properties -> $7) = 'number' THEN (e.properties -> $7)::float8 END) > $8)",
+        )
+        .replace("->> $8)", "->> $9)"),
+        "coalesce(ev1.v, 0) >= $10",
+        vec![t("page_view"), ts(2026, 1, 1, 0), ts(2026, 2, 1, 0), t("url"), t("/pricing%"), t("n"), Param::Float8(2.0), t("url"), Param::Float8(3.0)],
+    );
+    assert_golden(
+        "event(purchase).last OLDER_THAN 60d",
+        &ev(1, "max(e.occurred_at)", "e.type = $2"),
+        "ev1.v < $3",
+        vec![t("purchase"), ts(2026, 1, 14, 12)],
+    );
+    assert_golden(
+        r#"event(donation, older_than 1w, currency = "usd").sum(value) > 100"#,
+        &ev(
+            1,
+            "sum(e.value)",
+            "e.type = $2 AND e.occurred_at < $3 AND (e.currency = $4)",
+        ),
+        "coalesce(ev1.v, 0) > $5",
+        vec![
+            t("donation"),
+            ts(2026, 3, 8, 12),
+            t("USD"),
+            Param::Float8(100.0),
+        ],
+    );
+    assert_golden(
+        "event(purchase, since cart_abandoned).count = 0",
+        " LEFT JOIN (SELECT e.contact_id, count(*) AS v FROM events e LEFT JOIN (SELECT s.contact_id, max(s.occurred_at) AS t FROM events s WHERE s.workspace_id = $1 AND s.type = $3 GROUP BY s.contact_id) s ON s.contact_id = e.contact_id WHERE e.workspace_id = $1 AND e.type = $2 AND (s.t IS NULL OR e.occurred_at > s.t) GROUP BY e.contact_id) ev1 ON ev1.contact_id = c.id",
+        "coalesce(ev1.v, 0) = $4",
+        vec![t("purchase"), t("cart_abandoned"), Param::Float8(0.0)],
+    );
+    assert_golden(
+        "event(purchase, before 2026-01-01).avg(properties.qty) <= 2",
+        &ev(
+            1,
+            "avg((CASE WHEN jsonb_typeof(e.properties -> $4) = 'number' THEN (e.properties -> $4)::float8 END))",
+            "e.type = $2 AND e.occurred_at < $3",
+        ),
+        "ev1.v <= $5",
+        vec![
+            t("purchase"),
+            ts(2026, 1, 1, 0),
+            t("qty"),
+            Param::Float8(2.0),
+        ],
+    );
+    assert_golden(
+        "event(login, after 2026-03-01).first IS SET",
+        &ev(
+            1,
+            "min(e.occurred_at)",
+            "e.type = $2 AND e.occurred_at >= $3",
+        ),
+        "ev1.v IS NOT NULL",
+        vec![t("login"), ts(2026, 3, 1, 0)],
+    );
+}
+
+#[test]
+fn deals_and_segments() {
+    assert_golden(
+        r#"deal(status = "open", stage = "Negotiation", value > 10000)"#,
+        " LEFT JOIN (SELECT d.contact_id, count(*) AS v FROM deals d WHERE d.workspace_id = $1 AND (d.status = $2) AND (d.stage = $3) AND (d.value > $4) GROUP BY d.contact_id) dl1 ON dl1.contact_id = c.id",
+        "coalesce(dl1.v, 0) >= $5",
+        vec![
+            t("open"),
+            t("negotiation"),
+            Param::Float8(10000.0),
+            Param::Float8(1.0),
+        ],
+    );
+    assert_golden(
+        "deal(status = won).count >= 2 OR deal().max(value) > 5",
+        " LEFT JOIN (SELECT d.contact_id, count(*) AS v FROM deals d WHERE d.workspace_id = $1 AND (d.status = $2) GROUP BY d.contact_id) dl1 ON dl1.contact_id = c.id LEFT JOIN (SELECT d.contact_id, max(d.value) AS v FROM deals d WHERE d.workspace_id = $1 GROUP BY d.contact_id) dl2 ON dl2.contact_id = c.id",
+        "(coalesce(dl1.v, 0) >= $3) OR (dl2.v > $4)",
+        vec![t("won"), Param::Float8(2.0), Param::Float8(5.0)],
+    );
+    assert_golden(
+        r#"segment("engaged") AND segment("vip list")"#,
+        " LEFT JOIN (SELECT m.contact_id FROM segment_members m WHERE m.workspace_id = $1 AND m.segment_id = $3) sm1 ON sm1.contact_id = c.id",
+        "(c.tags && $2) AND (sm1.contact_id IS NOT NULL)",
+        vec![Param::TextArray(vec!["vip".into()]), Param::Int8(41)],
+    );
+}
