@@ -29,5 +29,6 @@ pub mod model;
 pub mod proto;
 pub mod segment;
 pub mod server;
+pub mod service;
 pub mod startup;
 pub mod telemetry;

@@ -9,8 +9,11 @@ use tokio_stream::wrappers::TcpListenerStream;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Server;
 
-use crate::api::{AppState, contacts::Contacts, workspace};
-use crate::proto::{FILE_DESCRIPTOR_SET, contact_service_server::ContactServiceServer};
+use crate::api::{AppState, contacts::Contacts, segments::Segments, workspace};
+use crate::proto::{
+    FILE_DESCRIPTOR_SET, contact_service_server::ContactServiceServer,
+    segment_service_server::SegmentServiceServer,
+};
 
 /// Serves every segd service on `listener` until `shutdown` resolves. On
 /// shutdown, health turns NOT_SERVING, streams are cancelled through
@@ -27,6 +30,9 @@ pub async fn serve(
     let (reporter, health) = tonic_health::server::health_reporter();
     reporter
         .set_serving::<ContactServiceServer<Contacts>>()
+        .await;
+    reporter
+        .set_serving::<SegmentServiceServer<Segments>>()
         .await;
     let reflection = || {
         // Each builder only registers its own version; list both, so either
@@ -46,6 +52,9 @@ pub async fn serve(
     let contacts = ContactServiceServer::new(Contacts::new(state.clone()))
         .max_decoding_message_size(max_message_bytes)
         .max_encoding_message_size(max_message_bytes);
+    let segments = SegmentServiceServer::new(Segments::new(state.clone()))
+        .max_decoding_message_size(max_message_bytes)
+        .max_encoding_message_size(max_message_bytes);
 
     let token = state.shutdown.clone();
     let signal = async move {
@@ -53,6 +62,9 @@ pub async fn serve(
         tracing::info!("shutting down: refusing new calls, cancelling streams");
         reporter
             .set_not_serving::<ContactServiceServer<Contacts>>()
+            .await;
+        reporter
+            .set_not_serving::<SegmentServiceServer<Segments>>()
             .await;
         token.cancel();
     };
@@ -65,6 +77,7 @@ pub async fn serve(
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(InterceptedService::new(contacts, workspace::interceptor))
+        .add_service(InterceptedService::new(segments, workspace::interceptor))
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), signal)
         .await?;
     Ok(())

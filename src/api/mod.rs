@@ -4,6 +4,7 @@
 pub mod contacts;
 pub mod convert;
 pub mod error;
+pub mod segments;
 pub mod workspace;
 
 use std::sync::Arc;

@@ -71,6 +71,14 @@ pub async fn merge(
         )
         .await?;
     tx.execute(
+        "INSERT INTO segment_members (workspace_id, segment_id, contact_id, added_at)
+         SELECT workspace_id, segment_id, $2, min(added_at) FROM segment_members
+         WHERE workspace_id = $1 AND contact_id = ANY($3) GROUP BY workspace_id, segment_id
+         ON CONFLICT DO NOTHING",
+        &[&ws.0, &primary, &dups],
+    )
+    .await?;
+    tx.execute(
         "DELETE FROM contacts WHERE workspace_id = $1 AND id = ANY($2)",
         &[&ws.0, &dups],
     )

@@ -6,8 +6,10 @@ use tokio_postgres::Client;
 use crate::error::Result;
 
 /// Every migration, in order: (version, name, SQL).
-const MIGRATIONS: &[(i32, &str, &str)] =
-    &[(1, "contacts", include_str!("migrations/0001_contacts.sql"))];
+const MIGRATIONS: &[(i32, &str, &str)] = &[
+    (1, "contacts", include_str!("migrations/0001_contacts.sql")),
+    (2, "segments", include_str!("migrations/0002_segments.sql")),
+];
 
 /// Arbitrary key for `pg_advisory_lock`, shared by every segd replica.
 const LOCK_KEY: i64 = 0x5e9d_0001;

@@ -9,6 +9,7 @@ pub mod events;
 pub mod import;
 pub mod merge;
 pub mod migrate;
+pub mod segments;
 pub mod workspaces;
 
 use std::time::Duration;

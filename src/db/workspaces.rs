@@ -1,5 +1,5 @@
-//! Workspaces: created, with their built-in labels (and, once segments
-//! exist, built-in segments), the first time a request names one.
+//! Workspaces: created, with their built-in labels and segments, the first
+//! time a request names one.
 
 use std::collections::HashMap;
 use std::sync::RwLock;
@@ -36,6 +36,8 @@ impl Workspaces {
         }
         let mut client = super::conn(&self.pool).await?;
         let id = ensure(&mut client, name).await?;
+        // Also for workspaces created before segments existed.
+        super::segments::ensure_builtins(&**client, id).await?;
         self.cache
             .write()
             .expect("cache lock")

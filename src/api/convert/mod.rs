@@ -3,6 +3,7 @@
 
 pub mod activity;
 pub mod contact;
+pub mod rules;
 
 use chrono::{DateTime, Utc};
 use prost_types::{ListValue, Struct, Timestamp, Value, value::Kind};

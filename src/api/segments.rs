@@ -1,0 +1,375 @@
+//! SegmentService.
+
+use chrono::Utc;
+use tonic::{Request, Response, Status};
+
+use super::AppState;
+use super::convert::{page_size, rules, ts};
+use super::error::{checked, invalid};
+use crate::db;
+use crate::error::Violation;
+use crate::model::segment::{Segment, SegmentKind};
+use crate::proto::{self as pb, segment_service_server::SegmentService};
+use crate::segment::ast::SegmentRef;
+use crate::segment::check::{SegmentInfo, refs_to_names};
+use crate::segment::print::print;
+use crate::service::segments::{self as svc, Changes, Target};
+
+/// Most contacts in one AddSegmentMembers or RemoveSegmentMembers call.
+const MAX_MEMBERS: usize = 10_000;
+
+/// The SegmentService implementation.
+#[derive(Debug, Clone)]
+pub struct Segments {
+    state: AppState,
+}
+
+impl Segments {
+    /// The service over shared state.
+    pub fn new(state: AppState) -> Self {
+        Self { state }
+    }
+
+    /// Converts segments for output, naming references.
+    async fn out(
+        &self,
+        ws: crate::model::WorkspaceId,
+        segs: &[Segment],
+    ) -> Result<Vec<pb::Segment>, Status> {
+        let client = self.state.conn().await?;
+        let infos = svc::infos(&db::segments::all(&**client, ws).await?);
+        Ok(segs.iter().map(|s| to_proto(s, &infos)).collect())
+    }
+
+    async fn one(
+        &self,
+        ws: crate::model::WorkspaceId,
+        s: Segment,
+    ) -> Result<Option<pb::Segment>, Status> {
+        Ok(self.out(ws, &[s]).await?.pop())
+    }
+}
+
+/// A segment as proto; `infos` name its references.
+pub fn to_proto(s: &Segment, infos: &[SegmentInfo]) -> pb::Segment {
+    pb::Segment {
+        id: s.id,
+        name: s.name.clone(),
+        description: s.description.clone(),
+        kind: match s.kind {
+            SegmentKind::Dynamic => pb::SegmentKind::Dynamic,
+            SegmentKind::Static => pb::SegmentKind::Static,
+            SegmentKind::Snapshot => pb::SegmentKind::Snapshot,
+        } as i32,
+        enabled: Some(s.enabled),
+        builtin: s.builtin,
+        definition: s.rule.as_ref().map(|r| pb::Definition {
+            kind: Some(pb::definition::Kind::Rule(rules::to_proto(r))),
+        }),
+        filter: s
+            .rule
+            .as_ref()
+            .map(|r| print(&refs_to_names(r, infos)))
+            .unwrap_or_default(),
+        referenced_segment_ids: s.refs.clone(),
+        source_segment_id: s.source_segment_id.unwrap_or_default(),
+        snapshot_at: s.snapshot_at.map(ts),
+        created_at: Some(ts(s.created_at)),
+        updated_at: Some(ts(s.updated_at)),
+        etag: format!("v{}", s.version),
+    }
+}
+
+fn reference(r: Option<&pb::SegmentReference>, field: &str) -> Result<SegmentRef, Status> {
+    match r.and_then(|r| r.r#ref.as_ref()) {
+        Some(pb::segment_reference::Ref::Id(id)) if *id > 0 => Ok(SegmentRef::Id(*id)),
+        Some(pb::segment_reference::Ref::Name(n)) if !n.trim().is_empty() => {
+            Ok(SegmentRef::Name(n.trim().to_string()))
+        }
+        _ => Err(invalid(vec![Violation::new(
+            field,
+            "set a positive id or a name",
+        )])),
+    }
+}
+
+fn etag(field: &str, e: &str) -> Result<Option<i64>, Status> {
+    if e.is_empty() {
+        return Ok(None);
+    }
+    e.strip_prefix('v')
+        .and_then(|v| v.parse().ok())
+        .map(Some)
+        .ok_or_else(|| invalid(vec![Violation::new(field, "not an etag returned by segd")]))
+}
+
+fn member_ids(ids: &[i64]) -> Result<(), Status> {
+    if ids.is_empty() || ids.len() > MAX_MEMBERS {
+        return Err(invalid(vec![Violation::new(
+            "contact_ids",
+            format!("give 1 to {MAX_MEMBERS} ids"),
+        )]));
+    }
+    match ids.iter().position(|id| *id <= 0) {
+        Some(i) => Err(invalid(vec![Violation::new(
+            format!("contact_ids[{i}]"),
+            "must be positive",
+        )])),
+        None => Ok(()),
+    }
+}
+
+#[tonic::async_trait]
+impl SegmentService for Segments {
+    async fn create_segment(
+        &self,
+        req: Request<pb::CreateSegmentRequest>,
+    ) -> Result<Response<pb::CreateSegmentResponse>, Status> {
+        let ws = self.state.workspace(&req).await?;
+        let s = req.into_inner().segment.unwrap_or_default();
+        let kind = match pb::SegmentKind::try_from(s.kind) {
+            Ok(pb::SegmentKind::Unspecified | pb::SegmentKind::Dynamic) => SegmentKind::Dynamic,
+            Ok(pb::SegmentKind::Static) => SegmentKind::Static,
+            Ok(pb::SegmentKind::Snapshot) => SegmentKind::Snapshot,
+            Err(_) => {
+                return Err(invalid(vec![Violation::new(
+                    "segment.kind",
+                    "unknown kind",
+                )]));
+            }
+        };
+        let name = checked("", svc::name("segment.name", &s.name))?;
+        let rule = s
+            .definition
+            .as_ref()
+            .map(|d| checked("", rules::definition(Some(d), "segment.definition")))
+            .transpose()?;
+        let changes = Changes {
+            name: Some(name),
+            description: Some(s.description.trim().to_string()),
+            enabled: s.enabled,
+            rule,
+        };
+        let mut client = self.state.conn().await?;
+        let created = svc::create(&mut client, ws, kind, changes).await?;
+        Ok(Response::new(pb::CreateSegmentResponse {
+            segment: self.one(ws, created).await?,
+        }))
+    }
+
+    async fn get_segment(
+        &self,
+        req: Request<pb::GetSegmentRequest>,
+    ) -> Result<Response<pb::GetSegmentResponse>, Status> {
+        let ws = self.state.workspace(&req).await?;
+        let r = reference(req.get_ref().segment.as_ref(), "segment")?;
+        let client = self.state.conn().await?;
+        let s = db::segments::get(&**client, ws, &r).await?;
+        Ok(Response::new(pb::GetSegmentResponse {
+            segment: self.one(ws, s).await?,
+        }))
+    }
+
+    async fn list_segments(
+        &self,
+        req: Request<pb::ListSegmentsRequest>,
+    ) -> Result<Response<pb::ListSegmentsResponse>, Status> {
+        let ws = self.state.workspace(&req).await?;
+        let r = req.into_inner();
+        let limit = page_size(r.page_size, 100, 1000)
+            .map_err(|e| invalid(vec![Violation::new("page_size", e)]))?;
+        let after = match r.page_token.as_str() {
+            "" => 0,
+            t => db::decode_token(t)?.as_i64().ok_or_else(|| {
+                invalid(vec![Violation::new(
+                    "page_token",
+                    "not a ListSegments token",
+                )])
+            })?,
+        };
+        let client = self.state.conn().await?;
+        let mut segs = db::segments::list(&**client, ws, after, limit + 1).await?;
+        let next = if segs.len() as i64 > limit {
+            segs.truncate(limit as usize);
+            segs.last()
+                .map(|s| db::encode_token(&s.id.into()))
+                .unwrap_or_default()
+        } else {
+            String::new()
+        };
+        Ok(Response::new(pb::ListSegmentsResponse {
+            segments: self.out(ws, &segs).await?,
+            next_page_token: next,
+        }))
+    }
+
+    async fn update_segment(
+        &self,
+        req: Request<pb::UpdateSegmentRequest>,
+    ) -> Result<Response<pb::UpdateSegmentResponse>, Status> {
+        let ws = self.state.workspace(&req).await?;
+        let r = req.into_inner();
+        let s = r.segment.unwrap_or_default();
+        if s.id <= 0 {
+            return Err(invalid(vec![Violation::new("segment.id", "required")]));
+        }
+        let expected = etag("segment.etag", &s.etag)?;
+        let mut paths: Vec<String> = r.update_mask.map(|m| m.paths).unwrap_or_default();
+        if paths.is_empty() {
+            for (p, set) in [
+                ("name", !s.name.is_empty()),
+                ("description", !s.description.is_empty()),
+                ("enabled", s.enabled.is_some()),
+                ("definition", s.definition.is_some()),
+            ] {
+                if set {
+                    paths.push(p.to_string());
+                }
+            }
+        }
+        let mut c = Changes::default();
+        for (i, p) in paths.iter().enumerate() {
+            match p.as_str() {
+                "name" => c.name = Some(checked("", svc::name("segment.name", &s.name))?),
+                "description" => c.description = Some(s.description.trim().to_string()),
+                "enabled" => c.enabled = Some(s.enabled.unwrap_or(true)),
+                "definition" => {
+                    c.rule = Some(checked(
+                        "",
+                        rules::definition(s.definition.as_ref(), "segment.definition"),
+                    )?)
+                }
+                other => {
+                    return Err(invalid(vec![Violation::new(
+                        format!("update_mask.paths[{i}]"),
+                        format!(
+                            "`{other}` cannot be updated; use name, description, enabled or definition"
+                        ),
+                    )]));
+                }
+            }
+        }
+        let mut client = self.state.conn().await?;
+        let updated = svc::update(&mut client, ws, s.id, expected, c).await?;
+        Ok(Response::new(pb::UpdateSegmentResponse {
+            segment: self.one(ws, updated).await?,
+        }))
+    }
+
+    async fn delete_segment(
+        &self,
+        req: Request<pb::DeleteSegmentRequest>,
+    ) -> Result<Response<pb::DeleteSegmentResponse>, Status> {
+        let ws = self.state.workspace(&req).await?;
+        let r = req.into_inner();
+        if r.id <= 0 {
+            return Err(invalid(vec![Violation::new("id", "required")]));
+        }
+        let expected = etag("etag", &r.etag)?;
+        let client = self.state.conn().await?;
+        db::segments::delete(&**client, ws, r.id, expected).await?;
+        Ok(Response::new(pb::DeleteSegmentResponse {}))
+    }
+
+    async fn add_segment_members(
+        &self,
+        req: Request<pb::AddSegmentMembersRequest>,
+    ) -> Result<Response<pb::AddSegmentMembersResponse>, Status> {
+        let ws = self.state.workspace(&req).await?;
+        let r = req.into_inner();
+        member_ids(&r.contact_ids)?;
+        let client = self.state.conn().await?;
+        let added = db::segments::add_members(&**client, ws, r.segment_id, &r.contact_ids).await?;
+        Ok(Response::new(pb::AddSegmentMembersResponse {
+            added: added as i64,
+        }))
+    }
+
+    async fn remove_segment_members(
+        &self,
+        req: Request<pb::RemoveSegmentMembersRequest>,
+    ) -> Result<Response<pb::RemoveSegmentMembersResponse>, Status> {
+        let ws = self.state.workspace(&req).await?;
+        let r = req.into_inner();
+        member_ids(&r.contact_ids)?;
+        let client = self.state.conn().await?;
+        let removed =
+            db::segments::remove_members(&**client, ws, r.segment_id, &r.contact_ids).await?;
+        Ok(Response::new(pb::RemoveSegmentMembersResponse {
+            removed: removed as i64,
+        }))
+    }
+
+    async fn snapshot_segment(
+        &self,
+        req: Request<pb::SnapshotSegmentRequest>,
+    ) -> Result<Response<pb::SnapshotSegmentResponse>, Status> {
+        let ws = self.state.workspace(&req).await?;
+        let r = req.into_inner();
+        let source = reference(r.source.as_ref(), "source")?;
+        let name = checked("", svc::name("name", &r.name))?;
+        let mut client = self.state.conn().await?;
+        let (s, n) = svc::snapshot(
+            &mut client,
+            ws,
+            &source,
+            name,
+            r.description.trim().to_string(),
+            Utc::now(),
+        )
+        .await?;
+        Ok(Response::new(pb::SnapshotSegmentResponse {
+            segment: self.one(ws, s).await?,
+            member_count: n as i64,
+        }))
+    }
+
+    async fn validate_segment(
+        &self,
+        req: Request<pb::ValidateSegmentRequest>,
+    ) -> Result<Response<pb::ValidateSegmentResponse>, Status> {
+        let ws = self.state.workspace(&req).await?;
+        let rule = checked(
+            "",
+            rules::definition(req.get_ref().definition.as_ref(), "definition"),
+        )?;
+        let client = self.state.conn().await?;
+        let v = svc::validate(&**client, ws, &rule, None, "definition").await?;
+        Ok(Response::new(pb::ValidateSegmentResponse {
+            rule: Some(rules::to_proto(&v.rule)),
+            filter: print(&v.display),
+            referenced_segment_ids: v.checked.refs,
+        }))
+    }
+
+    async fn explain_segment(
+        &self,
+        req: Request<pb::ExplainSegmentRequest>,
+    ) -> Result<Response<pb::ExplainSegmentResponse>, Status> {
+        use pb::explain_segment_request::Target as T;
+        let ws = self.state.workspace(&req).await?;
+        let r = req.into_inner();
+        let target = match &r.target {
+            Some(T::Definition(d)) => {
+                Target::Inline(checked("", rules::definition(Some(d), "definition"))?)
+            }
+            Some(T::SegmentId(id)) if *id > 0 => Target::Saved(SegmentRef::Id(*id)),
+            _ => {
+                return Err(invalid(vec![Violation::new(
+                    "target",
+                    "set definition or segment_id",
+                )]));
+            }
+        };
+        let client = self.state.conn().await?;
+        let t = svc::compile(&**client, ws, &target, Utc::now(), false, "definition").await?;
+        let e = svc::explain(&**client, &t.compiled, r.analyze).await?;
+        Ok(Response::new(pb::ExplainSegmentResponse {
+            sql: e.sql,
+            params: e.params,
+            plan_json: e.plan_json,
+            estimated_cost: e.cost,
+            estimated_rows: e.rows,
+        }))
+    }
+}

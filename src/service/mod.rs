@@ -1,0 +1,5 @@
+//! Use cases that span the segment compiler and several tables: each loads
+//! what it needs, runs the pure phases, and stores the result. API handlers
+//! call exactly one of these.
+
+pub mod segments;

@@ -1,0 +1,371 @@
+//! Saving, checking, compiling and explaining segments.
+
+use chrono::{DateTime, Utc};
+use tokio_postgres::GenericClient;
+
+use crate::db;
+use crate::error::{Error, Result, Violation};
+use crate::model::WorkspaceId;
+use crate::model::segment::{Segment, SegmentKind};
+use crate::segment::ast::{Rule, SegmentRef};
+use crate::segment::check::{Catalog, Checked, SegmentInfo, check, refs_to_ids, refs_to_names};
+use crate::segment::lower::{Compiled, lower};
+
+/// The segments of a workspace as the checker sees them.
+pub fn infos(segments: &[Segment]) -> Vec<SegmentInfo> {
+    segments
+        .iter()
+        .map(|s| SegmentInfo {
+            id: s.id,
+            name: s.name.clone(),
+            kind: s.kind,
+            rule: s.rule.clone(),
+        })
+        .collect()
+}
+
+/// A definition checked against its workspace.
+#[derive(Debug, Clone)]
+pub struct Validated {
+    /// The rule with segment references by id (for storage).
+    pub rule: Rule,
+    /// The rule with segment references by name (for display).
+    pub display: Rule,
+    /// The checked predicate and direct references.
+    pub checked: Checked,
+}
+
+/// Checks `rule` against workspace `ws`. `current` is the segment being
+/// saved, whose own id closes reference cycles.
+///
+/// # Errors
+/// `InvalidArgument` with a path for each problem, relative to `prefix`.
+pub async fn validate(
+    client: &impl GenericClient,
+    ws: WorkspaceId,
+    rule: &Rule,
+    current: Option<i64>,
+    prefix: &str,
+) -> Result<Validated> {
+    let schema = db::definitions::schema(client, ws).await?;
+    let segments = infos(&db::segments::all(client, ws).await?);
+    let catalog = Catalog {
+        schema: &schema,
+        segments: &segments,
+        current,
+    };
+    let checked = check(rule, &catalog)
+        .map_err(|v| Error::InvalidArgument(v.into_iter().map(|x| x.under(prefix)).collect()))?;
+    let rule = refs_to_ids(rule, &segments);
+    let display = refs_to_names(&rule, &segments);
+    Ok(Validated {
+        rule,
+        display,
+        checked,
+    })
+}
+
+/// What to compile: a saved segment or an inline definition.
+#[derive(Debug, Clone)]
+pub enum Target {
+    /// A saved segment.
+    Saved(SegmentRef),
+    /// An unsaved definition.
+    Inline(Rule),
+}
+
+/// A compiled target.
+#[derive(Debug, Clone)]
+pub struct CompiledTarget {
+    /// The query.
+    pub compiled: Compiled,
+    /// The checked definition.
+    pub checked: Checked,
+    /// The saved segment, if the target was one.
+    pub segment: Option<Segment>,
+    /// The definition as written (references by name), for explanations.
+    pub display: Rule,
+}
+
+/// Compiles a target at `now`. Saved segments must be enabled when
+/// `require_enabled` is set; static and snapshot segments compile to their
+/// stored member list.
+///
+/// # Errors
+/// `NotFound`, `FailedPrecondition` for a disabled segment, `InvalidArgument`
+/// for a bad inline definition (paths under `prefix`).
+pub async fn compile(
+    client: &impl GenericClient,
+    ws: WorkspaceId,
+    target: &Target,
+    now: DateTime<Utc>,
+    require_enabled: bool,
+    prefix: &str,
+) -> Result<CompiledTarget> {
+    let (rule, segment) = match target {
+        Target::Inline(rule) => (rule.clone(), None),
+        Target::Saved(r) => {
+            let s = db::segments::get(client, ws, r).await?;
+            if require_enabled && !s.enabled {
+                return Err(Error::FailedPrecondition(format!(
+                    "segment {:?} is disabled; enable it with UpdateSegment to query it",
+                    s.name
+                )));
+            }
+            let rule = s
+                .rule
+                .clone()
+                .unwrap_or(Rule::Segment(SegmentRef::Id(s.id)));
+            (rule, Some(s))
+        }
+    };
+    let v = validate(client, ws, &rule, None, prefix).await?;
+    let compiled = lower(&v.checked.pred, ws, now);
+    Ok(CompiledTarget {
+        compiled,
+        checked: v.checked,
+        segment,
+        display: v.display,
+    })
+}
+
+/// What a segment create or update asks for.
+#[derive(Debug, Clone, Default)]
+pub struct Changes {
+    /// New name.
+    pub name: Option<String>,
+    /// New description.
+    pub description: Option<String>,
+    /// New enabled flag.
+    pub enabled: Option<bool>,
+    /// New definition.
+    pub rule: Option<Rule>,
+}
+
+async fn lock_definitions(client: &impl GenericClient, ws: WorkspaceId) -> Result<()> {
+    // Serialises definition writes per workspace, so two concurrent saves
+    // cannot close a reference cycle between them.
+    client
+        .execute(
+            "SELECT pg_advisory_xact_lock(7231, $1::int)",
+            &[&(ws.0 as i32)],
+        )
+        .await?;
+    Ok(())
+}
+
+/// Creates a dynamic or static segment.
+///
+/// # Errors
+/// `InvalidArgument` for a bad definition or a kind/definition mismatch,
+/// `AlreadyExists` for a taken name.
+pub async fn create(
+    client: &mut tokio_postgres::Client,
+    ws: WorkspaceId,
+    kind: SegmentKind,
+    c: Changes,
+) -> Result<Segment> {
+    let tx = client.transaction().await?;
+    lock_definitions(&tx, ws).await?;
+    let name = c
+        .name
+        .ok_or_else(|| Error::invalid("segment.name", "required"))?;
+    let (rule, refs) = match (kind, c.rule) {
+        (SegmentKind::Dynamic, Some(rule)) => {
+            let v = validate(&tx, ws, &rule, None, "segment.definition").await?;
+            (Some(v.rule), v.checked.refs)
+        }
+        (SegmentKind::Dynamic, None) => {
+            return Err(Error::invalid(
+                "segment.definition",
+                "a dynamic segment needs a definition",
+            ));
+        }
+        (SegmentKind::Static, None) => (None, vec![]),
+        (SegmentKind::Static, Some(_)) => {
+            return Err(Error::invalid(
+                "segment.definition",
+                "a static segment has members, not a definition",
+            ));
+        }
+        (SegmentKind::Snapshot, _) => {
+            return Err(Error::invalid(
+                "segment.kind",
+                "snapshots are made with SnapshotSegment",
+            ));
+        }
+    };
+    let now = Utc::now();
+    let s = Segment {
+        id: 0,
+        name,
+        description: c.description.unwrap_or_default(),
+        kind,
+        enabled: c.enabled.unwrap_or(true),
+        builtin: false,
+        rule,
+        refs,
+        source_segment_id: None,
+        snapshot_at: None,
+        created_at: now,
+        updated_at: now,
+        version: 1,
+    };
+    let out = db::segments::insert(&tx, ws, &s).await?;
+    tx.commit().await?;
+    Ok(out)
+}
+
+/// Updates a segment.
+///
+/// # Errors
+/// `FailedPrecondition` when renaming or redefining a built-in segment or
+/// defining a non-dynamic one; `InvalidArgument` for a bad definition
+/// (including a reference cycle); `Aborted` on an etag mismatch.
+pub async fn update(
+    client: &mut tokio_postgres::Client,
+    ws: WorkspaceId,
+    id: i64,
+    expected: Option<i64>,
+    c: Changes,
+) -> Result<Segment> {
+    let tx = client.transaction().await?;
+    lock_definitions(&tx, ws).await?;
+    let mut s = db::segments::get(&tx, ws, &SegmentRef::Id(id)).await?;
+    if s.builtin && (c.rule.is_some() || c.name.as_ref().is_some_and(|n| *n != s.name)) {
+        return Err(Error::FailedPrecondition(format!(
+            "{:?} is built in: its name and definition are fixed",
+            s.name
+        )));
+    }
+    if let Some(rule) = c.rule {
+        if s.kind != SegmentKind::Dynamic {
+            return Err(Error::FailedPrecondition(format!(
+                "segment {:?} is {} and has no definition",
+                s.name, s.kind
+            )));
+        }
+        let v = validate(&tx, ws, &rule, Some(id), "segment.definition").await?;
+        s.rule = Some(v.rule);
+        s.refs = v.checked.refs;
+    }
+    if let Some(n) = c.name {
+        s.name = n;
+    }
+    if let Some(d) = c.description {
+        s.description = d;
+    }
+    if let Some(e) = c.enabled {
+        s.enabled = e;
+    }
+    let out = db::segments::update(&tx, ws, &s, expected).await?;
+    tx.commit().await?;
+    Ok(out)
+}
+
+/// Freezes the current members of `source` into a new snapshot segment.
+///
+/// # Errors
+/// `NotFound`, `AlreadyExists` for a taken name, `FailedPrecondition` for a
+/// disabled source.
+pub async fn snapshot(
+    client: &mut tokio_postgres::Client,
+    ws: WorkspaceId,
+    source: &SegmentRef,
+    name: String,
+    description: String,
+    now: DateTime<Utc>,
+) -> Result<(Segment, u64)> {
+    let tx = client
+        .build_transaction()
+        .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+        .start()
+        .await?;
+    let t = compile(&tx, ws, &Target::Saved(source.clone()), now, true, "source").await?;
+    let src = t.segment.as_ref().expect("saved target");
+    let s = Segment {
+        id: 0,
+        name,
+        description,
+        kind: SegmentKind::Snapshot,
+        enabled: true,
+        builtin: false,
+        rule: None,
+        refs: vec![],
+        source_segment_id: Some(src.id),
+        snapshot_at: Some(now),
+        created_at: now,
+        updated_at: now,
+        version: 1,
+    };
+    let created = db::segments::insert(&tx, ws, &s).await?;
+    let mut c = t.compiled.clone();
+    let seg = c.bind(crate::segment::lower::Param::Int8(created.id));
+    let sql = format!(
+        "INSERT INTO segment_members (workspace_id, segment_id, contact_id) SELECT $1, {seg}, c.id {}",
+        c.body
+    );
+    let n = tx.execute_typed(&sql, &c.typed_params()).await?;
+    tx.commit().await?;
+    Ok((created, n))
+}
+
+/// PostgreSQL's plan for a compiled target.
+#[derive(Debug, Clone)]
+pub struct Explained {
+    /// The SQL.
+    pub sql: String,
+    /// Parameters as JSON.
+    pub params: Vec<String>,
+    /// EXPLAIN (FORMAT JSON).
+    pub plan_json: String,
+    /// Total cost estimate.
+    pub cost: f64,
+    /// Row estimate.
+    pub rows: f64,
+}
+
+/// Runs EXPLAIN (optionally ANALYZE) on the member query.
+///
+/// # Errors
+/// The database refused the plan (a bug) or timed out.
+pub async fn explain(
+    client: &impl GenericClient,
+    c: &Compiled,
+    analyze: bool,
+) -> Result<Explained> {
+    let sql = c.select_ids();
+    let opts = if analyze {
+        "ANALYZE, FORMAT JSON"
+    } else {
+        "FORMAT JSON"
+    };
+    let rows = client
+        .query_typed(&format!("EXPLAIN ({opts}) {sql}"), &c.typed_params())
+        .await?;
+    let plan: serde_json::Value = rows
+        .first()
+        .map(|r| r.get(0))
+        .ok_or_else(|| Error::internal("EXPLAIN returned nothing"))?;
+    let top = &plan[0]["Plan"];
+    Ok(Explained {
+        sql,
+        params: c.params.iter().map(|p| p.to_json().to_string()).collect(),
+        cost: top["Total Cost"].as_f64().unwrap_or_default(),
+        rows: top["Plan Rows"].as_f64().unwrap_or_default(),
+        plan_json: plan.to_string(),
+    })
+}
+
+/// Checks that a name is usable.
+///
+/// # Errors
+/// A violation on `field`.
+pub fn name(field: &str, raw: &str) -> Result<String, Vec<Violation>> {
+    match crate::model::validate::text(raw) {
+        Ok(Some(n)) if n.chars().count() <= 200 => Ok(n),
+        Ok(Some(_)) => Err(vec![Violation::new(field, "at most 200 characters")]),
+        Ok(None) => Err(vec![Violation::new(field, "required")]),
+        Err(e) => Err(vec![Violation::new(field, e)]),
+    }
+}
