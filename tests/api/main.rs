@@ -1,6 +1,7 @@
 //! segd's integration tests: one binary, a fresh database and server per test.
 
 mod contacts;
+mod differential;
 mod grpcurl;
 mod helpers;
 mod server;
