@@ -807,11 +807,13 @@ async fn compiled_sql_agrees_with_the_reference_evaluator() {
     let handle = tokio::runtime::Handle::current();
     let sizes = std::sync::Mutex::new(Vec::new());
     let result = tokio::task::block_in_place(|| {
-        runner.run(&tree(), |rule| {
-            handle.block_on(world.compare(&rule))?;
-            sizes.lock().unwrap().push(print(&rule).len());
-            Ok(())
-        })
+        runner
+            .run(&tree(), |rule| {
+                handle.block_on(world.compare(&rule))?;
+                sizes.lock().unwrap().push(print(&rule).len());
+                Ok(())
+            })
+            .map_err(|e| e.to_string())
     });
     if let Err(e) = result {
         panic!("SQL and the reference evaluator disagree.\n{e}");
