@@ -70,3 +70,69 @@ async fn grpcurl_lists_services_creates_and_reads_a_contact() {
     let health = run(&app, &[], "grpc.health.v1.Health/Check").await;
     assert!(health.contains("SERVING"), "{health}");
 }
+
+#[tokio::test]
+async fn grpcurl_validates_explains_and_saves_the_issue_example() {
+    let app = TestApp::spawn().await;
+    let ws = "x-segd-workspace: grpcurl-seg";
+    let engaged = r#"{"segment": {"name": "newsletter-engaged", "definition": {"filter": "subscription(email, subscribed) AND event(email_open, last 30d).count >= 3"}}}"#;
+    run(
+        &app,
+        &["-H", ws, "-d", engaged],
+        "segd.v1.SegmentService/CreateSegment",
+    )
+    .await;
+    let text = r#"label:lead AND country IN (\"US\",\"CA\") AND age >= 25 AND tags:vip AND NOT label:customer\nAND event(purchase, last 90d).count >= 2 AND segment(\"newsletter-engaged\")"#;
+    let def = format!(r#"{{"definition": {{"filter": "{text}"}}}}"#);
+
+    let v: serde_json::Value = serde_json::from_str(
+        &run(
+            &app,
+            &["-H", ws, "-d", &def],
+            "segd.v1.SegmentService/ValidateSegment",
+        )
+        .await,
+    )
+    .unwrap();
+    assert!(
+        v["filter"]
+            .as_str()
+            .unwrap()
+            .starts_with("label:lead AND country IN (\"US\", \"CA\")"),
+        "{v}"
+    );
+    assert!(
+        v["rule"]["all"]["rules"].as_array().unwrap().len() == 7,
+        "{v}"
+    );
+
+    let e: serde_json::Value = serde_json::from_str(
+        &run(
+            &app,
+            &["-H", ws, "-d", &def],
+            "segd.v1.SegmentService/ExplainSegment",
+        )
+        .await,
+    )
+    .unwrap();
+    assert!(
+        e["sql"].as_str().unwrap().contains("GROUP BY e.contact_id"),
+        "{e}"
+    );
+    assert!(e["estimatedCost"].as_f64().unwrap() > 0.0);
+    assert!(e["planJson"].as_str().unwrap().contains("Plan"));
+
+    let create =
+        format!(r#"{{"segment": {{"name": "example", "definition": {{"filter": "{text}"}}}}}}"#);
+    let s: serde_json::Value = serde_json::from_str(
+        &run(
+            &app,
+            &["-H", ws, "-d", &create],
+            "segd.v1.SegmentService/CreateSegment",
+        )
+        .await,
+    )
+    .unwrap();
+    assert_eq!(s["segment"]["name"], "example");
+    assert_eq!(s["segment"]["filter"], v["filter"]);
+}

@@ -282,3 +282,19 @@ fn which(name: &str) -> Option<PathBuf> {
             .find(|c| c.is_file())
     })
 }
+
+impl TestApp {
+    /// A SegmentService client.
+    pub async fn segments(
+        &self,
+    ) -> segd::proto::segment_service_client::SegmentServiceClient<Channel> {
+        segd::proto::segment_service_client::SegmentServiceClient::new(self.channel().await)
+    }
+}
+
+/// A text definition.
+pub fn filter(text: &str) -> Option<segd::proto::Definition> {
+    Some(segd::proto::Definition {
+        kind: Some(segd::proto::definition::Kind::Filter(text.into())),
+    })
+}

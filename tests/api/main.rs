@@ -4,4 +4,5 @@ mod contacts;
 mod differential;
 mod grpcurl;
 mod helpers;
+mod segments;
 mod server;
