@@ -9,10 +9,10 @@ use tokio_stream::wrappers::TcpListenerStream;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Server;
 
-use crate::api::{AppState, contacts::Contacts, segments::Segments, workspace};
+use crate::api::{AppState, contacts::Contacts, query::Query, segments::Segments, workspace};
 use crate::proto::{
     FILE_DESCRIPTOR_SET, contact_service_server::ContactServiceServer,
-    segment_service_server::SegmentServiceServer,
+    query_service_server::QueryServiceServer, segment_service_server::SegmentServiceServer,
 };
 
 /// Serves every segd service on `listener` until `shutdown` resolves. On
@@ -55,6 +55,9 @@ pub async fn serve(
     let segments = SegmentServiceServer::new(Segments::new(state.clone()))
         .max_decoding_message_size(max_message_bytes)
         .max_encoding_message_size(max_message_bytes);
+    let query = QueryServiceServer::new(Query::new(state.clone()))
+        .max_decoding_message_size(max_message_bytes)
+        .max_encoding_message_size(max_message_bytes);
 
     let token = state.shutdown.clone();
     let signal = async move {
@@ -78,6 +81,7 @@ pub async fn serve(
         .add_service(reflection_v1alpha)
         .add_service(InterceptedService::new(contacts, workspace::interceptor))
         .add_service(InterceptedService::new(segments, workspace::interceptor))
+        .add_service(InterceptedService::new(query, workspace::interceptor))
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), signal)
         .await?;
     Ok(())

@@ -71,7 +71,7 @@ pub(crate) const COLUMNS: &[(&str, &str, Merge)] = &[
 ];
 
 /// The columns every read selects, in `from_row` order.
-pub(crate) static SELECT_COLUMNS: LazyLock<String> = LazyLock::new(|| {
+pub static SELECT_COLUMNS: LazyLock<String> = LazyLock::new(|| {
     let mut cols = vec!["c.id"];
     cols.extend(COLUMNS.iter().map(|(n, _, _)| *n));
     cols.extend(["updated_at", "version"]);
@@ -150,7 +150,7 @@ static REPLACE_SQL: LazyLock<String> = LazyLock::new(|| {
 });
 
 /// Decodes a row selected with [`SELECT_COLUMNS`].
-pub(crate) fn from_row(r: &Row, schema: &Schema) -> Contact {
+pub fn from_row(r: &Row, schema: &Schema) -> Contact {
     let mut c = Contact {
         id: r.get("id"),
         birth_date: r.get("birth_date"),

@@ -141,17 +141,37 @@ impl Compiled {
         format!("${}", self.params.len())
     }
 
-    /// The parameter types, for `query_typed`.
-    pub fn types(&self) -> Vec<Type> {
-        self.params.iter().map(Param::pg_type).collect()
-    }
-
     /// The parameters paired with their types, for `query_typed`.
     pub fn typed_params(&self) -> Vec<(&(dyn ToSql + Sync), Type)> {
-        self.params
-            .iter()
-            .map(|p| (p as &(dyn ToSql + Sync), p.pg_type()))
-            .collect()
+        typed(&self.params)
+    }
+}
+
+/// Parameters paired with their types, for `query_typed`.
+pub fn typed(params: &[Param]) -> Vec<(&(dyn ToSql + Sync), Type)> {
+    params
+        .iter()
+        .map(|p| (p as &(dyn ToSql + Sync), p.pg_type()))
+        .collect()
+}
+
+/// Several predicates over one scan of the workspace's contacts: each
+/// condition is a boolean column expression over `from`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Columns {
+    /// `FROM contacts c <joins>` (no WHERE).
+    pub from: String,
+    /// One two-valued boolean expression per predicate.
+    pub conds: Vec<String>,
+    /// The parameters, `$1` the workspace.
+    pub params: Vec<Param>,
+}
+
+impl Columns {
+    /// Adds a parameter and returns its placeholder.
+    pub fn bind(&mut self, p: Param) -> String {
+        self.params.push(p);
+        format!("${}", self.params.len())
     }
 }
 
@@ -169,6 +189,29 @@ pub fn lower(pred: &Pred, ws: WorkspaceId, now: DateTime<Utc>) -> Compiled {
     let _ = write!(body, " WHERE c.workspace_id = $1 AND ({cond})");
     Compiled {
         body,
+        params: l.params,
+    }
+}
+
+/// Lowers several predicates into columns over one shared scan, so a single
+/// query can test a contact (or every contact) against all of them.
+pub fn lower_columns(preds: &[&Pred], ws: WorkspaceId, now: DateTime<Utc>) -> Columns {
+    let mut l = Lowerer {
+        params: vec![Param::Int8(ws.0)],
+        joins: String::new(),
+        next_alias: 1,
+        now,
+    };
+    let conds = preds
+        .iter()
+        .map(|p| match l.pred(p) {
+            (s, true) => format!("coalesce({s}, false)"),
+            (s, false) => s,
+        })
+        .collect();
+    Columns {
+        from: format!("FROM contacts c{}", l.joins),
+        conds,
         params: l.params,
     }
 }

@@ -2,4 +2,6 @@
 //! what it needs, runs the pure phases, and stores the result. API handlers
 //! call exactly one of these.
 
+pub mod query;
 pub mod segments;
+pub mod stream;

@@ -501,6 +501,63 @@ pub fn label_from_proto(p: &pb::Label) -> Result<LabelDef, Vec<Violation>> {
     })
 }
 
+/// Fields a read mask may name.
+fn readable(path: &str) -> bool {
+    TextField::from_name(path).is_some()
+        || MASKABLE.contains(&path)
+        || matches!(path, "id" | "etag" | "updated_at")
+}
+
+/// Checks read mask paths.
+///
+/// # Errors
+/// A violation for each unknown path, under `field`.
+pub fn check_read_mask(paths: &[String], field: &str) -> Result<(), Vec<Violation>> {
+    let mut v = Violations::new();
+    for (i, p) in paths.iter().enumerate() {
+        if !readable(p) {
+            v.add(
+                format!("{field}.paths[{i}]"),
+                format!("`{p}` is not a Contact field"),
+            );
+        }
+    }
+    v.finish(())
+}
+
+/// The contact with only the masked fields (and its id); an empty mask
+/// keeps everything.
+pub fn apply_read_mask(mut p: pb::Contact, paths: &[String]) -> pb::Contact {
+    if paths.is_empty() {
+        return p;
+    }
+    let mut out = pb::Contact {
+        id: p.id,
+        ..Default::default()
+    };
+    for path in paths {
+        if let Some(f) = TextField::from_name(path) {
+            *slot(&mut out, f) = std::mem::take(slot(&mut p, f));
+            continue;
+        }
+        match path.as_str() {
+            "birth_date" => out.birth_date = std::mem::take(&mut p.birth_date),
+            "source_channel" => out.source_channel = p.source_channel,
+            "created_at" => out.created_at = p.created_at,
+            "updated_at" => out.updated_at = p.updated_at,
+            "converted_at" => out.converted_at = p.converted_at,
+            "labels" => out.labels = std::mem::take(&mut p.labels),
+            "lead_score" => out.lead_score = p.lead_score,
+            "tags" => out.tags = std::mem::take(&mut p.tags),
+            "custom_fields" => out.custom_fields = std::mem::take(&mut p.custom_fields),
+            "subscriptions" => out.subscriptions = std::mem::take(&mut p.subscriptions),
+            "etag" => out.etag = std::mem::take(&mut p.etag),
+            _ => {}
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,0 +1,414 @@
+//! QueryService.
+
+use std::pin::Pin;
+
+use chrono::{DateTime, Utc};
+use futures::{Stream, StreamExt};
+use prost::Message;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+use super::AppState;
+use super::convert::{contact as cc, rules, ts};
+use super::error::{checked, invalid};
+use crate::error::Violation;
+use crate::proto::{self as pb, query_service_server::QueryService};
+use crate::segment::ast::SegmentRef;
+use crate::service::query::{self as q, Sample};
+use crate::service::segments::Target;
+use crate::service::stream::{self, Cursor, Item};
+
+/// Largest encoded message of contacts; far below the 4 MB default limit.
+const MAX_MESSAGE_BYTES: usize = 1 << 20;
+
+/// The QueryService implementation.
+#[derive(Debug, Clone)]
+pub struct Query {
+    state: AppState,
+}
+
+impl Query {
+    /// The service over shared state.
+    pub fn new(state: AppState) -> Self {
+        Self { state }
+    }
+}
+
+fn bad(field: &str, msg: impl Into<String>) -> Status {
+    invalid(vec![Violation::new(field, msg)])
+}
+
+fn selector(s: Option<&pb::SegmentSelector>) -> Result<Target, Status> {
+    use pb::segment_selector::Kind;
+    match s.and_then(|s| s.kind.as_ref()) {
+        Some(Kind::SegmentId(id)) if *id > 0 => Ok(Target::Saved(SegmentRef::Id(*id))),
+        Some(Kind::SegmentName(n)) if !n.trim().is_empty() => {
+            Ok(Target::Saved(SegmentRef::Name(n.trim().into())))
+        }
+        Some(Kind::Definition(d)) => Ok(Target::Inline(checked(
+            "",
+            rules::definition(Some(d), "selector.definition"),
+        )?)),
+        _ => Err(bad(
+            "selector",
+            "set segment_id, segment_name or definition",
+        )),
+    }
+}
+
+fn sample(s: Option<&pb::Sample>) -> Result<Option<Sample>, Status> {
+    use pb::sample::Kind;
+    let Some(s) = s else { return Ok(None) };
+    match &s.kind {
+        Some(Kind::Fraction(f)) if *f > 0.0 && *f <= 1.0 => {
+            Ok(Some(Sample::Fraction(*f, s.salt.clone())))
+        }
+        Some(Kind::Fraction(_)) => Err(bad("sample.fraction", "must be in (0, 1]")),
+        Some(Kind::Bucket(b))
+            if (2..=1000).contains(&b.count) && (0..b.count).contains(&b.index) =>
+        {
+            Ok(Some(Sample::Bucket {
+                index: b.index,
+                count: b.count,
+                salt: s.salt.clone(),
+            }))
+        }
+        Some(Kind::Bucket(_)) => Err(bad(
+            "sample.bucket",
+            "count must be 2 to 1000 and index 0 to count - 1",
+        )),
+        None => Err(bad("sample", "set fraction or bucket")),
+    }
+}
+
+fn mask(m: Option<&prost_types::FieldMask>, field: &str) -> Result<Vec<String>, Status> {
+    let paths = m.map(|m| m.paths.clone()).unwrap_or_default();
+    checked("", cc::check_read_mask(&paths, field))?;
+    Ok(paths)
+}
+
+/// Milliseconds: resume tokens keep the evaluation instant to the millisecond.
+fn now_ms() -> DateTime<Utc> {
+    DateTime::from_timestamp_millis(Utc::now().timestamp_millis()).unwrap_or_else(Utc::now)
+}
+
+/// Messages for one stream item: contacts split so no message passes
+/// [`MAX_MESSAGE_BYTES`].
+fn messages(
+    item: Result<Item, crate::error::Error>,
+    paths: &[String],
+) -> Vec<Result<pb::StreamMembersResponse, Status>> {
+    match item {
+        Err(e) => vec![Err(e.into())],
+        Ok(Item::Ids(ids, cursor)) => vec![Ok(pb::StreamMembersResponse {
+            ids,
+            resume_token: cursor.token(),
+            ..Default::default()
+        })],
+        Ok(Item::Contacts(contacts, cursor)) => {
+            let mut out = Vec::new();
+            let mut batch: Vec<pb::Contact> = Vec::new();
+            let mut bytes = 0;
+            let flush = |batch: &mut Vec<pb::Contact>, out: &mut Vec<_>| {
+                let after = batch.last().map_or(cursor.after, |c| c.id);
+                let token = Cursor {
+                    after,
+                    ..cursor.clone()
+                }
+                .token();
+                out.push(Ok(pb::StreamMembersResponse {
+                    contacts: std::mem::take(batch),
+                    resume_token: token,
+                    ..Default::default()
+                }));
+            };
+            for c in &contacts {
+                let p = cc::apply_read_mask(cc::to_proto(c), paths);
+                let len = p.encoded_len() + 8;
+                if !batch.is_empty() && bytes + len > MAX_MESSAGE_BYTES {
+                    flush(&mut batch, &mut out);
+                    bytes = 0;
+                }
+                bytes += len;
+                batch.push(p);
+            }
+            if !batch.is_empty() {
+                flush(&mut batch, &mut out);
+            }
+            out
+        }
+        Ok(Item::Done {
+            total,
+            snapshot,
+            now,
+        }) => vec![Ok(pb::StreamMembersResponse {
+            summary: Some(pb::StreamSummary {
+                total_rows: total as i64,
+                snapshot,
+                evaluated_at: Some(ts(now)),
+            }),
+            ..Default::default()
+        })],
+    }
+}
+
+type MemberStream = Pin<Box<dyn Stream<Item = Result<pb::StreamMembersResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl QueryService for Query {
+    type StreamMembersStream = MemberStream;
+
+    async fn stream_members(
+        &self,
+        req: Request<pb::StreamMembersRequest>,
+    ) -> Result<Response<MemberStream>, Status> {
+        let ws = self.state.workspace(&req).await?;
+        let r = req.into_inner();
+        let target = selector(r.selector.as_ref())?;
+        let sample = sample(r.sample.as_ref())?;
+        let paths = mask(r.read_mask.as_ref(), "read_mask")?;
+        if r.limit < 0 {
+            return Err(bad("limit", "must not be negative"));
+        }
+        let cursor = (!r.resume_token.is_empty())
+            .then(|| Cursor::parse(&r.resume_token))
+            .transpose()?;
+        let now = cursor.as_ref().map_or_else(now_ms, Cursor::now);
+        let conn = self.state.conn().await?;
+        let limits = &self.state.limits;
+        let t = q::compile_guarded(
+            &**conn,
+            ws,
+            &target,
+            now,
+            limits.max_query_cost,
+            r.allow_expensive,
+        )
+        .await?;
+        let mut compiled = t.compiled;
+        if let Some(s) = &sample {
+            q::apply_sample(&mut compiled, s);
+        }
+        let fp = stream::fingerprint(&compiled, !paths.is_empty());
+        if cursor.as_ref().is_some_and(|c| c.fp != fp) {
+            return Err(Status::failed_precondition(
+                "the resume token belongs to another query, or the segment's definition changed since",
+            ));
+        }
+        let plan = stream::Plan {
+            ws,
+            compiled,
+            contacts: !paths.is_empty(),
+            limit: (r.limit > 0).then_some(r.limit),
+            after: cursor.map(|c| c.after),
+            now,
+            fp,
+            timeout: limits.stream_timeout,
+        };
+        let rx = stream::spawn(conn, plan, self.state.shutdown.clone());
+        let out = ReceiverStream::new(rx)
+            .flat_map(move |item| futures::stream::iter(messages(item, &paths)));
+        Ok(Response::new(Box::pin(out)))
+    }
+
+    async fn count_members(
+        &self,
+        req: Request<pb::CountMembersRequest>,
+    ) -> Result<Response<pb::CountMembersResponse>, Status> {
+        let ws = self.state.workspace(&req).await?;
+        let r = req.into_inner();
+        let target = selector(r.selector.as_ref())?;
+        let sample = sample(r.sample.as_ref())?;
+        let mut client = self.state.conn().await?;
+        let tx = client
+            .transaction()
+            .await
+            .map_err(crate::error::Error::from)?;
+        q::set_timeout(&*tx, self.state.limits.query_timeout).await?;
+        let t = q::compile_guarded(
+            &*tx,
+            ws,
+            &target,
+            now_ms(),
+            self.state.limits.max_query_cost,
+            r.allow_expensive,
+        )
+        .await?;
+        let mut compiled = t.compiled;
+        if let Some(s) = &sample {
+            q::apply_sample(&mut compiled, s);
+        }
+        let count = q::count(&*tx, &compiled).await?;
+        Ok(Response::new(pb::CountMembersResponse { count }))
+    }
+
+    async fn preview_segment(
+        &self,
+        req: Request<pb::PreviewSegmentRequest>,
+    ) -> Result<Response<pb::PreviewSegmentResponse>, Status> {
+        let ws = self.state.workspace(&req).await?;
+        let r = req.into_inner();
+        let target = selector(r.selector.as_ref())?;
+        let paths = mask(r.read_mask.as_ref(), "read_mask")?;
+        let n = match r.sample_size {
+            0 => 10,
+            n @ 1..=100 => i64::from(n),
+            _ => return Err(bad("sample_size", "must be 0 to 100")),
+        };
+        let mut client = self.state.conn().await?;
+        let tx = client
+            .transaction()
+            .await
+            .map_err(crate::error::Error::from)?;
+        q::set_timeout(&*tx, self.state.limits.query_timeout).await?;
+        let t = q::compile_guarded(
+            &*tx,
+            ws,
+            &target,
+            now_ms(),
+            self.state.limits.max_query_cost,
+            r.allow_expensive,
+        )
+        .await?;
+        let p = q::preview(&*tx, ws, &t.compiled, n).await?;
+        Ok(Response::new(pb::PreviewSegmentResponse {
+            count: p.count,
+            sample: p
+                .sample
+                .iter()
+                .map(|c| cc::apply_read_mask(cc::to_proto(c), &paths))
+                .collect(),
+            estimated_cost: p.cost,
+            estimated_rows: p.rows,
+            elapsed_ms: p.elapsed.as_secs_f64() * 1000.0,
+        }))
+    }
+
+    async fn check_membership(
+        &self,
+        req: Request<pb::CheckMembershipRequest>,
+    ) -> Result<Response<pb::CheckMembershipResponse>, Status> {
+        let ws = self.state.workspace(&req).await?;
+        let r = req.into_inner();
+        let key = checked("contact", cc::key_from_proto(r.contact.as_ref()))?;
+        if r.segment_ids.len() > 1000 {
+            return Err(bad("segment_ids", "at most 1000"));
+        }
+        let mut client = self.state.conn().await?;
+        let tx = client
+            .transaction()
+            .await
+            .map_err(crate::error::Error::from)?;
+        q::set_timeout(&*tx, self.state.limits.query_timeout).await?;
+        let (contact_id, answers) =
+            q::check_membership(&*tx, ws, &key, &r.segment_ids, r.explain, now_ms()).await?;
+        Ok(Response::new(pb::CheckMembershipResponse {
+            contact_id,
+            segments: answers
+                .into_iter()
+                .map(|m| pb::SegmentMembership {
+                    segment_id: m.id,
+                    segment_name: m.name,
+                    member: m.member,
+                    conditions: m
+                        .explanation
+                        .into_iter()
+                        .map(|n| pb::ConditionResult {
+                            path: n.path,
+                            condition: n.condition,
+                            held: n.held,
+                        })
+                        .collect(),
+                })
+                .collect(),
+        }))
+    }
+
+    async fn breakdown_segment(
+        &self,
+        req: Request<pb::BreakdownSegmentRequest>,
+    ) -> Result<Response<pb::BreakdownSegmentResponse>, Status> {
+        let ws = self.state.workspace(&req).await?;
+        let r = req.into_inner();
+        let target = selector(r.selector.as_ref())?;
+        if !(1..=2).contains(&r.group_by.len()) {
+            return Err(bad("group_by", "give one or two fields"));
+        }
+        let n = match r.top_n {
+            0 => 10,
+            n @ 1..=1000 => i64::from(n),
+            _ => return Err(bad("top_n", "must be 0 to 1000")),
+        };
+        let mut client = self.state.conn().await?;
+        let tx = client
+            .transaction()
+            .await
+            .map_err(crate::error::Error::from)?;
+        q::set_timeout(&*tx, self.state.limits.query_timeout).await?;
+        let t = q::compile_guarded(
+            &*tx,
+            ws,
+            &target,
+            now_ms(),
+            self.state.limits.max_query_cost,
+            r.allow_expensive,
+        )
+        .await?;
+        let b = q::breakdown(&*tx, ws, &t.compiled, &r.group_by, n).await?;
+        Ok(Response::new(pb::BreakdownSegmentResponse {
+            rows: b
+                .groups
+                .into_iter()
+                .map(|g| pb::BreakdownRow {
+                    missing: g.keys.iter().map(Option::is_none).collect(),
+                    keys: g.keys.into_iter().map(Option::unwrap_or_default).collect(),
+                    count: g.count,
+                })
+                .collect(),
+            other_count: b.other,
+            group_count: b.group_count,
+            total: b.total,
+        }))
+    }
+
+    async fn overlap_segments(
+        &self,
+        req: Request<pb::OverlapSegmentsRequest>,
+    ) -> Result<Response<pb::OverlapSegmentsResponse>, Status> {
+        let ws = self.state.workspace(&req).await?;
+        let ids = req.into_inner().segment_ids;
+        if !(2..=5).contains(&ids.len()) {
+            return Err(bad("segment_ids", "give 2 to 5 segments"));
+        }
+        if let Some(i) = ids
+            .iter()
+            .enumerate()
+            .position(|(i, id)| *id <= 0 || ids[..i].contains(id))
+        {
+            return Err(bad(
+                &format!("segment_ids[{i}]"),
+                "must be distinct positive ids",
+            ));
+        }
+        let mut client = self.state.conn().await?;
+        let tx = client
+            .transaction()
+            .await
+            .map_err(crate::error::Error::from)?;
+        q::set_timeout(&*tx, self.state.limits.query_timeout).await?;
+        let o = q::overlap(&*tx, ws, &ids, now_ms()).await?;
+        let overlap = |(ids, count): (Vec<i64>, i64)| pb::Overlap {
+            segment_ids: ids,
+            count,
+        };
+        Ok(Response::new(pb::OverlapSegmentsResponse {
+            segments: o
+                .sizes
+                .into_iter()
+                .map(|(id, n)| overlap((vec![id], n)))
+                .collect(),
+            intersections: o.intersections.into_iter().map(overlap).collect(),
+            union_count: o.union,
+        }))
+    }
+}

@@ -1,0 +1,559 @@
+//! Membership queries: counts, previews, membership checks, breakdowns and
+//! overlaps. Each wraps the compiled query of `segment::lower`; none
+//! rebuilds it.
+
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use tokio_postgres::GenericClient;
+
+use super::segments::{self as segs, CompiledTarget, Target, validate};
+use crate::db;
+use crate::error::{Error, Result, Violation};
+use crate::model::WorkspaceId;
+use crate::model::contact::{Contact, ContactKey};
+use crate::segment::ast::SegmentRef;
+use crate::segment::eval::{ContactData, NodeResult, explain};
+use crate::segment::lower::{Compiled, Param, lower_columns, typed};
+
+/// A deterministic sample or split, hashed on the contact id with a salt.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Sample {
+    /// About this fraction of members, in (0, 1].
+    Fraction(f64, String),
+    /// Bucket `index` of `count`.
+    Bucket {
+        index: i32,
+        count: i32,
+        salt: String,
+    },
+}
+
+/// Resolution of the fraction hash.
+const SAMPLE_SCALE: i64 = 1_000_000;
+
+/// Narrows a compiled query to a sample: appends a hash test on `c.id`.
+pub fn apply_sample(c: &mut Compiled, s: &Sample) {
+    let (salt, n, keep) = match s {
+        Sample::Fraction(f, salt) => (salt, SAMPLE_SCALE, (f * SAMPLE_SCALE as f64).round() as i64),
+        Sample::Bucket { index, count, salt } => (salt, i64::from(*count), i64::from(*index)),
+    };
+    let salt = c.bind(Param::Text(format!("{salt}:")));
+    let n_p = c.bind(Param::Int8(n));
+    let k = c.bind(Param::Int8(keep));
+    let bucket =
+        format!("mod(mod(hashtextextended({salt} || c.id::text, 0), {n_p}) + {n_p}, {n_p})");
+    let test = match s {
+        Sample::Fraction(..) => format!("{bucket} < {k}"),
+        Sample::Bucket { .. } => format!("{bucket} = {k}"),
+    };
+    c.body.push_str(&format!(" AND {test}"));
+}
+
+/// Sets a statement timeout for the rest of the transaction (zero: none).
+///
+/// # Errors
+/// The database is unavailable.
+pub async fn set_timeout(client: &impl GenericClient, timeout: Duration) -> Result<()> {
+    client
+        .batch_execute(&format!(
+            "SET LOCAL statement_timeout = {}",
+            timeout.as_millis()
+        ))
+        .await?;
+    Ok(())
+}
+
+/// Compiles a target and, for inline definitions, refuses plans costlier
+/// than `max_cost` unless `allow_expensive`.
+///
+/// # Errors
+/// As [`segs::compile`], plus `FailedPrecondition` over the cost ceiling.
+pub async fn compile_guarded(
+    client: &impl GenericClient,
+    ws: WorkspaceId,
+    target: &Target,
+    now: DateTime<Utc>,
+    max_cost: f64,
+    allow_expensive: bool,
+) -> Result<CompiledTarget> {
+    let t = segs::compile(client, ws, target, now, true, "selector.definition").await?;
+    if matches!(target, Target::Inline(_)) && !allow_expensive {
+        let e = segs::explain(client, &t.compiled, false).await?;
+        if e.cost > max_cost {
+            return Err(Error::FailedPrecondition(format!(
+                "the definition's estimated cost is {:.0}, above the ceiling of {max_cost:.0}; set allow_expensive to run it anyway",
+                e.cost
+            )));
+        }
+    }
+    Ok(t)
+}
+
+/// The exact number of members.
+///
+/// # Errors
+/// The database is unavailable or the statement timed out.
+pub async fn count(client: &impl GenericClient, c: &Compiled) -> Result<i64> {
+    let sql = format!("SELECT count(*) {}", c.body);
+    let row = client.query_typed(&sql, &c.typed_params()).await?;
+    Ok(row[0].get(0))
+}
+
+/// A preview: count, sample and plan figures.
+#[derive(Debug, Clone)]
+pub struct Preview {
+    /// Exact count.
+    pub count: i64,
+    /// Sample contacts.
+    pub sample: Vec<Contact>,
+    /// Cost estimate.
+    pub cost: f64,
+    /// Row estimate.
+    pub rows: f64,
+    /// Wall time of count and sample.
+    pub elapsed: Duration,
+}
+
+/// Counts and samples a compiled target.
+///
+/// # Errors
+/// The database is unavailable or the statement timed out.
+pub async fn preview(
+    client: &impl GenericClient,
+    ws: WorkspaceId,
+    c: &Compiled,
+    n: i64,
+) -> Result<Preview> {
+    let e = segs::explain(client, c, false).await?;
+    let started = Instant::now();
+    let count = count(client, c).await?;
+    let mut s = c.clone();
+    let limit = s.bind(Param::Int8(n));
+    let sql = format!(
+        "SELECT {} {} ORDER BY hashtextextended(c.id::text, 0), c.id LIMIT {limit}",
+        *db::contacts::SELECT_COLUMNS,
+        s.body
+    );
+    let rows = client.query_typed(&sql, &s.typed_params()).await?;
+    let schema = db::definitions::schema(client, ws).await?;
+    let sample = rows
+        .iter()
+        .map(|r| db::contacts::from_row(r, &schema))
+        .collect();
+    Ok(Preview {
+        count,
+        sample,
+        cost: e.cost,
+        rows: e.rows,
+        elapsed: started.elapsed(),
+    })
+}
+
+/// One segment's answer for a contact.
+#[derive(Debug, Clone)]
+pub struct Membership {
+    /// Segment id.
+    pub id: i64,
+    /// Segment name.
+    pub name: String,
+    /// Member or not.
+    pub member: bool,
+    /// With explain: the definition's nodes and whether each held.
+    pub explanation: Vec<NodeResult>,
+}
+
+/// Which segments contain one contact: one query tests every segment at
+/// once (the compiled conditions as columns over the contact's row).
+/// `only` restricts to listed segments (which must be enabled); otherwise
+/// every enabled segment is checked.
+///
+/// # Errors
+/// `NotFound` for an unknown contact or segment, `FailedPrecondition` for a
+/// listed disabled segment.
+pub async fn check_membership(
+    client: &impl GenericClient,
+    ws: WorkspaceId,
+    contact: &ContactKey,
+    only: &[i64],
+    with_explain: bool,
+    now: DateTime<Utc>,
+) -> Result<(i64, Vec<Membership>)> {
+    let contact = db::contacts::get(client, ws, contact).await?;
+    let all = db::segments::all(client, ws).await?;
+    for id in only {
+        match all.iter().find(|s| s.id == *id) {
+            None => return Err(Error::NotFound(format!("segment {id}"))),
+            Some(s) if !s.enabled => {
+                return Err(Error::FailedPrecondition(format!(
+                    "segment {:?} is disabled",
+                    s.name
+                )));
+            }
+            Some(_) => {}
+        }
+    }
+    let chosen: Vec<_> = all
+        .iter()
+        .filter(|s| {
+            if only.is_empty() {
+                s.enabled
+            } else {
+                only.contains(&s.id)
+            }
+        })
+        .collect();
+    let mut checked = Vec::with_capacity(chosen.len());
+    for s in &chosen {
+        let rule = s
+            .rule
+            .clone()
+            .unwrap_or(crate::segment::ast::Rule::Segment(SegmentRef::Id(s.id)));
+        checked.push((rule.clone(), validate(client, ws, &rule, None, "").await?));
+    }
+    let preds: Vec<_> = checked.iter().map(|(_, v)| &v.checked.pred).collect();
+    let mut cols = lower_columns(&preds, ws, now);
+    let id = cols.bind(Param::Int8(contact.id));
+    let answers: Vec<bool> = if cols.conds.is_empty() {
+        vec![]
+    } else {
+        let sql = format!(
+            "SELECT {} {} WHERE c.workspace_id = $1 AND c.id = {id}",
+            cols.conds.join(", "),
+            cols.from
+        );
+        let row = client.query_typed(&sql, &typed(&cols.params)).await?;
+        let row = row
+            .first()
+            .ok_or_else(|| Error::NotFound(format!("contact {}", contact.id)))?;
+        (0..cols.conds.len()).map(|i| row.get(i)).collect()
+    };
+    let data = if with_explain {
+        Some(contact_data(client, ws, contact.id).await?)
+    } else {
+        None
+    };
+    let out = chosen
+        .iter()
+        .zip(&checked)
+        .zip(answers)
+        .map(|((s, (_, v)), member)| Membership {
+            id: s.id,
+            name: s.name.clone(),
+            member,
+            explanation: data
+                .as_ref()
+                .map(|(events, deals, member_of)| {
+                    let d = ContactData {
+                        contact: &contact,
+                        events,
+                        deals,
+                        member_of,
+                    };
+                    explain(&v.display, &v.checked.pred, &d, now)
+                })
+                .unwrap_or_default(),
+        })
+        .collect();
+    Ok((contact.id, out))
+}
+
+/// Most events loaded to explain one contact's memberships.
+const MAX_EXPLAIN_EVENTS: i64 = 100_000;
+
+async fn contact_data(
+    client: &impl GenericClient,
+    ws: WorkspaceId,
+    id: i64,
+) -> Result<(
+    Vec<crate::model::event::StoredEvent>,
+    Vec<crate::model::deal::Deal>,
+    HashSet<i64>,
+)> {
+    let events = db::events::list(
+        client,
+        ws,
+        &ContactKey::Id(id),
+        None,
+        None,
+        MAX_EXPLAIN_EVENTS,
+    )
+    .await?;
+    let deals = db::deals::list(client, ws, Some(id), 0, 100_000).await?;
+    let member_of = client
+        .query(
+            "SELECT segment_id FROM segment_members WHERE workspace_id = $1 AND contact_id = $2",
+            &[&ws.0, &id],
+        )
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    Ok((events, deals, member_of))
+}
+
+/// One breakdown group.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Group {
+    /// Values of the grouping fields (None: no value).
+    pub keys: Vec<Option<String>>,
+    /// Members in the group.
+    pub count: i64,
+}
+
+/// A breakdown.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Breakdown {
+    /// Top groups, largest first.
+    pub groups: Vec<Group>,
+    /// Members in the other groups.
+    pub other: i64,
+    /// Number of groups in all.
+    pub group_count: i64,
+    /// Segment size.
+    pub total: i64,
+}
+
+/// The SQL expression (and whether it is a set to unnest) for a field.
+fn group_expr(
+    field: &str,
+    c: &mut Compiled,
+    schema: &crate::model::schema::Schema,
+) -> Result<(String, bool)> {
+    use crate::model::contact::{CustomFieldType, TextField};
+    if let Some(f) = TextField::from_name(field) {
+        return Ok((format!("c.{}", f.name()), false));
+    }
+    Ok(match field {
+        "source_channel" => ("c.source_channel".into(), false),
+        "lead_score" => ("c.lead_score::text".into(), false),
+        "birth_date" => ("c.birth_date::text".into(), false),
+        "labels" | "label" => ("c.labels".into(), true),
+        "tags" | "tag" => ("c.tags".into(), true),
+        other => {
+            let key = other
+                .strip_prefix("custom.")
+                .ok_or_else(|| Error::invalid("group_by", format!("cannot group by `{other}`")))?;
+            let t = schema.custom.get(key).ok_or_else(|| {
+                Error::invalid("group_by", format!("unknown custom field `{key}`"))
+            })?;
+            let k = c.bind(Param::Text(key.to_string()));
+            match t {
+                CustomFieldType::StringList => (
+                    format!("ARRAY(SELECT jsonb_array_elements_text(c.attrs -> {k}))"),
+                    true,
+                ),
+                _ => (format!("(c.attrs ->> {k})"), false),
+            }
+        }
+    })
+}
+
+/// Member counts grouped by one or two fields: the top `n` groups and the
+/// rest summed.
+///
+/// # Errors
+/// `InvalidArgument` for an unknown field; the database is unavailable or
+/// the statement timed out.
+pub async fn breakdown(
+    client: &impl GenericClient,
+    ws: WorkspaceId,
+    compiled: &Compiled,
+    fields: &[String],
+    n: i64,
+) -> Result<Breakdown> {
+    let schema = db::definitions::schema(client, ws).await?;
+    let mut c = compiled.clone();
+    let mut select = Vec::new();
+    let mut unnest = String::new();
+    for (i, f) in fields.iter().enumerate() {
+        let (expr, set) = group_expr(f, &mut c, &schema).map_err(|e| match e {
+            Error::InvalidArgument(v) => Error::InvalidArgument(
+                v.into_iter()
+                    .map(|x| Violation::new(format!("group_by[{i}]"), x.description))
+                    .collect(),
+            ),
+            other => other,
+        })?;
+        if set {
+            // A contact with an empty set still counts once, with no value.
+            unnest.push_str(&format!(
+                " LEFT JOIN LATERAL unnest({expr}) AS u{i}(v) ON true"
+            ));
+            select.push(format!("u{i}.v"));
+        } else {
+            select.push(expr);
+        }
+    }
+    let limit = c.bind(Param::Int8(n));
+    let keys: Vec<String> = (1..=fields.len()).map(|i| format!("k{i}")).collect();
+    let defs: Vec<String> = select
+        .iter()
+        .zip(&keys)
+        .map(|(e, k)| format!("{e} AS {k}"))
+        .collect();
+    let order: Vec<String> = keys.iter().map(|k| format!("{k} NULLS FIRST")).collect();
+    let top: Vec<String> = keys
+        .iter()
+        .map(|k| format!("CASE WHEN rn <= {limit} THEN {k} END"))
+        .collect();
+    let positions: Vec<String> = (1..=fields.len()).map(|i| i.to_string()).collect();
+    let body = c
+        .body
+        .replacen("FROM contacts c", &format!("FROM contacts c{unnest}"), 1);
+    let sql = format!(
+        "WITH g AS (SELECT {defs}, count(*) AS n {body} GROUP BY {keys}),
+              r AS (SELECT g.*, row_number() OVER (ORDER BY n DESC, {order}) AS rn FROM g)
+         SELECT {top}, sum(n)::bigint AS total, rn > {limit} AS other, count(*) AS groups
+         FROM r GROUP BY {positions}, other ORDER BY other, total DESC",
+        defs = defs.join(", "),
+        keys = keys.join(", "),
+        order = order.join(", "),
+        top = top.join(", "),
+        positions = positions.join(", "),
+    );
+    let rows = client.query_typed(&sql, &c.typed_params()).await?;
+    let k = fields.len();
+    let mut out = Breakdown {
+        groups: vec![],
+        other: 0,
+        group_count: 0,
+        total: count(client, compiled).await?,
+    };
+    for r in rows {
+        let (sum, other, groups): (i64, bool, i64) = (r.get(k), r.get(k + 1), r.get(k + 2));
+        out.group_count += groups;
+        if other {
+            out.other += sum;
+        } else {
+            out.groups.push(Group {
+                keys: (0..k).map(|i| r.get(i)).collect(),
+                count: sum,
+            });
+        }
+    }
+    out.groups
+        .sort_by(|a, b| b.count.cmp(&a.count).then_with(|| a.keys.cmp(&b.keys)));
+    Ok(out)
+}
+
+/// Sizes of 2 to 5 segments and all their intersections, from one scan:
+/// each segment's condition is a column, grouped by the combination.
+///
+/// # Errors
+/// `NotFound`, `FailedPrecondition` for disabled segments.
+pub async fn overlap(
+    client: &impl GenericClient,
+    ws: WorkspaceId,
+    ids: &[i64],
+    now: DateTime<Utc>,
+) -> Result<Overlaps> {
+    let all = db::segments::all(client, ws).await?;
+    let mut checked = Vec::new();
+    for id in ids {
+        let s = all
+            .iter()
+            .find(|s| s.id == *id)
+            .ok_or_else(|| Error::NotFound(format!("segment {id}")))?;
+        if !s.enabled {
+            return Err(Error::FailedPrecondition(format!(
+                "segment {:?} is disabled",
+                s.name
+            )));
+        }
+        let rule = s
+            .rule
+            .clone()
+            .unwrap_or(crate::segment::ast::Rule::Segment(SegmentRef::Id(s.id)));
+        checked.push(validate(client, ws, &rule, None, "").await?);
+    }
+    let preds: Vec<_> = checked.iter().map(|v| &v.checked.pred).collect();
+    let cols = lower_columns(&preds, ws, now);
+    let flags: Vec<String> = cols
+        .conds
+        .iter()
+        .enumerate()
+        .map(|(i, c)| format!("(CASE WHEN {c} THEN {} ELSE 0 END)", 1 << i))
+        .collect();
+    let sql = format!(
+        "SELECT m, count(*) FROM (SELECT ({}) AS m {} WHERE c.workspace_id = $1) x WHERE m > 0 GROUP BY m",
+        flags.join(" + "),
+        cols.from
+    );
+    let rows = client.query_typed(&sql, &typed(&cols.params)).await?;
+    let combos: HashMap<u32, i64> = rows
+        .iter()
+        .map(|r| (r.get::<_, i32>(0) as u32, r.get::<_, i64>(1)))
+        .collect();
+    Ok(overlaps(ids, &combos))
+}
+
+/// Sizes from the count of each exact combination of memberships.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Overlaps {
+    /// Size of each segment, in the given order.
+    pub sizes: Vec<(i64, i64)>,
+    /// Size of each intersection of two or more, by ascending id sets.
+    pub intersections: Vec<(Vec<i64>, i64)>,
+    /// Contacts in at least one.
+    pub union: i64,
+}
+
+/// Turns exact-combination counts (bit i: in segment i) into sizes of every
+/// segment and every intersection: a subset's size sums the combinations
+/// that contain it.
+pub fn overlaps(ids: &[i64], combos: &HashMap<u32, i64>) -> Overlaps {
+    let within = |subset: u32| {
+        combos
+            .iter()
+            .filter(|(m, _)| *m & subset == subset)
+            .map(|(_, n)| n)
+            .sum::<i64>()
+    };
+    let sizes = ids
+        .iter()
+        .enumerate()
+        .map(|(i, id)| (*id, within(1 << i)))
+        .collect();
+    let mut intersections: Vec<(Vec<i64>, i64)> = (1u32..(1 << ids.len()))
+        .filter(|s| s.count_ones() >= 2)
+        .map(|s| {
+            let mut members: Vec<i64> = (0..ids.len())
+                .filter(|i| s & (1 << i) != 0)
+                .map(|i| ids[i])
+                .collect();
+            members.sort_unstable();
+            (members, within(s))
+        })
+        .collect();
+    intersections.sort();
+    Overlaps {
+        sizes,
+        intersections,
+        union: combos.values().sum(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn intersections_sum_the_combinations_that_contain_them() {
+        // 3 only in A, 2 in A and B, 1 in all three, 4 only in C.
+        let combos = HashMap::from([(0b001, 3), (0b011, 2), (0b111, 1), (0b100, 4)]);
+        let o = overlaps(&[10, 20, 30], &combos);
+        assert_eq!(o.sizes, vec![(10, 6), (20, 3), (30, 5)]);
+        assert_eq!(
+            o.intersections,
+            vec![
+                (vec![10, 20], 3),
+                (vec![10, 20, 30], 1),
+                (vec![10, 30], 1),
+                (vec![20, 30], 1)
+            ]
+        );
+        assert_eq!(o.union, 10);
+    }
+}
