@@ -152,6 +152,24 @@ fn messages(
     }
 }
 
+/// The caller's deadline from the `grpc-timeout` header (`<digits><unit>`,
+/// units H, M, S, m, u, n).
+fn deadline<T>(req: &Request<T>) -> Option<tokio::time::Instant> {
+    let v = req.metadata().get("grpc-timeout")?.to_str().ok()?;
+    let (num, unit) = v.split_at(v.len().checked_sub(1)?);
+    let n: u64 = num.parse().ok()?;
+    let d = match unit {
+        "H" => std::time::Duration::from_secs(n.checked_mul(3600)?),
+        "M" => std::time::Duration::from_secs(n.checked_mul(60)?),
+        "S" => std::time::Duration::from_secs(n),
+        "m" => std::time::Duration::from_millis(n),
+        "u" => std::time::Duration::from_micros(n),
+        "n" => std::time::Duration::from_nanos(n),
+        _ => return None,
+    };
+    tokio::time::Instant::now().checked_add(d)
+}
+
 type MemberStream = Pin<Box<dyn Stream<Item = Result<pb::StreamMembersResponse, Status>> + Send>>;
 
 #[tonic::async_trait]
@@ -163,6 +181,7 @@ impl QueryService for Query {
         req: Request<pb::StreamMembersRequest>,
     ) -> Result<Response<MemberStream>, Status> {
         let ws = self.state.workspace(&req).await?;
+        let deadline = deadline(&req);
         let r = req.into_inner();
         let target = selector(r.selector.as_ref())?;
         let sample = sample(r.sample.as_ref())?;
@@ -204,6 +223,7 @@ impl QueryService for Query {
             now,
             fp,
             timeout: limits.stream_timeout,
+            deadline,
         };
         let rx = stream::spawn(conn, plan, self.state.shutdown.clone());
         let out = ReceiverStream::new(rx)

@@ -107,6 +107,8 @@ pub struct Plan {
     pub fp: String,
     /// Statement timeout (zero: none).
     pub timeout: Duration,
+    /// The caller's deadline, if it sent one.
+    pub deadline: Option<tokio::time::Instant>,
 }
 
 /// One message of a stream.
@@ -139,6 +141,8 @@ enum End {
     Finished(u64),
     /// The reader left or the server is stopping; the query must be cancelled.
     Abandoned,
+    /// The caller's deadline passed; the query must be cancelled.
+    Expired,
 }
 
 async fn produce(
@@ -151,7 +155,7 @@ async fn produce(
     let outcome = run(&mut conn, &plan, &tx, &shutdown).await;
     let healthy = match &outcome {
         Ok(End::Finished(rows)) => *rows <= RECYCLE_AFTER_ROWS,
-        Ok(End::Abandoned) => {
+        Ok(End::Abandoned | End::Expired) => {
             // Stop the query on the server; the connection may still be
             // draining rows, so it never goes back to the pool.
             if let Err(e) = cancel.cancel_query(NoTls).await {
@@ -162,8 +166,16 @@ async fn produce(
         }
         Err(_) => false,
     };
-    if let Err(e) = outcome {
-        let _ = tx.send(Err(e)).await;
+    match outcome {
+        Err(e) => {
+            let _ = tx.send(Err(e)).await;
+        }
+        Ok(End::Expired) => {
+            let _ = tx.try_send(Err(Error::DeadlineExceeded(
+                "the call's deadline passed mid-stream".into(),
+            )));
+        }
+        Ok(_) => {}
     }
     if !healthy {
         drop(deadpool_postgres::Object::take(conn));
@@ -228,11 +240,17 @@ async fn run(
     let mut contacts: Vec<Contact> = Vec::new();
     let mut target = FIRST_ID_BATCH;
     let mut total: u64 = 0;
+    let deadline = plan
+        .deadline
+        .unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(86_400 * 365));
+    let expired = tokio::time::sleep_until(deadline);
+    tokio::pin!(expired);
     loop {
         let next = tokio::select! {
             biased;
             () = shutdown.cancelled() => return Ok(End::Abandoned),
             () = tx.closed() => return Ok(End::Abandoned),
+            () = &mut expired => return Ok(End::Expired),
             r = rows.next() => r,
         };
         let row = match next {
@@ -257,8 +275,12 @@ async fn run(
                 target = (target * 2).min(MAX_ID_BATCH);
                 Item::Ids(std::mem::replace(&mut ids, Vec::with_capacity(target)), t)
             };
-            if !send(tx, shutdown, Ok(item)).await {
-                return Ok(End::Abandoned);
+            tokio::select! {
+                biased;
+                () = &mut expired => return Ok(End::Expired),
+                sent = send(tx, shutdown, Ok(item)) => if !sent {
+                    return Ok(End::Abandoned);
+                },
             }
         }
         if last {

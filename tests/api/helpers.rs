@@ -298,3 +298,56 @@ pub fn filter(text: &str) -> Option<segd::proto::Definition> {
         kind: Some(segd::proto::definition::Kind::Filter(text.into())),
     })
 }
+
+impl TestApp {
+    /// A QueryService client with large receive windows.
+    pub async fn query(&self) -> segd::proto::query_service_client::QueryServiceClient<Channel> {
+        let ch = tonic::transport::Endpoint::from_shared(format!("http://{}", self.addr))
+            .unwrap()
+            .initial_stream_window_size(Some(4 << 20))
+            .initial_connection_window_size(Some(8 << 20))
+            .connect()
+            .await
+            .expect("connect to segd");
+        segd::proto::query_service_client::QueryServiceClient::new(ch)
+    }
+
+    /// Inserts `n` contacts straight into the database, in workspace `ws`:
+    /// external ids `g<i>`, every third a lead, countries cycling US, CA, DE.
+    /// Returns their ids in order.
+    pub async fn bulk_contacts(&self, ws: &str, n: i64) -> Vec<i64> {
+        let id = self.state.workspaces.resolve(ws).await.unwrap();
+        self.db()
+            .await
+            .query(
+                "INSERT INTO contacts (workspace_id, external_id, country, labels)
+                 SELECT $1, 'g' || i, (ARRAY['US','CA','DE'])[1 + i % 3],
+                        CASE WHEN i % 3 = 0 THEN ARRAY['lead'] ELSE ARRAY[]::text[] END
+                 FROM generate_series(1, $2::bigint) AS i ORDER BY i RETURNING id",
+                &[&id.0, &n],
+            )
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect()
+    }
+}
+
+/// A selector for a text definition.
+pub fn inline(text: &str) -> Option<segd::proto::SegmentSelector> {
+    Some(segd::proto::SegmentSelector {
+        kind: Some(segd::proto::segment_selector::Kind::Definition(
+            filter(text).unwrap(),
+        )),
+    })
+}
+
+/// A selector for a saved segment by name.
+pub fn named(name: &str) -> Option<segd::proto::SegmentSelector> {
+    Some(segd::proto::SegmentSelector {
+        kind: Some(segd::proto::segment_selector::Kind::SegmentName(
+            name.into(),
+        )),
+    })
+}

@@ -4,5 +4,6 @@ mod contacts;
 mod differential;
 mod grpcurl;
 mod helpers;
+mod query;
 mod segments;
 mod server;
