@@ -137,7 +137,11 @@ impl LocalCluster {
     /// `pg_ctl restart` failed.
     pub fn restart(&self) -> Result<()> {
         let port_opt = format!("-p {}", self.port);
-        let out = self.pg_ctl(&["restart", "-m", "fast", "-w", "-t", "30", "-o", &port_opt])?;
+        // With its log file, so the new server does not hold our output pipes open.
+        let log = self.log.to_string_lossy().into_owned();
+        let out = self.pg_ctl(&[
+            "restart", "-m", "fast", "-w", "-t", "30", "-l", &log, "-o", &port_opt,
+        ])?;
         if !out.status.success() {
             bail!(
                 "pg_ctl restart failed: {}",

@@ -4,6 +4,8 @@ mod contacts;
 mod differential;
 mod grpcurl;
 mod helpers;
+mod polyglot;
 mod query;
+mod restart;
 mod segments;
 mod server;
