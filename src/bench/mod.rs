@@ -3,9 +3,12 @@
 //! cluster, always in a fresh database that is dropped afterwards.
 
 pub mod import;
+pub mod literal;
+pub mod stream;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use tokio::net::TcpListener;
@@ -21,13 +24,25 @@ use crate::{db, server, startup};
 /// # Errors
 /// Setup failed (no PostgreSQL) or a call failed.
 pub async fn run(cmd: BenchCommand, config: Config) -> anyhow::Result<()> {
-    let env = BenchEnv::start(&config).await?;
+    let separate = matches!(cmd, BenchCommand::Stream(_));
+    let env = BenchEnv::start(&config, separate).await?;
     let result = match cmd {
         BenchCommand::Import(o) => import::run(&env, &o).await,
-        BenchCommand::Stream(_) => anyhow::bail!("the stream benchmark is not built yet"),
+        BenchCommand::Stream(o) => stream::run(&env, &o).await,
     };
     env.stop().await;
     result
+}
+
+/// How the benchmarked server runs.
+enum Server {
+    /// In this process.
+    Task(
+        Option<tokio::sync::oneshot::Sender<()>>,
+        tokio::task::JoinHandle<anyhow::Result<()>>,
+    ),
+    /// As a separate `segd serve` process, so its memory can be measured.
+    Child(tokio::process::Child),
 }
 
 /// A fresh, migrated database with segd serving it on a local port.
@@ -36,17 +51,16 @@ pub struct BenchEnv {
     pub addr: SocketAddr,
     /// URL of the fresh database.
     pub url: String,
-    /// The server's pool.
+    /// A pool on the fresh database, for setup and measurement.
     pub pool: deadpool_postgres::Pool,
     admin_url: String,
     db_name: String,
     cluster: Option<Arc<LocalCluster>>,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    server: tokio::task::JoinHandle<anyhow::Result<()>>,
+    server: Server,
 }
 
 impl BenchEnv {
-    async fn start(config: &Config) -> anyhow::Result<Self> {
+    async fn start(config: &Config, separate: bool) -> anyhow::Result<Self> {
         let (admin_url, cluster) = match &config.database_url {
             Some(u) => (u.expose().to_string(), None),
             None => {
@@ -64,24 +78,64 @@ impl BenchEnv {
         cfg.dbname(&db_name);
         let url = pg_url(&cfg);
         startup::migrate(&url).await?;
-        let pool = db::pool(&url, config.pool_size, config.statement_timeout)?;
+        // Loading and indexing millions of rows outlasts any ordinary timeout.
+        let pool = db::pool(&url, config.pool_size, Duration::ZERO)?;
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
-        let state = AppState::new(pool.clone(), Limits::default());
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let server = tokio::spawn(server::serve(listener, state, 64 << 20, async {
-            let _ = rx.await;
-        }));
-        Ok(Self {
+        let server = if separate {
+            drop(listener);
+            let child = tokio::process::Command::new(std::env::current_exe()?)
+                .args([
+                    "serve",
+                    "--listen",
+                    &addr.to_string(),
+                    "--database-url",
+                    &url,
+                    "--log-format",
+                    "json",
+                ])
+                .env("SEGD_LOG", "warn")
+                .kill_on_drop(true)
+                .spawn()
+                .context("starting segd serve")?;
+            Server::Child(child)
+        } else {
+            let state = AppState::new(pool.clone(), Limits::default());
+            let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+            let task = tokio::spawn(server::serve(listener, state, 64 << 20, async {
+                let _ = rx.await;
+            }));
+            Server::Task(Some(tx), task)
+        };
+        let env = Self {
             addr,
             url,
             pool,
             admin_url,
             db_name,
             cluster,
-            stop: Some(tx),
             server,
-        })
+        };
+        env.wait_ready().await?;
+        Ok(env)
+    }
+
+    async fn wait_ready(&self) -> anyhow::Result<()> {
+        for _ in 0..200 {
+            if tokio::net::TcpStream::connect(self.addr).await.is_ok() {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        anyhow::bail!("segd did not start listening on {}", self.addr)
+    }
+
+    /// The server process id, when it runs separately.
+    pub fn server_pid(&self) -> Option<u32> {
+        match &self.server {
+            Server::Child(c) => c.id(),
+            Server::Task(..) => None,
+        }
     }
 
     /// A tonic channel to the server with large flow-control windows.
@@ -99,10 +153,21 @@ impl BenchEnv {
     }
 
     async fn stop(mut self) {
-        if let Some(tx) = self.stop.take() {
-            let _ = tx.send(());
+        match &mut self.server {
+            Server::Task(tx, task) => {
+                if let Some(tx) = tx.take() {
+                    let _ = tx.send(());
+                }
+                let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
+            }
+            Server::Child(child) => {
+                if let Some(pid) = child.id() {
+                    // SIGTERM: a graceful stop.
+                    unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+                }
+                let _ = tokio::time::timeout(Duration::from_secs(10), child.wait()).await;
+            }
         }
-        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), &mut self.server).await;
         self.pool.close();
         if let Ok((client, conn)) = tokio_postgres::connect(&self.admin_url, NoTls).await {
             tokio::spawn(conn);
@@ -119,7 +184,7 @@ impl BenchEnv {
     }
 }
 
-/// A `postgres://` URL for a parsed config (TCP hosts only).
+/// A `postgres://` URL for a parsed config.
 fn pg_url(cfg: &tokio_postgres::Config) -> String {
     let host = cfg
         .get_hosts()
@@ -136,16 +201,10 @@ fn pg_url(cfg: &tokio_postgres::Config) -> String {
         Some(p) => format!("{user}:{}", String::from_utf8_lossy(p)),
         None => user.to_string(),
     };
-    let host = if host.starts_with('/') {
-        return format!(
-            "postgres://{auth}@/{}?host={host}&port={port}",
-            cfg.get_dbname().unwrap_or("postgres")
-        );
+    let db = cfg.get_dbname().unwrap_or("postgres");
+    if host.starts_with('/') {
+        format!("postgres://{auth}@/{db}?host={host}&port={port}")
     } else {
-        host
-    };
-    format!(
-        "postgres://{auth}@{host}:{port}/{}",
-        cfg.get_dbname().unwrap_or("postgres")
-    )
+        format!("postgres://{auth}@{host}:{port}/{db}")
+    }
 }

@@ -21,12 +21,12 @@ use crate::model::contact::Contact;
 use crate::segment::lower::{Compiled, Param};
 
 /// Ids per message at most; messages start smaller so the first arrives fast.
-pub const MAX_ID_BATCH: usize = 8192;
+pub const MAX_ID_BATCH: usize = 32_768;
 const FIRST_ID_BATCH: usize = 512;
 /// Contacts per batch at most (the API splits further by encoded size).
 pub const MAX_CONTACT_BATCH: usize = 256;
 /// Batches buffered between the query and the client.
-const CHANNEL: usize = 4;
+const CHANNEL: usize = 16;
 /// Connections that streamed more rows than this are closed afterwards,
 /// since their buffers keep their peak size.
 const RECYCLE_AFTER_ROWS: u64 = 100_000;
@@ -219,66 +219,105 @@ async fn run(
         Some(n) => format!(" LIMIT {}", c.bind(Param::Int8(n))),
         None => String::new(),
     };
-    let select = if plan.contacts {
-        db::contacts::SELECT_COLUMNS.as_str()
-    } else {
-        "c.id"
-    };
-    let sql = format!("SELECT {select} {} ORDER BY c.id{limit}", c.body);
-    let rows = txn
-        .query_typed_raw(&sql, c.params.iter().map(|p| (p, p.pg_type())))
-        .await?;
-    futures::pin_mut!(rows);
-
     let token = |after: i64| Cursor {
         v: 1,
         after,
         at: plan.now.timestamp_millis(),
         fp: plan.fp.clone(),
     };
-    let mut ids: Vec<i64> = Vec::with_capacity(FIRST_ID_BATCH);
-    let mut contacts: Vec<Contact> = Vec::new();
-    let mut target = FIRST_ID_BATCH;
     let mut total: u64 = 0;
     let deadline = plan
         .deadline
         .unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(86_400 * 365));
     let expired = tokio::time::sleep_until(deadline);
     tokio::pin!(expired);
+
+    // Ids travel as binary COPY: PostgreSQL's cheapest way out, and no row
+    // objects on our side. COPY takes no bind parameters, so the values go
+    // into transaction-local settings through bound parameters, and the
+    // query reads each one once; caller values never become SQL text.
+    let Some(schema) = schema else {
+        let (set, query) = via_settings(
+            &format!("SELECT c.id {} ORDER BY c.id{limit}", c.body),
+            &c.params,
+        );
+        txn.query_typed(&set, &crate::segment::lower::typed(&c.params))
+            .await?;
+        let copy = txn
+            .copy_out(&format!("COPY ({query}) TO STDOUT (FORMAT binary)"))
+            .await?;
+        let chunks = copy.ready_chunks(256);
+        futures::pin_mut!(chunks);
+        let mut decoder = BinaryIds::default();
+        let mut ids: Vec<i64> = Vec::with_capacity(FIRST_ID_BATCH);
+        let mut target = FIRST_ID_BATCH;
+        loop {
+            let chunk = tokio::select! {
+                biased;
+                () = shutdown.cancelled() => return Ok(End::Abandoned),
+                () = tx.closed() => return Ok(End::Abandoned),
+                () = &mut expired => return Ok(End::Expired),
+                r = chunks.next() => r,
+            };
+            let last = chunk.is_none();
+            for bytes in chunk.into_iter().flatten() {
+                decoder.push(&bytes?, &mut ids)?;
+            }
+            while ids.len() >= target || (last && !ids.is_empty()) {
+                let rest = ids.split_off(ids.len().min(target));
+                let batch = std::mem::replace(&mut ids, rest);
+                total += batch.len() as u64;
+                let t = token(*batch.last().unwrap_or(&0));
+                target = (target * 2).min(MAX_ID_BATCH);
+                tokio::select! {
+                    biased;
+                    () = &mut expired => return Ok(End::Expired),
+                    sent = send(tx, shutdown, Ok(Item::Ids(batch, t))) => if !sent {
+                        return Ok(End::Abandoned);
+                    },
+                }
+            }
+            if last {
+                break;
+            }
+        }
+        return finish(txn, tx, shutdown, total, snapshot, plan.now).await;
+    };
+
+    let sql = format!(
+        "SELECT {} {} ORDER BY c.id{limit}",
+        *db::contacts::SELECT_COLUMNS,
+        c.body
+    );
+    let rows = txn
+        .query_typed_raw(&sql, c.params.iter().map(|p| (p, p.pg_type())))
+        .await?;
+    // Rows already received come in one chunk, so the select below runs per
+    // chunk, not per row.
+    let rows = rows.ready_chunks(MAX_CONTACT_BATCH);
+    futures::pin_mut!(rows);
+    let mut contacts: Vec<Contact> = Vec::new();
     loop {
-        let next = tokio::select! {
+        let chunk = tokio::select! {
             biased;
             () = shutdown.cancelled() => return Ok(End::Abandoned),
             () = tx.closed() => return Ok(End::Abandoned),
             () = &mut expired => return Ok(End::Expired),
             r = rows.next() => r,
         };
-        let row = match next {
-            Some(r) => Some(r?),
-            None => None,
-        };
-        if let Some(r) = &row {
-            total += 1;
-            match &schema {
-                Some(s) => contacts.push(db::contacts::from_row(r, s)),
-                None => ids.push(r.get(0)),
-            }
+        let last = chunk.is_none();
+        for r in chunk.into_iter().flatten() {
+            contacts.push(db::contacts::from_row(&r?, &schema));
         }
-        let full = ids.len() >= target || contacts.len() >= MAX_CONTACT_BATCH;
-        let last = row.is_none();
-        if (full || last) && !(ids.is_empty() && contacts.is_empty()) {
-            let item = if schema.is_some() {
-                let t = token(contacts.last().map_or(0, |c| c.id));
-                Item::Contacts(std::mem::take(&mut contacts), t)
-            } else {
-                let t = token(*ids.last().unwrap_or(&0));
-                target = (target * 2).min(MAX_ID_BATCH);
-                Item::Ids(std::mem::replace(&mut ids, Vec::with_capacity(target)), t)
-            };
+        while contacts.len() >= MAX_CONTACT_BATCH || (last && !contacts.is_empty()) {
+            let rest = contacts.split_off(contacts.len().min(MAX_CONTACT_BATCH));
+            let batch = std::mem::replace(&mut contacts, rest);
+            total += batch.len() as u64;
+            let t = token(batch.last().map_or(0, |c| c.id));
             tokio::select! {
                 biased;
                 () = &mut expired => return Ok(End::Expired),
-                sent = send(tx, shutdown, Ok(item)) => if !sent {
+                sent = send(tx, shutdown, Ok(Item::Contacts(batch, t))) => if !sent {
                     return Ok(End::Abandoned);
                 },
             }
@@ -287,18 +326,143 @@ async fn run(
             break;
         }
     }
+    finish(txn, tx, shutdown, total, snapshot, plan.now).await
+}
+
+/// Commits the read-only transaction and sends the summary.
+async fn finish(
+    txn: deadpool_postgres::Transaction<'_>,
+    tx: &mpsc::Sender<Result<Item>>,
+    shutdown: &CancellationToken,
+    total: u64,
+    snapshot: String,
+    now: DateTime<Utc>,
+) -> Result<End> {
     txn.commit().await?;
-    let done = Item::Done {
-        total,
-        snapshot,
-        now: plan.now,
-    };
-    if !send(tx, shutdown, Ok(done)).await {
+    if !send(
+        tx,
+        shutdown,
+        Ok(Item::Done {
+            total,
+            snapshot,
+            now,
+        }),
+    )
+    .await
+    {
         return Ok(End::Abandoned);
     }
     Ok(End::Finished(total))
 }
 
+/// The SQL type name of a parameter, for casts.
+fn sql_type(p: &Param) -> &'static str {
+    match p {
+        Param::Int8(_) => "bigint",
+        Param::Float8(_) => "float8",
+        Param::Text(_) => "text",
+        Param::Bool(_) => "boolean",
+        Param::Date(_) => "date",
+        Param::Time(_) => "timestamptz",
+        Param::Int8Array(_) => "bigint[]",
+        Param::Int4Array(_) => "int[]",
+        Param::Float8Array(_) => "float8[]",
+        Param::TextArray(_) => "text[]",
+        Param::DateArray(_) => "date[]",
+    }
+}
+
+/// Splits a parameterised query into a statement storing each parameter in
+/// a transaction-local setting (`segd.p<n>`, bound, never inlined) and the
+/// query reading each setting once through an InitPlan.
+pub fn via_settings(sql: &str, params: &[Param]) -> (String, String) {
+    let sets: Vec<String> = params
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            format!(
+                "set_config('segd.p{n}', ${n}::{}::text, true)",
+                sql_type(p),
+                n = i + 1
+            )
+        })
+        .collect();
+    let mut query = sql.to_string();
+    // Highest first, so $1 never clobbers the start of $10.
+    for (i, p) in params.iter().enumerate().rev() {
+        let value = match p {
+            // Numbers, dates and times print from typed values through
+            // Rust's formatters (digits, signs, dots, dashes, colons): they
+            // cannot carry SQL, and as literals the planner sees them.
+            Param::Int8(v) => format!("{v}::bigint"),
+            Param::Float8(v) => format!("'{v}'::float8"),
+            Param::Bool(v) => format!("{v}"),
+            Param::Date(v) => format!("'{v}'::date"),
+            // Truncated to microseconds, as binding it would.
+            Param::Time(v) => format!("'{}'::timestamptz", v.format("%Y-%m-%dT%H:%M:%S%.6f+00:00")),
+            _ => format!(
+                "(SELECT current_setting('segd.p{}')::{})",
+                i + 1,
+                sql_type(p)
+            ),
+        };
+        query = query.replace(&format!("${}", i + 1), &value);
+    }
+    (format!("SELECT {}", sets.join(", ")), query)
+}
+
+/// Decodes `COPY ... TO STDOUT (FORMAT binary)` of one bigint column.
+#[derive(Debug, Default)]
+struct BinaryIds {
+    buf: bytes::BytesMut,
+    header: bool,
+    done: bool,
+}
+
+impl BinaryIds {
+    fn push(&mut self, chunk: &[u8], out: &mut Vec<i64>) -> Result<()> {
+        use bytes::Buf;
+        self.buf.extend_from_slice(chunk);
+        let bad = || Error::internal("malformed binary COPY data");
+        if !self.header {
+            // Signature (11), flags (4), header extension length (4) and extension.
+            if self.buf.len() < 19 {
+                return Ok(());
+            }
+            if &self.buf[..11] != b"PGCOPY\n\xff\r\n\0" {
+                return Err(bad());
+            }
+            let ext = u32::from_be_bytes(self.buf[15..19].try_into().expect("4 bytes")) as usize;
+            if self.buf.len() < 19 + ext {
+                return Ok(());
+            }
+            self.buf.advance(19 + ext);
+            self.header = true;
+        }
+        while !self.done && self.buf.len() >= 2 {
+            let fields = i16::from_be_bytes([self.buf[0], self.buf[1]]);
+            if fields == -1 {
+                self.done = true;
+                self.buf.advance(2);
+                break;
+            }
+            if fields != 1 {
+                return Err(bad());
+            }
+            if self.buf.len() < 14 {
+                break;
+            }
+            if i32::from_be_bytes(self.buf[2..6].try_into().expect("4 bytes")) != 8 {
+                return Err(bad());
+            }
+            out.push(i64::from_be_bytes(
+                self.buf[6..14].try_into().expect("8 bytes"),
+            ));
+            self.buf.advance(14);
+        }
+        Ok(())
+    }
+}
 /// Sends one item, waiting for room (backpressure). False if the reader is
 /// gone or the server is stopping.
 async fn send(
@@ -316,6 +480,54 @@ async fn send(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn settings_carry_text_and_literals_carry_only_formatted_values() {
+        let params = vec![
+            Param::Int8(7),
+            Param::Text("'; DROP TABLE contacts; --".into()),
+            Param::Float8(-2.5),
+            Param::TextArray(vec!["$1".into()]),
+        ];
+        let (set, q) = via_settings(
+            "SELECT c.id FROM contacts c WHERE a = $1 AND b = $2 AND x > $3 AND y && $4",
+            &params,
+        );
+        assert_eq!(
+            set,
+            "SELECT set_config('segd.p1', $1::bigint::text, true), set_config('segd.p2', $2::text::text, true), \
+             set_config('segd.p3', $3::float8::text, true), set_config('segd.p4', $4::text[]::text, true)"
+        );
+        assert_eq!(
+            q,
+            "SELECT c.id FROM contacts c WHERE a = 7::bigint AND b = (SELECT current_setting('segd.p2')::text) \
+             AND x > '-2.5'::float8 AND y && (SELECT current_setting('segd.p4')::text[])"
+        );
+    }
+
+    #[test]
+    fn binary_copy_decodes_across_chunk_boundaries() {
+        let mut data = b"PGCOPY\n\xff\r\n\0".to_vec();
+        data.extend([0, 0, 0, 0, 0, 0, 0, 0]);
+        for id in [1i64, 300, i64::MAX] {
+            data.extend(1i16.to_be_bytes());
+            data.extend(8i32.to_be_bytes());
+            data.extend(id.to_be_bytes());
+        }
+        data.extend((-1i16).to_be_bytes());
+        let mut d = BinaryIds::default();
+        let mut out = Vec::new();
+        for chunk in data.chunks(5) {
+            d.push(chunk, &mut out).unwrap();
+        }
+        assert_eq!(out, vec![1, 300, i64::MAX]);
+        assert!(d.done);
+        assert!(
+            BinaryIds::default()
+                .push(b"NOTCOPY....................", &mut out)
+                .is_err()
+        );
+    }
 
     #[test]
     fn tokens_round_trip_and_reject_garbage() {
