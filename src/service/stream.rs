@@ -400,10 +400,12 @@ pub fn via_settings(sql: &str, params: &[Param]) -> (String, String) {
             Param::Date(v) => format!("'{v}'::date"),
             // Truncated to microseconds, as binding it would.
             Param::Time(v) => format!("'{}'::timestamptz", v.format("%Y-%m-%dT%H:%M:%S%.6f+00:00")),
+            // The outer cast keeps `= ANY(...)` an array comparison rather
+            // than a subquery comparison.
             _ => format!(
-                "(SELECT current_setting('segd.p{}')::{})",
+                "(SELECT current_setting('segd.p{}')::{ty})::{ty}",
                 i + 1,
-                sql_type(p)
+                ty = sql_type(p)
             ),
         };
         query = query.replace(&format!("${}", i + 1), &value);
@@ -500,8 +502,8 @@ mod tests {
         );
         assert_eq!(
             q,
-            "SELECT c.id FROM contacts c WHERE a = 7::bigint AND b = (SELECT current_setting('segd.p2')::text) \
-             AND x > '-2.5'::float8 AND y && (SELECT current_setting('segd.p4')::text[])"
+            "SELECT c.id FROM contacts c WHERE a = 7::bigint AND b = (SELECT current_setting('segd.p2')::text)::text \
+             AND x > '-2.5'::float8 AND y && (SELECT current_setting('segd.p4')::text[])::text[]"
         );
     }
 

@@ -427,6 +427,34 @@ impl World {
             .await
             .map_err(|e| TestCaseError::fail(format!("{text}\nSQL failed: {e:?}\n{sql}")))?;
         let got: BTreeSet<i64> = rows.iter().map(|r| r.get(0)).collect();
+        // The stream's delivery path (parameters through settings, COPY)
+        // returns the same set.
+        let mut client = client;
+        let txn = client.transaction().await.unwrap();
+        let (set, via) = segd::service::stream::via_settings(&sql, &compiled.params);
+        txn.query_typed(&set, &compiled.typed_params())
+            .await
+            .unwrap();
+        let copy = txn
+            .copy_out(&format!("COPY ({via}) TO STDOUT"))
+            .await
+            .unwrap();
+        futures::pin_mut!(copy);
+        let mut out = Vec::new();
+        while let Some(chunk) = futures::StreamExt::next(&mut copy).await {
+            out.extend_from_slice(&chunk.unwrap());
+        }
+        txn.commit().await.unwrap();
+        let streamed: BTreeSet<i64> = String::from_utf8(out)
+            .unwrap()
+            .lines()
+            .map(|l| l.parse().unwrap())
+            .collect();
+        if streamed != got {
+            return Err(TestCaseError::fail(format!(
+                "definition: {text}\nthe streaming form disagrees with the query\n{via}"
+            )));
+        }
         let empty = HashSet::new();
         let want: BTreeSet<i64> = self
             .contacts
