@@ -2,12 +2,16 @@
 //!
 //! # Layout
 //!
-//! A request flows one way: `api` → `segment` → `db` → PostgreSQL.
+//! A request flows one way: `api` → `service` → (`segment`, `db`) → PostgreSQL.
 //!
 //! - [`api`]: one module per gRPC service; proto ↔ domain and nothing else.
 //!   Errors become statuses in `api::error`, and the workspace comes from
 //!   `api::workspace`.
-//! - [`model`]: validated domain types (contacts, events, deals, schemas).
+//! - [`service`]: use cases spanning the compiler and several tables
+//!   (saving and compiling segments, membership queries, member streams).
+//! - [`segment`]: the rule language as pure phases: parse → check → lower to
+//!   SQL, plus a reference evaluator.
+//! - [`model`]: validated domain types (contacts, events, deals, segments).
 //! - [`db`]: one module per aggregate; parameterised SQL scoped to a
 //!   workspace; migrations.
 //! - [`server`]: the tonic server with health, reflection and shutdown.

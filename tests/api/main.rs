@@ -6,6 +6,7 @@ mod grpcurl;
 mod helpers;
 mod polyglot;
 mod query;
+mod readme;
 mod restart;
 mod segments;
 mod server;
