@@ -370,6 +370,19 @@ fn events_group_once_per_condition() {
         ],
     );
     assert_golden(
+        "event(purchase).min(value) < 5 AND event(purchase, last 12h).max(value) >= 100",
+        &(ev(1, "min(e.value)", "e.type = $2")
+            + &ev(2, "max(e.value)", "e.type = $4 AND e.occurred_at >= $5")),
+        "(ev1.v < $3) AND (ev2.v >= $6)",
+        vec![
+            t("purchase"),
+            Param::Float8(5.0),
+            t("purchase"),
+            ts(2026, 3, 15, 0),
+            Param::Float8(100.0),
+        ],
+    );
+    assert_golden(
         "event(login, after 2026-03-01).first IS SET",
         &ev(
             1,

@@ -143,6 +143,8 @@ enum End {
     Abandoned,
     /// The caller's deadline passed; the query must be cancelled.
     Expired,
+    /// The server is shutting down; the query must be cancelled.
+    Shutdown,
 }
 
 async fn produce(
@@ -155,7 +157,7 @@ async fn produce(
     let outcome = run(&mut conn, &plan, &tx, &shutdown).await;
     let healthy = match &outcome {
         Ok(End::Finished(rows)) => *rows <= RECYCLE_AFTER_ROWS,
-        Ok(End::Abandoned | End::Expired) => {
+        Ok(End::Abandoned | End::Expired | End::Shutdown) => {
             // Stop the query on the server; the connection may still be
             // draining rows, so it never goes back to the pool.
             if let Err(e) = cancel.cancel_query(NoTls).await {
@@ -166,16 +168,19 @@ async fn produce(
         }
         Err(_) => false,
     };
-    match outcome {
-        Err(e) => {
-            let _ = tx.send(Err(e)).await;
-        }
-        Ok(End::Expired) => {
-            let _ = tx.try_send(Err(Error::DeadlineExceeded(
-                "the call's deadline passed mid-stream".into(),
-            )));
-        }
-        Ok(_) => {}
+    // Tell a reader that is still there why the stream stopped.
+    let reason = match outcome {
+        Err(e) => Some(e),
+        Ok(End::Expired) => Some(Error::DeadlineExceeded(
+            "the call's deadline passed mid-stream".into(),
+        )),
+        Ok(End::Shutdown) => Some(Error::Unavailable(
+            "the server is shutting down; resume with the last token".into(),
+        )),
+        Ok(_) => None,
+    };
+    if let Some(e) = reason {
+        let _ = tokio::time::timeout(Duration::from_secs(2), tx.send(Err(e))).await;
     }
     if !healthy {
         drop(deadpool_postgres::Object::take(conn));
@@ -254,7 +259,7 @@ async fn run(
         loop {
             let chunk = tokio::select! {
                 biased;
-                () = shutdown.cancelled() => return Ok(End::Abandoned),
+                () = shutdown.cancelled() => return Ok(End::Shutdown),
                 () = tx.closed() => return Ok(End::Abandoned),
                 () = &mut expired => return Ok(End::Expired),
                 r = chunks.next() => r,
@@ -273,7 +278,7 @@ async fn run(
                     biased;
                     () = &mut expired => return Ok(End::Expired),
                     sent = send(tx, shutdown, Ok(Item::Ids(batch, t))) => if !sent {
-                        return Ok(End::Abandoned);
+                        return Ok(gone(shutdown));
                     },
                 }
             }
@@ -300,7 +305,7 @@ async fn run(
     loop {
         let chunk = tokio::select! {
             biased;
-            () = shutdown.cancelled() => return Ok(End::Abandoned),
+            () = shutdown.cancelled() => return Ok(End::Shutdown),
             () = tx.closed() => return Ok(End::Abandoned),
             () = &mut expired => return Ok(End::Expired),
             r = rows.next() => r,
@@ -318,7 +323,7 @@ async fn run(
                 biased;
                 () = &mut expired => return Ok(End::Expired),
                 sent = send(tx, shutdown, Ok(Item::Contacts(batch, t))) => if !sent {
-                    return Ok(End::Abandoned);
+                    return Ok(gone(shutdown));
                 },
             }
         }
@@ -350,7 +355,7 @@ async fn finish(
     )
     .await
     {
-        return Ok(End::Abandoned);
+        return Ok(gone(shutdown));
     }
     Ok(End::Finished(total))
 }
@@ -465,6 +470,15 @@ impl BinaryIds {
         Ok(())
     }
 }
+/// Why a send failed: the server is stopping, or the reader left.
+fn gone(shutdown: &CancellationToken) -> End {
+    if shutdown.is_cancelled() {
+        End::Shutdown
+    } else {
+        End::Abandoned
+    }
+}
+
 /// Sends one item, waiting for room (backpressure). False if the reader is
 /// gone or the server is stopping.
 async fn send(

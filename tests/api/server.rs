@@ -57,3 +57,47 @@ async fn shutdown_finishes_and_cancels_the_stream_token() {
         .expect("server exits cleanly");
     assert!(token.is_cancelled());
 }
+
+#[tokio::test]
+async fn shutdown_ends_open_streams_with_unavailable() {
+    use futures::StreamExt;
+    let mut app = TestApp::spawn().await;
+    app.bulk_contacts("w", 100_000).await;
+    let mut q = segd::proto::query_service_client::QueryServiceClient::new(app.channel().await);
+    let mut r = segd::proto::StreamMembersRequest {
+        selector: crate::helpers::named("Leads"),
+        ..Default::default()
+    };
+    r.read_mask = Some(prost_types::FieldMask {
+        paths: vec!["external_id".into()],
+    });
+    let mut s = q
+        .stream_members(crate::helpers::req("w", r))
+        .await
+        .unwrap()
+        .into_inner();
+    s.next().await.unwrap().unwrap();
+    let reader = tokio::spawn(async move {
+        let mut last = None;
+        while let Some(m) = s.next().await {
+            if let Err(e) = m {
+                last = Some(e.code());
+                break;
+            }
+        }
+        last
+    });
+    tokio::time::timeout(std::time::Duration::from_secs(10), app.shutdown())
+        .await
+        .expect("shutdown is bounded even with a stream open")
+        .expect("server exits cleanly");
+    let code = tokio::time::timeout(std::time::Duration::from_secs(10), reader)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        code,
+        Some(tonic::Code::Unavailable),
+        "the client learns the stream was cut and can resume"
+    );
+}
