@@ -116,6 +116,10 @@ pub struct Config {
     )]
     pub max_query_cost: f64,
 
+    /// Member streams running at once; each holds its own PostgreSQL session.
+    #[arg(long, env = "SEGD_MAX_STREAMS", default_value_t = 32, global = true)]
+    pub max_streams: usize,
+
     /// Largest gRPC request message accepted, in bytes.
     #[arg(long, env = "SEGD_MAX_MESSAGE_BYTES", default_value_t = 16 * 1024 * 1024, global = true)]
     pub max_message_bytes: usize,

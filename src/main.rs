@@ -52,8 +52,10 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         query_timeout: config.query_timeout,
         stream_timeout: config.stream_timeout,
         max_query_cost: config.max_query_cost,
+        max_streams: config.max_streams,
     };
-    let state = api::AppState::new(db.pool.clone(), limits);
+    let stream_db = segd::db::session_config(&db.url, config.statement_timeout)?;
+    let state = api::AppState::new(db.pool.clone(), stream_db, limits);
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let mut server = tokio::spawn(server::serve(
         listener,

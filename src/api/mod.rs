@@ -25,6 +25,8 @@ pub struct Limits {
     pub stream_timeout: Duration,
     /// EXPLAIN cost above which inline definitions need `allow_expensive`.
     pub max_query_cost: f64,
+    /// Member streams running at once, each on its own session.
+    pub max_streams: usize,
 }
 
 impl Default for Limits {
@@ -33,6 +35,7 @@ impl Default for Limits {
             query_timeout: Duration::from_secs(60),
             stream_timeout: Duration::ZERO,
             max_query_cost: 50_000_000.0,
+            max_streams: 32,
         }
     }
 }
@@ -42,6 +45,10 @@ impl Default for Limits {
 pub struct AppState {
     /// The connection pool.
     pub pool: Pool,
+    /// Session settings for the dedicated connections of member streams.
+    pub stream_db: tokio_postgres::Config,
+    /// Bounds concurrent member streams.
+    pub stream_slots: Arc<tokio::sync::Semaphore>,
     /// Workspace resolution and creation.
     pub workspaces: Arc<Workspaces>,
     /// Cancelled when the server shuts down; streams stop on it.
@@ -51,10 +58,15 @@ pub struct AppState {
 }
 
 impl AppState {
-    /// State over `pool`.
-    pub fn new(pool: Pool, limits: Limits) -> Self {
+    /// State over `pool`; member streams open their own sessions with
+    /// `stream_db` (see `db::session_config`).
+    pub fn new(pool: Pool, mut stream_db: tokio_postgres::Config, limits: Limits) -> Self {
+        // Stream sessions are easy to tell apart in pg_stat_activity.
+        stream_db.application_name("segd-stream");
         Self {
             workspaces: Arc::new(Workspaces::new(pool.clone())),
+            stream_slots: Arc::new(tokio::sync::Semaphore::new(limits.max_streams)),
+            stream_db,
             pool,
             shutdown: CancellationToken::new(),
             limits,

@@ -18,6 +18,9 @@ use crate::service::query::{self as q, Sample};
 use crate::service::segments::Target;
 use crate::service::stream::{self, Cursor, Item};
 
+/// How long a stream waits for a free slot before RESOURCE_EXHAUSTED.
+const STREAM_SLOT_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Largest encoded message of contacts; far below the 4 MB default limit.
 const MAX_MESSAGE_BYTES: usize = 1 << 20;
 
@@ -193,17 +196,19 @@ impl QueryService for Query {
             .then(|| Cursor::parse(&r.resume_token))
             .transpose()?;
         let now = cursor.as_ref().map_or_else(now_ms, Cursor::now);
-        let conn = self.state.conn().await?;
         let limits = &self.state.limits;
-        let t = q::compile_guarded(
-            &**conn,
-            ws,
-            &target,
-            now,
-            limits.max_query_cost,
-            r.allow_expensive,
-        )
-        .await?;
+        let t = {
+            let conn = self.state.conn().await?;
+            q::compile_guarded(
+                &**conn,
+                ws,
+                &target,
+                now,
+                limits.max_query_cost,
+                r.allow_expensive,
+            )
+            .await?
+        };
         let mut compiled = t.compiled;
         if let Some(s) = &sample {
             q::apply_sample(&mut compiled, s);
@@ -214,6 +219,15 @@ impl QueryService for Query {
                 "the resume token belongs to another query, or the segment's definition changed since",
             ));
         }
+        let permit = tokio::time::timeout(
+            STREAM_SLOT_WAIT,
+            self.state.stream_slots.clone().acquire_owned(),
+        )
+        .await
+        .map_err(|_| {
+            Status::resource_exhausted("too many member streams are running; retry shortly")
+        })?
+        .map_err(|_| Status::unavailable("the server is shutting down"))?;
         let plan = stream::Plan {
             ws,
             compiled,
@@ -225,7 +239,12 @@ impl QueryService for Query {
             timeout: limits.stream_timeout,
             deadline,
         };
-        let rx = stream::spawn(conn, plan, self.state.shutdown.clone());
+        let rx = stream::spawn(
+            self.state.stream_db.clone(),
+            plan,
+            self.state.shutdown.clone(),
+            permit,
+        );
         let out = ReceiverStream::new(rx)
             .flat_map(move |item| futures::stream::iter(messages(item, &paths)));
         Ok(Response::new(Box::pin(out)))

@@ -100,7 +100,11 @@ impl BenchEnv {
                 .context("starting segd serve")?;
             Server::Child(child)
         } else {
-            let state = AppState::new(pool.clone(), Limits::default());
+            let state = AppState::new(
+                pool.clone(),
+                db::session_config(&url, Duration::ZERO)?,
+                Limits::default(),
+            );
             let (tx, rx) = tokio::sync::oneshot::channel::<()>();
             let task = tokio::spawn(server::serve(listener, state, 64 << 20, async {
                 let _ = rx.await;

@@ -1,8 +1,6 @@
 //! Turns PostgreSQL and pool failures into domain errors, in one place:
 //! SQLSTATE classes map onto the small set of `Error` variants.
 
-use tokio_postgres::error::SqlState;
-
 use crate::error::Error;
 
 /// Maps a tokio-postgres error onto a domain error.
@@ -15,28 +13,22 @@ pub fn from_pg(e: tokio_postgres::Error) -> Error {
         Some(d) => format!("{} ({d})", db.message()),
         None => db.message().to_string(),
     };
-    let code = db.code();
-    if *code == SqlState::UNIQUE_VIOLATION {
-        Error::AlreadyExists(msg)
-    } else if *code == SqlState::FOREIGN_KEY_VIOLATION {
-        Error::NotFound(msg)
-    } else if *code == SqlState::T_R_SERIALIZATION_FAILURE
-        || *code == SqlState::T_R_DEADLOCK_DETECTED
-    {
-        Error::Aborted(msg)
-    } else if *code == SqlState::QUERY_CANCELED {
-        Error::DeadlineExceeded(msg)
-    } else if code.code().starts_with("57P")
-        || code.code().starts_with("08")
-        || *code == SqlState::TOO_MANY_CONNECTIONS
-    {
-        // admin/crash shutdown, cannot connect now, connection exceptions
-        Error::Unavailable(msg)
-    } else if code.code().starts_with("22") {
-        // data exceptions: a value the validation let through but PostgreSQL refuses
-        Error::invalid("", msg)
-    } else {
-        Error::Internal(format!("{msg} [{}]", code.code()))
+    from_sqlstate(db.code().code(), msg)
+}
+
+/// Maps a SQLSTATE and message, as read off the wire, onto a domain error.
+pub fn from_sqlstate(code: &str, msg: String) -> Error {
+    match code {
+        "23505" => Error::AlreadyExists(msg),
+        "23503" => Error::NotFound(msg),
+        "40001" | "40P01" => Error::Aborted(msg),
+        // query_canceled: a statement timeout
+        "57014" => Error::DeadlineExceeded(msg),
+        // shutdowns, cannot connect now, connection exceptions, too many connections
+        c if c.starts_with("57P") || c.starts_with("08") || c == "53300" => Error::Unavailable(msg),
+        // data exceptions: a value validation let through but PostgreSQL refuses
+        c if c.starts_with("22") => Error::invalid("", msg),
+        c => Error::Internal(format!("{msg} [{c}]")),
     }
 }
 

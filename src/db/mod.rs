@@ -10,6 +10,7 @@ pub mod import;
 pub mod merge;
 pub mod migrate;
 pub mod segments;
+pub mod stream_conn;
 pub mod workspaces;
 
 use std::time::Duration;
@@ -27,18 +28,7 @@ pub use deadpool_postgres::Object as Conn;
 /// # Errors
 /// The URL does not parse.
 pub fn pool(url: &str, size: usize, statement_timeout: Duration) -> Result<Pool> {
-    let mut cfg: tokio_postgres::Config = url
-        .parse()
-        .map_err(|e| Error::invalid("database_url", format!("{e}")))?;
-    let options = format!(
-        "{} -c statement_timeout={} -c TimeZone=UTC -c idle_in_transaction_session_timeout=300000",
-        cfg.get_options().unwrap_or_default(),
-        statement_timeout.as_millis()
-    );
-    cfg.options(options.trim());
-    if cfg.get_application_name().is_none() {
-        cfg.application_name("segd");
-    }
+    let cfg = session_config(url, statement_timeout)?;
     let mgr = Manager::from_config(
         cfg,
         NoTls,
@@ -53,6 +43,27 @@ pub fn pool(url: &str, size: usize, statement_timeout: Duration) -> Result<Pool>
         .runtime(deadpool_postgres::Runtime::Tokio1)
         .build()
         .map_err(Error::internal)
+}
+
+/// Connection settings for segd's sessions: UTC, the default statement
+/// timeout, quiet notices, and `segd` as the application name.
+///
+/// # Errors
+/// The URL does not parse.
+pub fn session_config(url: &str, statement_timeout: Duration) -> Result<tokio_postgres::Config> {
+    let mut cfg: tokio_postgres::Config = url
+        .parse()
+        .map_err(|e| Error::invalid("database_url", format!("{e}")))?;
+    let options = format!(
+        "{} -c statement_timeout={} -c TimeZone=UTC -c idle_in_transaction_session_timeout=300000 -c client_min_messages=warning",
+        cfg.get_options().unwrap_or_default(),
+        statement_timeout.as_millis()
+    );
+    cfg.options(options.trim());
+    if cfg.get_application_name().is_none() {
+        cfg.application_name("segd");
+    }
+    Ok(cfg)
 }
 
 /// Takes a connection from the pool.

@@ -1,20 +1,21 @@
-//! Streaming segment members. A spawned producer runs the compiled query
-//! in one read-only REPEATABLE READ transaction, in id order, and feeds
-//! batches into a small bounded channel: a slow reader slows the query
-//! (backpressure reaches PostgreSQL through the socket), memory stays
-//! bounded, and a reader that goes away, or a server shutdown, cancels the
-//! query on the server.
+//! Streaming segment members. A spawned producer opens a dedicated session
+//! (see `db::stream_conn`), runs the compiled query in one read-only
+//! REPEATABLE READ transaction, in id order, and feeds batches into a small
+//! bounded channel: a slow reader slows the query (backpressure reaches
+//! PostgreSQL through the socket), memory stays bounded, and a reader that
+//! goes away, passes its deadline, or a server shutdown cancels the query on
+//! the server. The session is closed afterwards, never pooled.
 
+use std::pin::Pin;
 use std::time::Duration;
 
 use base64::Engine;
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
-use tokio::sync::mpsc;
-use tokio_postgres::NoTls;
+use tokio::sync::{OwnedSemaphorePermit, mpsc};
 use tokio_util::sync::CancellationToken;
 
-use crate::db::{self, Conn};
+use crate::db::{self, stream_conn};
 use crate::error::{Error, Result};
 use crate::model::WorkspaceId;
 use crate::model::contact::Contact;
@@ -26,10 +27,7 @@ const FIRST_ID_BATCH: usize = 512;
 /// Contacts per batch at most (the API splits further by encoded size).
 pub const MAX_CONTACT_BATCH: usize = 256;
 /// Batches buffered between the query and the client.
-const CHANNEL: usize = 16;
-/// Connections that streamed more rows than this are closed afterwards,
-/// since their buffers keep their peak size.
-const RECYCLE_AFTER_ROWS: u64 = 100_000;
+const CHANNEL: usize = 4;
 
 /// Where a stream is: the last id delivered, the evaluation instant, and a
 /// fingerprint of what is being streamed.
@@ -129,17 +127,26 @@ pub enum Item {
     },
 }
 
-/// Starts the producer on its own task and returns the receiving end.
-pub fn spawn(conn: Conn, plan: Plan, shutdown: CancellationToken) -> mpsc::Receiver<Result<Item>> {
+/// Starts the producer on its own task and returns the receiving end. The
+/// permit bounds concurrent streams and is released when the stream ends.
+pub fn spawn(
+    db: tokio_postgres::Config,
+    plan: Plan,
+    shutdown: CancellationToken,
+    permit: OwnedSemaphorePermit,
+) -> mpsc::Receiver<Result<Item>> {
     let (tx, rx) = mpsc::channel(CHANNEL);
-    tokio::spawn(produce(conn, plan, tx, shutdown));
+    tokio::spawn(async move {
+        produce(db, plan, tx, shutdown).await;
+        drop(permit);
+    });
     rx
 }
 
 enum End {
     /// Every row was delivered.
-    Finished(u64),
-    /// The reader left or the server is stopping; the query must be cancelled.
+    Finished,
+    /// The reader left; the query must be cancelled.
     Abandoned,
     /// The caller's deadline passed; the query must be cancelled.
     Expired,
@@ -148,25 +155,23 @@ enum End {
 }
 
 async fn produce(
-    mut conn: Conn,
+    db: tokio_postgres::Config,
     plan: Plan,
     tx: mpsc::Sender<Result<Item>>,
     shutdown: CancellationToken,
 ) {
-    let cancel = conn.cancel_token();
-    let outcome = run(&mut conn, &plan, &tx, &shutdown).await;
-    let healthy = match &outcome {
-        Ok(End::Finished(rows)) => *rows <= RECYCLE_AFTER_ROWS,
-        Ok(End::Abandoned | End::Expired | End::Shutdown) => {
-            // Stop the query on the server; the connection may still be
-            // draining rows, so it never goes back to the pool.
-            if let Err(e) = cancel.cancel_query(NoTls).await {
-                tracing::warn!(error = %e, "cancelling an abandoned stream's query");
+    let outcome = match stream_conn::connect(&db).await {
+        Ok(session) => {
+            let canceller = session.canceller();
+            let outcome = run(session, &plan, &tx, &shutdown).await;
+            if !matches!(outcome, Ok(End::Finished)) {
+                // Stop the statement on the server; the session is closed anyway.
+                canceller.cancel().await;
+                tracing::info!("stream stopped early; query cancelled");
             }
-            tracing::info!("stream abandoned; query cancelled");
-            false
+            outcome
         }
-        Err(_) => false,
+        Err(e) => Err(e),
     };
     // Tell a reader that is still there why the stream stopped.
     let reason = match outcome {
@@ -182,38 +187,27 @@ async fn produce(
     if let Some(e) = reason {
         let _ = tokio::time::timeout(Duration::from_secs(2), tx.send(Err(e))).await;
     }
-    if !healthy {
-        drop(deadpool_postgres::Object::take(conn));
-    }
 }
 
+/// Runs the stream on a fresh session.
 async fn run(
-    conn: &mut Conn,
+    session: stream_conn::StreamSession,
     plan: &Plan,
     tx: &mpsc::Sender<Result<Item>>,
     shutdown: &CancellationToken,
 ) -> Result<End> {
-    let txn = conn
-        .build_transaction()
-        .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
-        .read_only(true)
-        .start()
+    let client = &session.client;
+    client
+        .batch_execute(&format!(
+            "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY; SET LOCAL statement_timeout = {}",
+            plan.timeout.as_millis()
+        ))
         .await?;
-    txn.batch_execute(&format!(
-        "SET LOCAL statement_timeout = {}",
-        plan.timeout.as_millis()
-    ))
-    .await?;
     // The first statement fixes the transaction's snapshot.
-    let snapshot: String = txn
+    let snapshot: String = client
         .query_one("SELECT pg_current_snapshot()::text", &[])
         .await?
         .get(0);
-    let schema = if plan.contacts {
-        Some(db::definitions::schema(&*txn, plan.ws).await?)
-    } else {
-        None
-    };
 
     let mut c = plan.compiled.clone();
     if let Some(after) = plan.after {
@@ -224,140 +218,153 @@ async fn run(
         Some(n) => format!(" LIMIT {}", c.bind(Param::Int8(n))),
         None => String::new(),
     };
-    let token = |after: i64| Cursor {
-        v: 1,
-        after,
-        at: plan.now.timestamp_millis(),
-        fp: plan.fp.clone(),
+    let mut out = Out {
+        tx,
+        shutdown,
+        expired: Box::pin(tokio::time::sleep_until(plan.deadline.unwrap_or_else(
+            || tokio::time::Instant::now() + Duration::from_secs(86_400 * 365),
+        ))),
+        cursor: Cursor {
+            v: 1,
+            after: 0,
+            at: plan.now.timestamp_millis(),
+            fp: plan.fp.clone(),
+        },
+        target: FIRST_ID_BATCH,
+        total: 0,
     };
-    let mut total: u64 = 0;
-    let deadline = plan
-        .deadline
-        .unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(86_400 * 365));
-    let expired = tokio::time::sleep_until(deadline);
-    tokio::pin!(expired);
 
-    // Ids travel as binary COPY: PostgreSQL's cheapest way out, and no row
-    // objects on our side. COPY takes no bind parameters, so the values go
-    // into transaction-local settings through bound parameters, and the
-    // query reads each one once; caller values never become SQL text.
-    let Some(schema) = schema else {
-        let (set, query) = via_settings(
-            &format!("SELECT c.id {} ORDER BY c.id{limit}", c.body),
-            &c.params,
+    if plan.contacts {
+        let schema = db::definitions::schema(client, plan.ws).await?;
+        let sql = format!(
+            "SELECT {} {} ORDER BY c.id{limit}",
+            *db::contacts::SELECT_COLUMNS,
+            c.body
         );
-        txn.query_typed(&set, &crate::segment::lower::typed(&c.params))
+        let rows = client
+            .query_typed_raw(&sql, c.params.iter().map(|p| (p, p.pg_type())))
             .await?;
-        let copy = txn
-            .copy_out(&format!("COPY ({query}) TO STDOUT (FORMAT binary)"))
-            .await?;
-        let chunks = copy.ready_chunks(256);
-        futures::pin_mut!(chunks);
-        let mut decoder = BinaryIds::default();
-        let mut ids: Vec<i64> = Vec::with_capacity(FIRST_ID_BATCH);
-        let mut target = FIRST_ID_BATCH;
+        // Rows already received come in one chunk, so the select below runs
+        // per chunk, not per row.
+        let rows = rows.ready_chunks(MAX_CONTACT_BATCH);
+        futures::pin_mut!(rows);
+        let mut contacts: Vec<Contact> = Vec::new();
         loop {
             let chunk = tokio::select! {
                 biased;
                 () = shutdown.cancelled() => return Ok(End::Shutdown),
                 () = tx.closed() => return Ok(End::Abandoned),
-                () = &mut expired => return Ok(End::Expired),
-                r = chunks.next() => r,
+                () = &mut out.expired => return Ok(End::Expired),
+                r = rows.next() => r,
             };
             let last = chunk.is_none();
-            for bytes in chunk.into_iter().flatten() {
-                decoder.push(&bytes?, &mut ids)?;
+            for r in chunk.into_iter().flatten() {
+                contacts.push(db::contacts::from_row(&r?, &schema));
             }
-            while ids.len() >= target || (last && !ids.is_empty()) {
-                let rest = ids.split_off(ids.len().min(target));
-                let batch = std::mem::replace(&mut ids, rest);
-                total += batch.len() as u64;
-                let t = token(*batch.last().unwrap_or(&0));
-                target = (target * 2).min(MAX_ID_BATCH);
-                tokio::select! {
-                    biased;
-                    () = &mut expired => return Ok(End::Expired),
-                    sent = send(tx, shutdown, Ok(Item::Ids(batch, t))) => if !sent {
-                        return Ok(gone(shutdown));
-                    },
+            while contacts.len() >= MAX_CONTACT_BATCH || (last && !contacts.is_empty()) {
+                let rest = contacts.split_off(contacts.len().min(MAX_CONTACT_BATCH));
+                let batch = std::mem::replace(&mut contacts, rest);
+                if let Some(end) = out
+                    .send(batch.len(), batch.last().map_or(0, |c| c.id), |cur| {
+                        Item::Contacts(batch, cur)
+                    })
+                    .await
+                {
+                    return Ok(end);
                 }
             }
             if last {
                 break;
             }
         }
-        return finish(txn, tx, shutdown, total, snapshot, plan.now).await;
-    };
-
-    let sql = format!(
-        "SELECT {} {} ORDER BY c.id{limit}",
-        *db::contacts::SELECT_COLUMNS,
-        c.body
-    );
-    let rows = txn
-        .query_typed_raw(&sql, c.params.iter().map(|p| (p, p.pg_type())))
-        .await?;
-    // Rows already received come in one chunk, so the select below runs per
-    // chunk, not per row.
-    let rows = rows.ready_chunks(MAX_CONTACT_BATCH);
-    futures::pin_mut!(rows);
-    let mut contacts: Vec<Contact> = Vec::new();
-    loop {
-        let chunk = tokio::select! {
-            biased;
-            () = shutdown.cancelled() => return Ok(End::Shutdown),
-            () = tx.closed() => return Ok(End::Abandoned),
-            () = &mut expired => return Ok(End::Expired),
-            r = rows.next() => r,
-        };
-        let last = chunk.is_none();
-        for r in chunk.into_iter().flatten() {
-            contacts.push(db::contacts::from_row(&r?, &schema));
-        }
-        while contacts.len() >= MAX_CONTACT_BATCH || (last && !contacts.is_empty()) {
-            let rest = contacts.split_off(contacts.len().min(MAX_CONTACT_BATCH));
-            let batch = std::mem::replace(&mut contacts, rest);
-            total += batch.len() as u64;
-            let t = token(batch.last().map_or(0, |c| c.id));
-            tokio::select! {
+        client.batch_execute("COMMIT").await?;
+    } else {
+        // Ids travel as binary COPY read straight off the socket: COPY takes
+        // no bind parameters, so the values go into transaction-local
+        // settings through bound parameters, and the query reads each one
+        // once; caller values never become SQL text.
+        let (set, query) = via_settings(
+            &format!("SELECT c.id {} ORDER BY c.id{limit}", c.body),
+            &c.params,
+        );
+        client
+            .query_typed(&set, &crate::segment::lower::typed(&c.params))
+            .await?;
+        let mut raw = session.detach().await?;
+        raw.send_query(&format!("COPY ({query}) TO STDOUT (FORMAT binary)"))
+            .await?;
+        let mut decoder = BinaryIds::default();
+        let mut ids: Vec<i64> = Vec::with_capacity(FIRST_ID_BATCH);
+        loop {
+            let done = tokio::select! {
                 biased;
-                () = &mut expired => return Ok(End::Expired),
-                sent = send(tx, shutdown, Ok(Item::Contacts(batch, t))) => if !sent {
-                    return Ok(gone(shutdown));
-                },
+                () = shutdown.cancelled() => return Ok(End::Shutdown),
+                () = tx.closed() => return Ok(End::Abandoned),
+                () = &mut out.expired => return Ok(End::Expired),
+                r = raw.read_some(|payload| decoder.push(payload, &mut ids)) => r?,
+            };
+            while ids.len() >= out.target || (done && !ids.is_empty()) {
+                let rest = ids.split_off(ids.len().min(out.target));
+                let batch = std::mem::replace(&mut ids, rest);
+                out.target = (out.target * 2).min(MAX_ID_BATCH);
+                if let Some(end) = out
+                    .send(batch.len(), *batch.last().unwrap_or(&0), |cur| {
+                        Item::Ids(batch, cur)
+                    })
+                    .await
+                {
+                    return Ok(end);
+                }
+            }
+            if done {
+                break;
             }
         }
-        if last {
-            break;
-        }
+        raw.execute("COMMIT").await?;
+        raw.close().await;
     }
-    finish(txn, tx, shutdown, total, snapshot, plan.now).await
-}
-
-/// Commits the read-only transaction and sends the summary.
-async fn finish(
-    txn: deadpool_postgres::Transaction<'_>,
-    tx: &mpsc::Sender<Result<Item>>,
-    shutdown: &CancellationToken,
-    total: u64,
-    snapshot: String,
-    now: DateTime<Utc>,
-) -> Result<End> {
-    txn.commit().await?;
-    if !send(
-        tx,
-        shutdown,
-        Ok(Item::Done {
-            total,
-            snapshot,
-            now,
-        }),
-    )
-    .await
-    {
+    let done = Item::Done {
+        total: out.total,
+        snapshot,
+        now: plan.now,
+    };
+    if !send(tx, shutdown, Ok(done)).await {
         return Ok(gone(shutdown));
     }
-    Ok(End::Finished(total))
+    Ok(End::Finished)
+}
+
+/// The sending side of a stream: counts rows, stamps cursors, and stops on
+/// the deadline, a departed reader or shutdown.
+struct Out<'a> {
+    tx: &'a mpsc::Sender<Result<Item>>,
+    shutdown: &'a CancellationToken,
+    expired: Pin<Box<tokio::time::Sleep>>,
+    cursor: Cursor,
+    target: usize,
+    total: u64,
+}
+
+impl Out<'_> {
+    /// Sends a batch of `rows` ending at id `last`; Some(end) if the stream
+    /// must stop.
+    async fn send(
+        &mut self,
+        rows: usize,
+        last: i64,
+        item: impl FnOnce(Cursor) -> Item,
+    ) -> Option<End> {
+        self.total += rows as u64;
+        let cursor = Cursor {
+            after: last,
+            ..self.cursor.clone()
+        };
+        tokio::select! {
+            biased;
+            () = &mut self.expired => Some(End::Expired),
+            sent = send(self.tx, self.shutdown, Ok(item(cursor))) => (!sent).then(|| gone(self.shutdown)),
+        }
+    }
 }
 
 /// The SQL type name of a parameter, for casts.

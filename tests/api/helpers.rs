@@ -142,7 +142,9 @@ impl TestApp {
             .expect("create test database");
         let db_url = with_db(&s.admin_url, &db_name);
         let pool = segd::db::pool(&db_url, 8, std::time::Duration::from_secs(30)).expect("pool");
-        let state = AppState::new(pool, limits);
+        let stream_db =
+            segd::db::session_config(&db_url, std::time::Duration::from_secs(30)).unwrap();
+        let state = AppState::new(pool, stream_db, limits);
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();

@@ -260,6 +260,46 @@ async fn a_client_that_goes_away_cancels_the_query() {
 }
 
 #[tokio::test]
+async fn an_id_stream_session_ends_when_its_client_leaves() {
+    let app = TestApp::spawn().await;
+    // More ids than the channel, HTTP/2 and socket buffers hold together.
+    app.bulk_contacts("w", 1_000_000).await;
+    let sessions = || async {
+        app.db()
+            .await
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'segd-stream' AND datname = current_database()",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get::<_, i64>(0)
+    };
+    let mut q = QueryServiceClient::new(app.channel().await);
+    let mut s = q
+        .stream_members(req(
+            "w",
+            stream_req(inline("country IN (\"US\", \"CA\", \"DE\")")),
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!s.next().await.unwrap().unwrap().ids.is_empty());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(sessions().await, 1, "the stalled stream holds its session");
+    drop(s);
+    let mut closed = false;
+    for _ in 0..50 {
+        if sessions().await == 0 {
+            closed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(closed, "the stream's session outlived its client by 5 s");
+}
+
+#[tokio::test]
 async fn a_deadline_cancels_the_query_too() {
     let app = TestApp::spawn().await;
     app.bulk_contacts("w", 300_000).await;

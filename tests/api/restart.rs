@@ -32,7 +32,8 @@ async fn a_database_restart_ends_the_stream_and_the_client_resumes() {
     let url = cluster.url("restart");
     segd::startup::migrate(&url).await.unwrap();
     let pool = segd::db::pool(&url, 4, std::time::Duration::from_secs(30)).unwrap();
-    let state = AppState::new(pool, Limits::default());
+    let stream_db = segd::db::session_config(&url, std::time::Duration::from_secs(30)).unwrap();
+    let state = AppState::new(pool, stream_db, Limits::default());
     let ws = state.workspaces.resolve("w").await.unwrap();
     let (db, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
         .await

@@ -1,0 +1,374 @@
+//! Dedicated connections for member streams.
+//!
+//! A stream gets its own PostgreSQL session, outside the pool, so a long
+//! stream never starves other calls and a half-read stream never returns to
+//! the pool. The session is set up through tokio-postgres (authentication,
+//! transaction, bound parameters); then, for id streams, segd takes the
+//! socket back and reads `COPY ... (FORMAT binary)` straight off it in large
+//! reads. tokio-postgres handles one message per row, which costs more CPU
+//! than PostgreSQL spends producing the row; the direct read costs a few
+//! nanoseconds per id.
+
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+
+use bytes::{Buf, BytesMut};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::{TcpStream, UnixStream};
+use tokio_postgres::config::Host;
+use tokio_postgres::{CancelToken, Client, NoTls};
+
+use crate::error::{Error, Result};
+
+/// A TCP or Unix socket.
+#[derive(Debug)]
+enum Sock {
+    Tcp(TcpStream),
+    Unix(UnixStream),
+}
+
+impl AsyncRead for Sock {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Sock::Tcp(s) => Pin::new(s).poll_read(cx, buf),
+            Sock::Unix(s) => Pin::new(s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Sock {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Sock::Tcp(s) => Pin::new(s).poll_write(cx, buf),
+            Sock::Unix(s) => Pin::new(s).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Sock::Tcp(s) => Pin::new(s).poll_flush(cx),
+            Sock::Unix(s) => Pin::new(s).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Sock::Tcp(s) => Pin::new(s).poll_shutdown(cx),
+            Sock::Unix(s) => Pin::new(s).poll_shutdown(cx),
+        }
+    }
+}
+
+/// The socket, lent to tokio-postgres and taken back later.
+#[derive(Debug, Clone)]
+struct Tap(Arc<Mutex<Option<Sock>>>);
+
+impl Tap {
+    fn with<R>(
+        &self,
+        f: impl FnOnce(&mut Sock) -> Poll<std::io::Result<R>>,
+    ) -> Poll<std::io::Result<R>> {
+        match self.0.lock().expect("tap lock").as_mut() {
+            Some(s) => f(s),
+            None => Poll::Ready(Err(std::io::ErrorKind::NotConnected.into())),
+        }
+    }
+}
+
+impl AsyncRead for Tap {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        self.with(|s| Pin::new(s).poll_read(cx, buf))
+    }
+}
+
+impl AsyncWrite for Tap {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        self.with(|s| Pin::new(s).poll_write(cx, buf))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        self.with(|s| Pin::new(s).poll_flush(cx))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        self.with(|s| Pin::new(s).poll_shutdown(cx))
+    }
+}
+
+/// Where the server is, for connecting and for cancel requests.
+#[derive(Debug, Clone)]
+enum Addr {
+    Tcp(String, u16),
+    Unix(std::path::PathBuf),
+}
+
+impl Addr {
+    async fn connect(&self) -> std::io::Result<Sock> {
+        match self {
+            Addr::Tcp(h, p) => {
+                let s = TcpStream::connect((h.as_str(), *p)).await?;
+                s.set_nodelay(true)?;
+                Ok(Sock::Tcp(s))
+            }
+            Addr::Unix(dir) => Ok(Sock::Unix(UnixStream::connect(dir).await?)),
+        }
+    }
+}
+
+/// Aborts the connection task when dropped, so an abandoned session does not
+/// keep draining rows in the background.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// A dedicated streaming session.
+pub struct StreamSession {
+    /// The tokio-postgres client, for setup and for whole-row queries.
+    pub client: Client,
+    tap: Tap,
+    task: AbortOnDrop,
+    cancel: CancelToken,
+    addr: Addr,
+}
+
+/// Opens a session with the settings of `cfg` (first host only).
+///
+/// # Errors
+/// `Unavailable` when the server cannot be reached or refuses.
+pub async fn connect(cfg: &tokio_postgres::Config) -> Result<StreamSession> {
+    let port = cfg.get_ports().first().copied().unwrap_or(5432);
+    let addr = match cfg.get_hosts().first() {
+        Some(Host::Tcp(h)) => Addr::Tcp(h.clone(), port),
+        Some(Host::Unix(dir)) => Addr::Unix(dir.join(format!(".s.PGSQL.{port}"))),
+        None => Addr::Tcp("localhost".into(), port),
+    };
+    let sock = addr
+        .connect()
+        .await
+        .map_err(|e| Error::Unavailable(format!("connecting for a stream: {e}")))?;
+    let tap = Tap(Arc::new(Mutex::new(Some(sock))));
+    let (client, conn) = cfg.connect_raw(tap.clone(), NoTls).await?;
+    let task = AbortOnDrop(tokio::spawn(async move {
+        let _ = conn.await;
+    }));
+    let cancel = client.cancel_token();
+    Ok(StreamSession {
+        client,
+        tap,
+        task,
+        cancel,
+        addr,
+    })
+}
+
+impl StreamSession {
+    /// A handle that cancels whatever the session is running.
+    pub fn canceller(&self) -> Canceller {
+        Canceller {
+            token: self.cancel.clone(),
+            addr: self.addr.clone(),
+        }
+    }
+
+    /// Takes the socket back from tokio-postgres, which must be idle (its
+    /// last query complete), for reading COPY directly.
+    ///
+    /// # Errors
+    /// `Internal` if the socket is gone.
+    pub async fn detach(self) -> Result<RawCopy> {
+        let mut task = self.task;
+        task.0.abort();
+        let _ = (&mut task.0).await;
+        drop(self.client);
+        let sock = self
+            .tap
+            .0
+            .lock()
+            .expect("tap lock")
+            .take()
+            .ok_or_else(|| Error::internal("stream socket already taken"))?;
+        Ok(RawCopy {
+            sock,
+            buf: BytesMut::with_capacity(256 * 1024),
+        })
+    }
+}
+
+/// Cancels a session's running statement from elsewhere.
+#[derive(Clone)]
+pub struct Canceller {
+    token: CancelToken,
+    addr: Addr,
+}
+
+impl Canceller {
+    /// Sends a cancel request (best effort: PostgreSQL does not answer).
+    pub async fn cancel(&self) {
+        let sent = match self.addr.connect().await {
+            Ok(s) => self
+                .token
+                .cancel_query_raw(s, NoTls)
+                .await
+                .map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        if let Err(e) = sent {
+            tracing::warn!(error = %e, "sending a cancel request");
+        }
+    }
+}
+
+/// A session's socket after setup: speaks the simple query protocol.
+pub struct RawCopy {
+    sock: Sock,
+    buf: BytesMut,
+}
+
+/// One protocol message read off the socket.
+enum Msg {
+    /// A CopyData payload: `buf[start..end]` of the reader's buffer.
+    Data(usize, usize),
+    /// ReadyForQuery: the query is over.
+    Ready,
+    /// ErrorResponse.
+    Failed(Error),
+    /// Anything else (CopyOutResponse, CopyDone, CommandComplete, notices).
+    Other,
+}
+
+impl RawCopy {
+    /// Sends a simple query.
+    ///
+    /// # Errors
+    /// `Unavailable` when the connection is gone.
+    pub async fn send_query(&mut self, sql: &str) -> Result<()> {
+        let mut out = BytesMut::new();
+        postgres_protocol::message::frontend::query(sql, &mut out).map_err(Error::internal)?;
+        self.sock.write_all(&out).await.map_err(gone)?;
+        Ok(())
+    }
+
+    /// Reads until at least one whole message is buffered; false at EOF.
+    async fn fill(&mut self) -> Result<()> {
+        self.buf.reserve(64 * 1024);
+        let n = self.sock.read_buf(&mut self.buf).await.map_err(gone)?;
+        if n == 0 {
+            return Err(Error::Unavailable(
+                "the database closed the stream's connection".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The next buffered message, if whole.
+    fn next_msg(&self, at: usize) -> Option<(Msg, usize)> {
+        let b = &self.buf[at..];
+        if b.len() < 5 {
+            return None;
+        }
+        let len = u32::from_be_bytes([b[1], b[2], b[3], b[4]]) as usize;
+        if b.len() < 1 + len {
+            return None;
+        }
+        let body = &b[5..1 + len];
+        let msg = match b[0] {
+            b'd' => Msg::Data(at + 5, at + 1 + len),
+            b'Z' => Msg::Ready,
+            b'E' => Msg::Failed(error_response(body)),
+            _ => Msg::Other,
+        };
+        Some((msg, at + 1 + len))
+    }
+
+    /// Feeds every CopyData payload available now to `each` and returns
+    /// whether the query finished (ReadyForQuery). Waits for data only when
+    /// nothing whole is buffered.
+    ///
+    /// # Errors
+    /// The query failed (with its SQLSTATE mapped) or the connection is gone.
+    pub async fn read_some(&mut self, mut each: impl FnMut(&[u8]) -> Result<()>) -> Result<bool> {
+        loop {
+            let mut at = 0;
+            let mut got = false;
+            let mut failed = None;
+            while let Some((msg, next)) = self.next_msg(at) {
+                got = true;
+                match msg {
+                    Msg::Data(a, b) => each(&self.buf[a..b])?,
+                    Msg::Ready => {
+                        self.buf.advance(next);
+                        return match failed {
+                            Some(e) => Err(e),
+                            None => Ok(true),
+                        };
+                    }
+                    Msg::Failed(e) => failed = Some(e),
+                    Msg::Other => {}
+                }
+                at = next;
+            }
+            self.buf.advance(at);
+            if got && failed.is_none() {
+                return Ok(false);
+            }
+            self.fill().await?;
+        }
+    }
+
+    /// Runs a statement that returns no data (COMMIT) and waits for it.
+    ///
+    /// # Errors
+    /// The statement failed or the connection is gone.
+    pub async fn execute(&mut self, sql: &str) -> Result<()> {
+        self.send_query(sql).await?;
+        while !self.read_some(|_| Ok(())).await? {}
+        Ok(())
+    }
+
+    /// Ends the session politely.
+    pub async fn close(mut self) {
+        let mut out = BytesMut::new();
+        postgres_protocol::message::frontend::terminate(&mut out);
+        let _ = self.sock.write_all(&out).await;
+        let _ = self.sock.shutdown().await;
+    }
+}
+
+fn gone(e: std::io::Error) -> Error {
+    Error::Unavailable(format!("the stream's database connection failed: {e}"))
+}
+
+/// Maps an ErrorResponse body to a domain error by its SQLSTATE.
+fn error_response(body: &[u8]) -> Error {
+    let (mut code, mut message) = (String::new(), String::new());
+    for field in body.split(|b| *b == 0).filter(|f| !f.is_empty()) {
+        let value = String::from_utf8_lossy(&field[1..]).into_owned();
+        match field[0] {
+            b'C' => code = value,
+            b'M' => message = value,
+            _ => {}
+        }
+    }
+    super::error::from_sqlstate(&code, message)
+}
