@@ -45,8 +45,8 @@ impl Default for Limits {
 pub struct AppState {
     /// The connection pool.
     pub pool: Pool,
-    /// Session settings for the dedicated connections of member streams.
-    pub stream_db: tokio_postgres::Config,
+    /// Sessions for member streams, apart from the pool.
+    pub streams: Arc<crate::db::stream_conn::StreamSessions>,
     /// Bounds concurrent member streams.
     pub stream_slots: Arc<tokio::sync::Semaphore>,
     /// Workspace resolution and creation.
@@ -60,13 +60,11 @@ pub struct AppState {
 impl AppState {
     /// State over `pool`; member streams open their own sessions with
     /// `stream_db` (see `db::session_config`).
-    pub fn new(pool: Pool, mut stream_db: tokio_postgres::Config, limits: Limits) -> Self {
-        // Stream sessions are easy to tell apart in pg_stat_activity.
-        stream_db.application_name("segd-stream");
+    pub fn new(pool: Pool, stream_db: tokio_postgres::Config, limits: Limits) -> Self {
         Self {
+            streams: Arc::new(crate::db::stream_conn::StreamSessions::new(stream_db, 4)),
             workspaces: Arc::new(Workspaces::new(pool.clone())),
             stream_slots: Arc::new(tokio::sync::Semaphore::new(limits.max_streams)),
-            stream_db,
             pool,
             shutdown: CancellationToken::new(),
             limits,

@@ -240,7 +240,7 @@ impl QueryService for Query {
             deadline,
         };
         let rx = stream::spawn(
-            self.state.stream_db.clone(),
+            self.state.streams.clone(),
             plan,
             self.state.shutdown.clone(),
             permit,

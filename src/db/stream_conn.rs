@@ -1,13 +1,16 @@
 //! Dedicated connections for member streams.
 //!
-//! A stream gets its own PostgreSQL session, outside the pool, so a long
-//! stream never starves other calls and a half-read stream never returns to
-//! the pool. The session is set up through tokio-postgres (authentication,
-//! transaction, bound parameters); then, for id streams, segd takes the
-//! socket back and reads `COPY ... (FORMAT binary)` straight off it in large
-//! reads. tokio-postgres handles one message per row, which costs more CPU
-//! than PostgreSQL spends producing the row; the direct read costs a few
-//! nanoseconds per id.
+//! Streams use their own PostgreSQL sessions, outside the main pool, so a
+//! long stream never starves other calls. Sessions are driven by
+//! tokio-postgres (authentication, transactions, bound parameters); for id
+//! streams segd borrows the socket and reads `COPY ... TO STDOUT`
+//! straight off it in large reads, then lends it back. tokio-postgres
+//! handles one message per row, which costs more CPU than PostgreSQL spends
+//! producing the row; the direct read costs a few nanoseconds per id.
+//!
+//! A session that finished cleanly goes back to a small idle list (a fresh
+//! backend is slow on its first large query); one that was abandoned or
+//! failed is closed.
 
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -68,19 +71,44 @@ impl AsyncWrite for Sock {
     }
 }
 
-/// The socket, lent to tokio-postgres and taken back later.
+/// The socket, shared between tokio-postgres and segd's own reads. While segd
+/// has borrowed it, tokio-postgres (which is idle then) sees it as pending.
 #[derive(Debug, Clone)]
-struct Tap(Arc<Mutex<Option<Sock>>>);
+struct Tap(Arc<Mutex<TapState>>);
+
+#[derive(Debug)]
+struct TapState {
+    sock: Option<Sock>,
+    wakers: Vec<std::task::Waker>,
+}
 
 impl Tap {
     fn with<R>(
         &self,
-        f: impl FnOnce(&mut Sock) -> Poll<std::io::Result<R>>,
+        cx: &mut Context<'_>,
+        f: impl FnOnce(&mut Sock, &mut Context<'_>) -> Poll<std::io::Result<R>>,
     ) -> Poll<std::io::Result<R>> {
-        match self.0.lock().expect("tap lock").as_mut() {
-            Some(s) => f(s),
-            None => Poll::Ready(Err(std::io::ErrorKind::NotConnected.into())),
+        let mut st = self.0.lock().expect("tap lock");
+        match st.sock.as_mut() {
+            Some(s) => f(s, cx),
+            None => {
+                st.wakers.push(cx.waker().clone());
+                Poll::Pending
+            }
         }
+    }
+
+    fn borrow(&self) -> Option<Sock> {
+        self.0.lock().expect("tap lock").sock.take()
+    }
+
+    fn give_back(&self, sock: Sock) {
+        let wakers = {
+            let mut st = self.0.lock().expect("tap lock");
+            st.sock = Some(sock);
+            std::mem::take(&mut st.wakers)
+        };
+        wakers.into_iter().for_each(std::task::Waker::wake);
     }
 }
 
@@ -90,7 +118,7 @@ impl AsyncRead for Tap {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
-        self.with(|s| Pin::new(s).poll_read(cx, buf))
+        self.with(cx, |s, cx| Pin::new(s).poll_read(cx, buf))
     }
 }
 
@@ -100,15 +128,15 @@ impl AsyncWrite for Tap {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        self.with(|s| Pin::new(s).poll_write(cx, buf))
+        self.with(cx, |s, cx| Pin::new(s).poll_write(cx, buf))
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        self.with(|s| Pin::new(s).poll_flush(cx))
+        self.with(cx, |s, cx| Pin::new(s).poll_flush(cx))
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        self.with(|s| Pin::new(s).poll_shutdown(cx))
+        self.with(cx, |s, cx| Pin::new(s).poll_shutdown(cx))
     }
 }
 
@@ -167,7 +195,10 @@ pub async fn connect(cfg: &tokio_postgres::Config) -> Result<StreamSession> {
         .connect()
         .await
         .map_err(|e| Error::Unavailable(format!("connecting for a stream: {e}")))?;
-    let tap = Tap(Arc::new(Mutex::new(Some(sock))));
+    let tap = Tap(Arc::new(Mutex::new(TapState {
+        sock: Some(sock),
+        wakers: Vec::new(),
+    })));
     let (client, conn) = cfg.connect_raw(tap.clone(), NoTls).await?;
     let task = AbortOnDrop(tokio::spawn(async move {
         let _ = conn.await;
@@ -191,27 +222,82 @@ impl StreamSession {
         }
     }
 
-    /// Takes the socket back from tokio-postgres, which must be idle (its
-    /// last query complete), for reading COPY directly.
+    /// Borrows the socket for direct reads. tokio-postgres must be idle:
+    /// every query it was given has completed.
     ///
     /// # Errors
-    /// `Internal` if the socket is gone.
-    pub async fn detach(self) -> Result<RawCopy> {
-        let mut task = self.task;
-        task.0.abort();
-        let _ = (&mut task.0).await;
-        drop(self.client);
+    /// `Internal` if the socket is already borrowed.
+    pub fn borrow(&self) -> Result<RawCopy> {
         let sock = self
             .tap
-            .0
-            .lock()
-            .expect("tap lock")
-            .take()
-            .ok_or_else(|| Error::internal("stream socket already taken"))?;
+            .borrow()
+            .ok_or_else(|| Error::internal("stream socket already borrowed"))?;
         Ok(RawCopy {
             sock,
             buf: BytesMut::with_capacity(256 * 1024),
         })
+    }
+
+    /// Lends the socket back to tokio-postgres after a direct read ended at
+    /// ReadyForQuery.
+    pub fn give_back(&self, raw: RawCopy) {
+        debug_assert!(raw.buf.is_empty(), "bytes after ReadyForQuery");
+        self.tap.give_back(raw.sock);
+    }
+
+    /// Whether the connection is still usable.
+    pub fn is_healthy(&self) -> bool {
+        !self.client.is_closed() && !self.task.0.is_finished()
+    }
+}
+
+/// Idle stream sessions, reused so streams start on a warm backend.
+#[derive(Debug)]
+pub struct StreamSessions {
+    cfg: tokio_postgres::Config,
+    idle: Mutex<Vec<StreamSession>>,
+    max_idle: usize,
+}
+
+impl std::fmt::Debug for StreamSession {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("StreamSession")
+    }
+}
+
+impl StreamSessions {
+    /// Sessions with `cfg` (whose application name marks them as streams),
+    /// keeping at most `max_idle` idle.
+    pub fn new(mut cfg: tokio_postgres::Config, max_idle: usize) -> Self {
+        cfg.application_name("segd-stream");
+        Self {
+            cfg,
+            idle: Mutex::new(Vec::new()),
+            max_idle,
+        }
+    }
+
+    /// An idle session, or a new one.
+    ///
+    /// # Errors
+    /// `Unavailable` when no session can be opened.
+    pub async fn get(&self) -> Result<StreamSession> {
+        loop {
+            let s = self.idle.lock().expect("idle lock").pop();
+            match s {
+                Some(s) if s.is_healthy() => return Ok(s),
+                Some(_) => continue,
+                None => return connect(&self.cfg).await,
+            }
+        }
+    }
+
+    /// Returns a session that finished cleanly (outside any transaction).
+    pub fn put(&self, s: StreamSession) {
+        let mut idle = self.idle.lock().expect("idle lock");
+        if idle.len() < self.max_idle && s.is_healthy() {
+            idle.push(s);
+        }
     }
 }
 
@@ -344,14 +430,6 @@ impl RawCopy {
         self.send_query(sql).await?;
         while !self.read_some(|_| Ok(())).await? {}
         Ok(())
-    }
-
-    /// Ends the session politely.
-    pub async fn close(mut self) {
-        let mut out = BytesMut::new();
-        postgres_protocol::message::frontend::terminate(&mut out);
-        let _ = self.sock.write_all(&out).await;
-        let _ = self.sock.shutdown().await;
     }
 }
 

@@ -7,6 +7,7 @@
 //! the server. The session is closed afterwards, never pooled.
 
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine;
@@ -130,14 +131,14 @@ pub enum Item {
 /// Starts the producer on its own task and returns the receiving end. The
 /// permit bounds concurrent streams and is released when the stream ends.
 pub fn spawn(
-    db: tokio_postgres::Config,
+    sessions: Arc<stream_conn::StreamSessions>,
     plan: Plan,
     shutdown: CancellationToken,
     permit: OwnedSemaphorePermit,
 ) -> mpsc::Receiver<Result<Item>> {
     let (tx, rx) = mpsc::channel(CHANNEL);
     tokio::spawn(async move {
-        produce(db, plan, tx, shutdown).await;
+        produce(&sessions, plan, tx, shutdown).await;
         drop(permit);
     });
     rx
@@ -155,18 +156,21 @@ enum End {
 }
 
 async fn produce(
-    db: tokio_postgres::Config,
+    sessions: &stream_conn::StreamSessions,
     plan: Plan,
     tx: mpsc::Sender<Result<Item>>,
     shutdown: CancellationToken,
 ) {
-    let outcome = match stream_conn::connect(&db).await {
+    let outcome = match sessions.get().await {
         Ok(session) => {
             let canceller = session.canceller();
-            let outcome = run(session, &plan, &tx, &shutdown).await;
-            if !matches!(outcome, Ok(End::Finished)) {
-                // Stop the statement on the server; the session is closed anyway.
+            let outcome = run(&session, &plan, &tx, &shutdown).await;
+            if matches!(outcome, Ok(End::Finished)) {
+                sessions.put(session);
+            } else {
+                // Stop the statement on the server and close the session.
                 canceller.cancel().await;
+                drop(session);
                 tracing::info!("stream stopped early; query cancelled");
             }
             outcome
@@ -191,7 +195,7 @@ async fn produce(
 
 /// Runs the stream on a fresh session.
 async fn run(
-    session: stream_conn::StreamSession,
+    session: &stream_conn::StreamSession,
     plan: &Plan,
     tx: &mpsc::Sender<Result<Item>>,
     shutdown: &CancellationToken,
@@ -279,8 +283,8 @@ async fn run(
         }
         client.batch_execute("COMMIT").await?;
     } else {
-        // Ids travel as binary COPY read straight off the socket: COPY takes
-        // no bind parameters, so the values go into transaction-local
+        // Ids travel as COPY text read straight off the socket (the fewest
+        // bytes per id of any format): COPY takes no bind parameters, so the values go into transaction-local
         // settings through bound parameters, and the query reads each one
         // once; caller values never become SQL text.
         let (set, query) = via_settings(
@@ -290,10 +294,8 @@ async fn run(
         client
             .query_typed(&set, &crate::segment::lower::typed(&c.params))
             .await?;
-        let mut raw = session.detach().await?;
-        raw.send_query(&format!("COPY ({query}) TO STDOUT (FORMAT binary)"))
-            .await?;
-        let mut decoder = BinaryIds::default();
+        let mut raw = session.borrow()?;
+        raw.send_query(&format!("COPY ({query}) TO STDOUT")).await?;
         let mut ids: Vec<i64> = Vec::with_capacity(FIRST_ID_BATCH);
         loop {
             let done = tokio::select! {
@@ -301,7 +303,7 @@ async fn run(
                 () = shutdown.cancelled() => return Ok(End::Shutdown),
                 () = tx.closed() => return Ok(End::Abandoned),
                 () = &mut out.expired => return Ok(End::Expired),
-                r = raw.read_some(|payload| decoder.push(payload, &mut ids)) => r?,
+                r = raw.read_some(|payload| text_ids(payload, &mut ids)) => r?,
             };
             while ids.len() >= out.target || (done && !ids.is_empty()) {
                 let rest = ids.split_off(ids.len().min(out.target));
@@ -320,8 +322,8 @@ async fn run(
                 break;
             }
         }
-        raw.execute("COMMIT").await?;
-        raw.close().await;
+        session.give_back(raw);
+        client.batch_execute("COMMIT").await?;
     }
     let done = Item::Done {
         total: out.total,
@@ -425,58 +427,25 @@ pub fn via_settings(sql: &str, params: &[Param]) -> (String, String) {
     (format!("SELECT {}", sets.join(", ")), query)
 }
 
-/// Decodes `COPY ... TO STDOUT (FORMAT binary)` of one bigint column.
-#[derive(Debug, Default)]
-struct BinaryIds {
-    buf: bytes::BytesMut,
-    header: bool,
-    done: bool,
+/// Parses text COPY rows of one bigint column: digits, then a newline.
+fn text_ids(payload: &[u8], out: &mut Vec<i64>) -> Result<()> {
+    let mut v: i64 = 0;
+    let mut neg = false;
+    for b in payload {
+        match b {
+            b'0'..=b'9' => v = v * 10 + i64::from(b - b'0'),
+            b'-' => neg = true,
+            b'\n' => {
+                out.push(if neg { -v } else { v });
+                v = 0;
+                neg = false;
+            }
+            _ => return Err(Error::internal("malformed COPY row")),
+        }
+    }
+    Ok(())
 }
 
-impl BinaryIds {
-    fn push(&mut self, chunk: &[u8], out: &mut Vec<i64>) -> Result<()> {
-        use bytes::Buf;
-        self.buf.extend_from_slice(chunk);
-        let bad = || Error::internal("malformed binary COPY data");
-        if !self.header {
-            // Signature (11), flags (4), header extension length (4) and extension.
-            if self.buf.len() < 19 {
-                return Ok(());
-            }
-            if &self.buf[..11] != b"PGCOPY\n\xff\r\n\0" {
-                return Err(bad());
-            }
-            let ext = u32::from_be_bytes(self.buf[15..19].try_into().expect("4 bytes")) as usize;
-            if self.buf.len() < 19 + ext {
-                return Ok(());
-            }
-            self.buf.advance(19 + ext);
-            self.header = true;
-        }
-        while !self.done && self.buf.len() >= 2 {
-            let fields = i16::from_be_bytes([self.buf[0], self.buf[1]]);
-            if fields == -1 {
-                self.done = true;
-                self.buf.advance(2);
-                break;
-            }
-            if fields != 1 {
-                return Err(bad());
-            }
-            if self.buf.len() < 14 {
-                break;
-            }
-            if i32::from_be_bytes(self.buf[2..6].try_into().expect("4 bytes")) != 8 {
-                return Err(bad());
-            }
-            out.push(i64::from_be_bytes(
-                self.buf[6..14].try_into().expect("8 bytes"),
-            ));
-            self.buf.advance(14);
-        }
-        Ok(())
-    }
-}
 /// Why a send failed: the server is stopping, or the reader left.
 fn gone(shutdown: &CancellationToken) -> End {
     if shutdown.is_cancelled() {
@@ -529,27 +498,13 @@ mod tests {
     }
 
     #[test]
-    fn binary_copy_decodes_across_chunk_boundaries() {
-        let mut data = b"PGCOPY\n\xff\r\n\0".to_vec();
-        data.extend([0, 0, 0, 0, 0, 0, 0, 0]);
-        for id in [1i64, 300, i64::MAX] {
-            data.extend(1i16.to_be_bytes());
-            data.extend(8i32.to_be_bytes());
-            data.extend(id.to_be_bytes());
-        }
-        data.extend((-1i16).to_be_bytes());
-        let mut d = BinaryIds::default();
+    fn text_copy_rows_parse() {
         let mut out = Vec::new();
-        for chunk in data.chunks(5) {
-            d.push(chunk, &mut out).unwrap();
-        }
-        assert_eq!(out, vec![1, 300, i64::MAX]);
-        assert!(d.done);
-        assert!(
-            BinaryIds::default()
-                .push(b"NOTCOPY....................", &mut out)
-                .is_err()
-        );
+        text_ids(b"1\n", &mut out).unwrap();
+        text_ids(b"9223372036854775807\n", &mut out).unwrap();
+        text_ids(b"-5\n", &mut out).unwrap();
+        assert_eq!(out, vec![1, i64::MAX, -5]);
+        assert!(text_ids(b"1,2\n", &mut out).is_err());
     }
 
     #[test]
