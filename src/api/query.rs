@@ -35,6 +35,14 @@ impl Query {
     pub fn new(state: AppState) -> Self {
         Self { state }
     }
+
+    fn reader(&self) -> q::Reader<'_> {
+        q::Reader {
+            pool: &self.state.pool,
+            timeout: self.state.limits.query_timeout,
+            max_cost: self.state.limits.max_query_cost,
+        }
+    }
 }
 
 fn bad(field: &str, msg: impl Into<String>) -> Status {
@@ -258,26 +266,10 @@ impl QueryService for Query {
         let r = req.into_inner();
         let target = selector(r.selector.as_ref())?;
         let sample = sample(r.sample.as_ref())?;
-        let mut client = self.state.conn().await?;
-        let tx = client
-            .transaction()
-            .await
-            .map_err(crate::error::Error::from)?;
-        q::set_timeout(&*tx, self.state.limits.query_timeout).await?;
-        let t = q::compile_guarded(
-            &*tx,
-            ws,
-            &target,
-            now_ms(),
-            self.state.limits.max_query_cost,
-            r.allow_expensive,
-        )
-        .await?;
-        let mut compiled = t.compiled;
-        if let Some(s) = &sample {
-            q::apply_sample(&mut compiled, s);
-        }
-        let count = q::count(&*tx, &compiled).await?;
+        let count = self
+            .reader()
+            .count(ws, &target, sample.as_ref(), r.allow_expensive, now_ms())
+            .await?;
         Ok(Response::new(pb::CountMembersResponse { count }))
     }
 
@@ -294,22 +286,10 @@ impl QueryService for Query {
             n @ 1..=100 => i64::from(n),
             _ => return Err(bad("sample_size", "must be 0 to 100")),
         };
-        let mut client = self.state.conn().await?;
-        let tx = client
-            .transaction()
-            .await
-            .map_err(crate::error::Error::from)?;
-        q::set_timeout(&*tx, self.state.limits.query_timeout).await?;
-        let t = q::compile_guarded(
-            &*tx,
-            ws,
-            &target,
-            now_ms(),
-            self.state.limits.max_query_cost,
-            r.allow_expensive,
-        )
-        .await?;
-        let p = q::preview(&*tx, ws, &t.compiled, n).await?;
+        let p = self
+            .reader()
+            .preview(ws, &target, n, r.allow_expensive, now_ms())
+            .await?;
         Ok(Response::new(pb::PreviewSegmentResponse {
             count: p.count,
             sample: p
@@ -333,14 +313,10 @@ impl QueryService for Query {
         if r.segment_ids.len() > 1000 {
             return Err(bad("segment_ids", "at most 1000"));
         }
-        let mut client = self.state.conn().await?;
-        let tx = client
-            .transaction()
-            .await
-            .map_err(crate::error::Error::from)?;
-        q::set_timeout(&*tx, self.state.limits.query_timeout).await?;
-        let (contact_id, answers) =
-            q::check_membership(&*tx, ws, &key, &r.segment_ids, r.explain, now_ms()).await?;
+        let (contact_id, answers) = self
+            .reader()
+            .check(ws, &key, &r.segment_ids, r.explain, now_ms())
+            .await?;
         Ok(Response::new(pb::CheckMembershipResponse {
             contact_id,
             segments: answers
@@ -378,22 +354,10 @@ impl QueryService for Query {
             n @ 1..=1000 => i64::from(n),
             _ => return Err(bad("top_n", "must be 0 to 1000")),
         };
-        let mut client = self.state.conn().await?;
-        let tx = client
-            .transaction()
-            .await
-            .map_err(crate::error::Error::from)?;
-        q::set_timeout(&*tx, self.state.limits.query_timeout).await?;
-        let t = q::compile_guarded(
-            &*tx,
-            ws,
-            &target,
-            now_ms(),
-            self.state.limits.max_query_cost,
-            r.allow_expensive,
-        )
-        .await?;
-        let b = q::breakdown(&*tx, ws, &t.compiled, &r.group_by, n).await?;
+        let b = self
+            .reader()
+            .breakdown(ws, &target, &r.group_by, n, r.allow_expensive, now_ms())
+            .await?;
         Ok(Response::new(pb::BreakdownSegmentResponse {
             rows: b
                 .groups
@@ -429,13 +393,7 @@ impl QueryService for Query {
                 "must be distinct positive ids",
             ));
         }
-        let mut client = self.state.conn().await?;
-        let tx = client
-            .transaction()
-            .await
-            .map_err(crate::error::Error::from)?;
-        q::set_timeout(&*tx, self.state.limits.query_timeout).await?;
-        let o = q::overlap(&*tx, ws, &ids, now_ms()).await?;
+        let o = self.reader().overlap(ws, &ids, now_ms()).await?;
         let overlap = |(ids, count): (Vec<i64>, i64)| pb::Overlap {
             segment_ids: ids,
             count,

@@ -79,25 +79,14 @@ pub async fn all(client: &impl GenericClient, ws: WorkspaceId) -> Result<Vec<Seg
 /// # Errors
 /// `NotFound`.
 pub async fn get(client: &impl GenericClient, ws: WorkspaceId, r: &SegmentRef) -> Result<Segment> {
-    let row =
-        match r {
-            SegmentRef::Id(id) => client
-                .query_opt(
-                    &format!(
-                        "SELECT {COLUMNS} FROM segments s WHERE s.workspace_id = $1 AND s.id = $2"
-                    ),
-                    &[&ws.0, id],
-                )
-                .await?,
-            SegmentRef::Name(n) => client
-                .query_opt(
-                    &format!(
-                        "SELECT {COLUMNS} FROM segments s WHERE s.workspace_id = $1 AND s.name = $2"
-                    ),
-                    &[&ws.0, n],
-                )
-                .await?,
-        };
+    let (id, name) = match r {
+        SegmentRef::Id(id) => (Some(*id), None),
+        SegmentRef::Name(n) => (None, Some(n.as_str())),
+    };
+    let sql = format!(
+        "SELECT {COLUMNS} FROM segments s WHERE s.workspace_id = $1 AND (s.id = $2 OR s.name = $3)"
+    );
+    let row = client.query_opt(&sql, &[&ws.0, &id, &name]).await?;
     match row {
         Some(r) => from_row(&r),
         None => Err(Error::NotFound(match r {

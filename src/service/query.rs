@@ -30,6 +30,118 @@ pub enum Sample {
     },
 }
 
+/// Runs membership queries, each in its own transaction with the query
+/// class's statement timeout, compiling inline definitions under the cost
+/// ceiling.
+#[derive(Debug, Clone, Copy)]
+pub struct Reader<'a> {
+    /// Where connections come from.
+    pub pool: &'a deadpool_postgres::Pool,
+    /// Statement timeout for these queries.
+    pub timeout: Duration,
+    /// Cost ceiling for inline definitions.
+    pub max_cost: f64,
+}
+
+impl Reader<'_> {
+    /// The exact size of a target, optionally sampled.
+    ///
+    /// # Errors
+    /// As [`compile_guarded`]; the database is unavailable or timed out.
+    pub async fn count(
+        &self,
+        ws: WorkspaceId,
+        target: &Target,
+        sample: Option<&Sample>,
+        allow_expensive: bool,
+        now: DateTime<Utc>,
+    ) -> Result<i64> {
+        let mut conn = db::conn(self.pool).await?;
+        let tx = conn.transaction().await?;
+        set_timeout(&*tx, self.timeout).await?;
+        let mut c = compile_guarded(&*tx, ws, target, now, self.max_cost, allow_expensive)
+            .await?
+            .compiled;
+        if let Some(s) = sample {
+            apply_sample(&mut c, s);
+        }
+        count(&*tx, &c).await
+    }
+
+    /// Count, sample and plan figures of a target.
+    ///
+    /// # Errors
+    /// As [`Reader::count`].
+    pub async fn preview(
+        &self,
+        ws: WorkspaceId,
+        target: &Target,
+        n: i64,
+        allow_expensive: bool,
+        now: DateTime<Utc>,
+    ) -> Result<Preview> {
+        let mut conn = db::conn(self.pool).await?;
+        let tx = conn.transaction().await?;
+        set_timeout(&*tx, self.timeout).await?;
+        let t = compile_guarded(&*tx, ws, target, now, self.max_cost, allow_expensive).await?;
+        preview(&*tx, ws, &t.compiled, n).await
+    }
+
+    /// Which segments contain a contact; see [`check_membership`].
+    ///
+    /// # Errors
+    /// As [`check_membership`].
+    pub async fn check(
+        &self,
+        ws: WorkspaceId,
+        contact: &ContactKey,
+        only: &[i64],
+        with_explain: bool,
+        now: DateTime<Utc>,
+    ) -> Result<(i64, Vec<Membership>)> {
+        let mut conn = db::conn(self.pool).await?;
+        let tx = conn.transaction().await?;
+        set_timeout(&*tx, self.timeout).await?;
+        check_membership(&*tx, ws, contact, only, with_explain, now).await
+    }
+
+    /// A breakdown of a target; see [`breakdown`].
+    ///
+    /// # Errors
+    /// As [`breakdown`] and [`compile_guarded`].
+    pub async fn breakdown(
+        &self,
+        ws: WorkspaceId,
+        target: &Target,
+        fields: &[String],
+        n: i64,
+        allow_expensive: bool,
+        now: DateTime<Utc>,
+    ) -> Result<Breakdown> {
+        let mut conn = db::conn(self.pool).await?;
+        let tx = conn.transaction().await?;
+        set_timeout(&*tx, self.timeout).await?;
+        let t = compile_guarded(&*tx, ws, target, now, self.max_cost, allow_expensive).await?;
+        breakdown(&*tx, ws, &t.compiled, fields, n).await
+    }
+
+    /// Sizes and intersections of saved segments; see [`overlap`].
+    ///
+    /// # Errors
+    /// As [`overlap`].
+    pub async fn overlap(
+        &self,
+        ws: WorkspaceId,
+        ids: &[i64],
+        now: DateTime<Utc>,
+    ) -> Result<Overlaps> {
+        let mut conn = db::conn(self.pool).await?;
+        let tx = conn.transaction().await?;
+        set_timeout(&*tx, self.timeout).await?;
+        overlap(&*tx, ws, ids, now).await
+    }
+}
+
 /// Resolution of the fraction hash.
 const SAMPLE_SCALE: i64 = 1_000_000;
 

@@ -63,14 +63,32 @@ fn channel_from_proto(v: i32) -> Result<Option<SourceChannel>, String> {
         .find(|s| channel_to_proto(Some(*s)) == p))
 }
 
-fn sub_channel(c: Channel) -> pb::SubscriptionChannel {
+/// A proto subscription channel as the model's, if it is one.
+pub fn sub_channel_from(v: i32) -> Option<Channel> {
+    Channel::ALL
+        .iter()
+        .copied()
+        .find(|c| sub_channel(*c) as i32 == v)
+}
+
+/// A proto subscription status as the model's, if it is one.
+pub fn sub_status_from(v: i32) -> Option<SubscriptionStatus> {
+    SubscriptionStatus::ALL
+        .iter()
+        .copied()
+        .find(|s| sub_status(*s) as i32 == v)
+}
+
+/// The model's subscription channel as proto.
+pub fn sub_channel(c: Channel) -> pb::SubscriptionChannel {
     match c {
         Channel::Email => pb::SubscriptionChannel::Email,
         Channel::Sms => pb::SubscriptionChannel::Sms,
     }
 }
 
-fn sub_status(s: SubscriptionStatus) -> pb::SubscriptionStatus {
+/// The model's subscription status as proto.
+pub fn sub_status(s: SubscriptionStatus) -> pb::SubscriptionStatus {
     match s {
         SubscriptionStatus::Subscribed => pb::SubscriptionStatus::Subscribed,
         SubscriptionStatus::Unsubscribed => pb::SubscriptionStatus::Unsubscribed,
@@ -241,25 +259,16 @@ fn subscriptions_from_proto(
     let mut out = BTreeMap::new();
     for (i, s) in subs.iter().enumerate() {
         let at = format!("subscriptions[{i}]");
-        let ch = match pb::SubscriptionChannel::try_from(s.channel) {
-            Ok(pb::SubscriptionChannel::Email) => Channel::Email,
-            Ok(pb::SubscriptionChannel::Sms) => Channel::Sms,
-            _ => {
-                v.add(format!("{at}.channel"), "must be EMAIL or SMS");
-                continue;
-            }
+        let Some(ch) = sub_channel_from(s.channel) else {
+            v.add(format!("{at}.channel"), "must be EMAIL or SMS");
+            continue;
         };
-        let status = match pb::SubscriptionStatus::try_from(s.status) {
-            Ok(pb::SubscriptionStatus::Subscribed) => SubscriptionStatus::Subscribed,
-            Ok(pb::SubscriptionStatus::Unsubscribed) => SubscriptionStatus::Unsubscribed,
-            Ok(pb::SubscriptionStatus::Pending) => SubscriptionStatus::Pending,
-            _ => {
-                v.add(
-                    format!("{at}.status"),
-                    "must be SUBSCRIBED, UNSUBSCRIBED or PENDING",
-                );
-                continue;
-            }
+        let Some(status) = sub_status_from(s.status) else {
+            v.add(
+                format!("{at}.status"),
+                "must be SUBSCRIBED, UNSUBSCRIBED or PENDING",
+            );
+            continue;
         };
         let changed_at = match s.changed_at.as_ref().map(from_ts).transpose() {
             Ok(t) => t,

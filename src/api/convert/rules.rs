@@ -4,6 +4,7 @@
 
 use chrono::NaiveDate;
 
+use super::contact::{sub_channel, sub_channel_from, sub_status, sub_status_from};
 use super::{from_ts, ts};
 use crate::error::{Violation, Violations, join_path};
 use crate::model::contact::{Channel, SubscriptionStatus};
@@ -84,26 +85,17 @@ fn from_proto(r: &pb::Rule, path: &str, depth: u32, v: &mut Violations) -> Rule 
         }
         Some(Kind::Subscription(s)) => {
             let p = at("subscription");
-            let channel = match pb::SubscriptionChannel::try_from(s.channel) {
-                Ok(pb::SubscriptionChannel::Email) => Channel::Email,
-                Ok(pb::SubscriptionChannel::Sms) => Channel::Sms,
-                _ => {
-                    v.add(join_path(&p, "channel"), "must be EMAIL or SMS");
-                    Channel::Email
-                }
-            };
-            let status = match pb::SubscriptionStatus::try_from(s.status) {
-                Ok(pb::SubscriptionStatus::Subscribed) => SubscriptionStatus::Subscribed,
-                Ok(pb::SubscriptionStatus::Unsubscribed) => SubscriptionStatus::Unsubscribed,
-                Ok(pb::SubscriptionStatus::Pending) => SubscriptionStatus::Pending,
-                _ => {
-                    v.add(
-                        join_path(&p, "status"),
-                        "must be SUBSCRIBED, UNSUBSCRIBED or PENDING",
-                    );
-                    SubscriptionStatus::Subscribed
-                }
-            };
+            let channel = sub_channel_from(s.channel).unwrap_or_else(|| {
+                v.add(join_path(&p, "channel"), "must be EMAIL or SMS");
+                Channel::Email
+            });
+            let status = sub_status_from(s.status).unwrap_or_else(|| {
+                v.add(
+                    join_path(&p, "status"),
+                    "must be SUBSCRIBED, UNSUBSCRIBED or PENDING",
+                );
+                SubscriptionStatus::Subscribed
+            });
             Rule::Subscription(SubscriptionCond { channel, status })
         }
         Some(Kind::Event(e)) => {
@@ -342,15 +334,8 @@ pub fn to_proto(r: &Rule) -> pb::Rule {
             values: s.values.clone(),
         }),
         Rule::Subscription(s) => Kind::Subscription(pb::SubscriptionCondition {
-            channel: match s.channel {
-                Channel::Email => pb::SubscriptionChannel::Email,
-                Channel::Sms => pb::SubscriptionChannel::Sms,
-            } as i32,
-            status: match s.status {
-                SubscriptionStatus::Subscribed => pb::SubscriptionStatus::Subscribed,
-                SubscriptionStatus::Unsubscribed => pb::SubscriptionStatus::Unsubscribed,
-                SubscriptionStatus::Pending => pb::SubscriptionStatus::Pending,
-            } as i32,
+            channel: sub_channel(s.channel) as i32,
+            status: sub_status(s.status) as i32,
         }),
         Rule::Event(e) => Kind::Event(pb::EventCondition {
             r#type: e.event_type.clone(),
