@@ -36,6 +36,8 @@ pub enum BenchCommand {
     Import(ImportBench),
     /// StreamMembers against `COPY (same SQL) TO STDOUT`, alternating.
     Stream(StreamBench),
+    /// Compiled segment SQL against hand-written SQL, by EXPLAIN ANALYZE.
+    Sql(SqlBench),
 }
 
 /// Options of `segd bench import`.
@@ -58,6 +60,23 @@ pub struct StreamBench {
     /// How many measured rounds of each method.
     #[arg(long, default_value_t = 5)]
     pub rounds: usize,
+}
+
+/// Options of `segd bench sql`.
+#[derive(Debug, Clone, Args)]
+pub struct SqlBench {
+    /// How many contacts to generate (about 5 events each).
+    #[arg(long, default_value_t = 1_000_000)]
+    pub contacts: usize,
+    /// How many timed runs of each query.
+    #[arg(long, default_value_t = 5)]
+    pub rounds: usize,
+    /// Print both queries of each example.
+    #[arg(long)]
+    pub verbose: bool,
+    /// Keep the generated database afterwards, to study plans by hand.
+    #[arg(long)]
+    pub keep: bool,
 }
 
 /// Log output format.

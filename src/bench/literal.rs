@@ -29,6 +29,7 @@ pub fn literal(p: &Param) -> String {
         Param::Float8Array(v) => array(v, |x| format!("'{x}'"), "float8"),
         Param::TextArray(v) => array(v, |x| text(x), "text"),
         Param::DateArray(v) => array(v, |x| format!("'{x}'"), "date"),
+        Param::JsonArray(v) => array(v, |x| text(&x.to_string()), "jsonb"),
     }
 }
 
@@ -48,9 +49,9 @@ mod tests {
 
     #[test]
     fn placeholders_become_literals() {
-        let c = Compiled {
-            body: String::new(),
-            params: (1..=10)
+        let c = Compiled::new(
+            String::new(),
+            (1..=10)
                 .map(|i| {
                     if i == 10 {
                         Param::Text("o'k".into())
@@ -59,7 +60,7 @@ mod tests {
                     }
                 })
                 .collect(),
-        };
+        );
         assert_eq!(inline("$1 $10 $2", &c), "1::bigint 'o''k'::text 2::bigint");
     }
 }

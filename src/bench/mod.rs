@@ -2,8 +2,10 @@
 //! machine-readable `key=value` line. They use `DATABASE_URL` or the private
 //! cluster, always in a fresh database that is dropped afterwards.
 
+pub mod data;
 pub mod import;
 pub mod literal;
+pub mod sql;
 pub mod stream;
 
 use std::net::SocketAddr;
@@ -25,12 +27,14 @@ use crate::{db, server, startup};
 /// Setup failed (no PostgreSQL) or a call failed.
 pub async fn run(cmd: BenchCommand, config: Config) -> anyhow::Result<()> {
     let separate = matches!(cmd, BenchCommand::Stream(_));
+    let keep = matches!(&cmd, BenchCommand::Sql(o) if o.keep);
     let env = BenchEnv::start(&config, separate).await?;
     let result = match cmd {
         BenchCommand::Import(o) => import::run(&env, &o).await,
         BenchCommand::Stream(o) => stream::run(&env, &o).await,
+        BenchCommand::Sql(o) => sql::run(&env, &o).await,
     };
-    env.stop().await;
+    env.stop(keep).await;
     result
 }
 
@@ -156,7 +160,7 @@ impl BenchEnv {
             .context("connecting to the benchmark server")
     }
 
-    async fn stop(mut self) {
+    async fn stop(mut self, keep: bool) {
         match &mut self.server {
             Server::Task(tx, task) => {
                 if let Some(tx) = tx.take() {
@@ -173,7 +177,9 @@ impl BenchEnv {
             }
         }
         self.pool.close();
-        if let Ok((client, conn)) = tokio_postgres::connect(&self.admin_url, NoTls).await {
+        if keep {
+            println!("kept database {:?} in {}", self.db_name, self.admin_url);
+        } else if let Ok((client, conn)) = tokio_postgres::connect(&self.admin_url, NoTls).await {
             tokio::spawn(conn);
             let _ = client
                 .batch_execute(&format!(

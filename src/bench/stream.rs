@@ -3,11 +3,9 @@
 
 use std::time::{Duration, Instant};
 
-use futures::{SinkExt, StreamExt};
-use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
+use futures::StreamExt;
 
-use super::{BenchEnv, literal};
+use super::{BenchEnv, data, literal};
 use crate::config::StreamBench;
 use crate::proto::{
     self as pb, query_service_client::QueryServiceClient,
@@ -27,7 +25,7 @@ const DEFINITION: &str = "lead_score >= 20 AND NOT label:staff";
 /// Setup or a call failed.
 pub async fn run(env: &BenchEnv, o: &StreamBench) -> anyhow::Result<()> {
     let started = Instant::now();
-    let ws = generate(env, o.contacts).await?;
+    let ws = data::generate(env, WS, &data::Shape::stream(o.contacts)).await?;
     println!(
         "generated {} contacts with events and deals in {:.1}s",
         o.contacts,
@@ -59,7 +57,7 @@ pub async fn run(env: &BenchEnv, o: &StreamBench) -> anyhow::Result<()> {
         "",
     )
     .await?;
-    let sql = format!("SELECT c.id {} ORDER BY c.id", t.compiled.body);
+    let sql = format!("SELECT c.id {} ORDER BY c.id", t.compiled.ids_from());
     let copy_sql = format!("COPY ({}) TO STDOUT", literal::inline(&sql, &t.compiled));
     println!("segment: {DEFINITION}\nsql: {sql}");
 
@@ -185,132 +183,4 @@ async fn timed_copy(client: &tokio_postgres::Client, sql: &str) -> anyhow::Resul
     let started = Instant::now();
     copy_once(client, sql).await?;
     Ok(started.elapsed())
-}
-
-/// Loads `n` contacts, about 3 events each and a deal for one in five, with
-/// COPY into tables whose secondary indexes are rebuilt afterwards.
-async fn generate(env: &BenchEnv, n: usize) -> anyhow::Result<crate::model::WorkspaceId> {
-    let ws = crate::db::workspaces::Workspaces::new(env.pool.clone())
-        .resolve(WS)
-        .await?;
-    let client = env.pool.get().await?;
-    let indexes: Vec<(String, String)> = client
-        .query(
-            "SELECT indexrelid::regclass::text, pg_get_indexdef(indexrelid) FROM pg_index
-             WHERE indrelid::regclass::text IN ('contacts', 'events', 'deals') AND NOT indisprimary",
-            &[],
-        )
-        .await?
-        .iter()
-        .map(|r| (r.get(0), r.get(1)))
-        .collect();
-    for (name, _) in &indexes {
-        client.batch_execute(&format!("DROP INDEX {name}")).await?;
-    }
-    let mut rng = StdRng::seed_from_u64(7);
-    let now = chrono::Utc::now();
-    const COUNTRIES: [&str; 6] = ["US", "CA", "GB", "DE", "FR", "BR"];
-    const LABELS: [&str; 5] = [
-        "{lead}",
-        "{customer}",
-        "{lead,subscriber}",
-        "{donor}",
-        "{staff}",
-    ];
-    const TYPES: [&str; 5] = [
-        "page_view",
-        "email_open",
-        "purchase",
-        "cart_abandoned",
-        "email_click",
-    ];
-
-    let ws_id = ws.0;
-    let mut lines = Vec::with_capacity(n);
-    for i in 1..=n {
-        let label = LABELS[if rng.random_bool(0.02) {
-            4
-        } else {
-            rng.random_range(0..4)
-        }];
-        lines.push(format!(
-            "{ws_id}\t{i}\tx{i}\tc{i}@example.com\t{}\t{label}\t{}\t{}\t{}\n",
-            COUNTRIES[rng.random_range(0..COUNTRIES.len())],
-            rng.random_range(0..100),
-            (now - chrono::Duration::days(rng.random_range(0..1500))).to_rfc3339(),
-            if rng.random_bool(0.3) { "{vip}" } else { "{}" }
-        ));
-    }
-    copy(&client, "COPY contacts (workspace_id, id, external_id, email, country, labels, lead_score, created_at, tags) FROM STDIN", lines).await?;
-    client
-        .execute(
-            "SELECT setval(pg_get_serial_sequence('contacts', 'id'), $1)",
-            &[&(n as i64)],
-        )
-        .await?;
-
-    let mut lines = Vec::with_capacity(n * 3);
-    for c in 1..=n {
-        for _ in 0..rng.random_range(0..=6) {
-            let t = TYPES[rng.random_range(0..TYPES.len())];
-            let value = if t == "purchase" {
-                rng.random_range(5..500).to_string()
-            } else {
-                "\\N".into()
-            };
-            lines.push(format!(
-                "{ws_id}\t{c}\t{t}\t{}\t{value}\t{{\"url\": \"/p{}\"}}\n",
-                (now - chrono::Duration::minutes(rng.random_range(0..525_600))).to_rfc3339(),
-                rng.random_range(0..50)
-            ));
-        }
-    }
-    let events = lines.len();
-    copy(
-        &client,
-        "COPY events (workspace_id, contact_id, type, occurred_at, value, properties) FROM STDIN",
-        lines,
-    )
-    .await?;
-
-    let mut lines = Vec::new();
-    for c in 1..=n {
-        if !rng.random_bool(0.2) {
-            continue;
-        }
-        lines.push(format!(
-            "{ws_id}\t{c}\t{}\t{}\t{}\n",
-            ["open", "won", "lost"][rng.random_range(0..3)],
-            ["qualification", "negotiation", "closing"][rng.random_range(0..3)],
-            rng.random_range(100..50_000)
-        ));
-    }
-    copy(
-        &client,
-        "COPY deals (workspace_id, contact_id, status, stage, value) FROM STDIN",
-        lines,
-    )
-    .await?;
-    for (_, def) in &indexes {
-        client.batch_execute(def).await?;
-    }
-    client
-        .batch_execute("VACUUM ANALYZE contacts, events, deals")
-        .await?;
-    println!("loaded {n} contacts, {events} events");
-    Ok(ws)
-}
-
-async fn copy(
-    client: &tokio_postgres::Client,
-    sql: &str,
-    lines: Vec<String>,
-) -> anyhow::Result<()> {
-    let sink = client.copy_in::<_, bytes::Bytes>(sql).await?;
-    futures::pin_mut!(sink);
-    for chunk in lines.chunks(10_000) {
-        sink.send(bytes::Bytes::from(chunk.concat())).await?;
-    }
-    sink.finish().await?;
-    Ok(())
 }

@@ -57,7 +57,22 @@ pub(crate) fn compile(src: &str) -> (String, Vec<Param>) {
     )
     .unwrap_or_else(|e| panic!("{src}: {e:?}"));
     let c = lower(&checked.pred, WorkspaceId(7), now());
-    (c.select_ids(), c.params)
+    (format!("SELECT c.id {}", c.body), c.params)
+}
+
+/// The ids-only body of `src`, if it has one.
+fn ids_body(src: &str) -> Option<String> {
+    let s = schema();
+    let checked = check(
+        &parse(src).unwrap(),
+        &Catalog {
+            schema: &s,
+            segments: &[],
+            current: None,
+        },
+    )
+    .unwrap_or_else(|e| panic!("{src}: {e:?}"));
+    lower(&checked.pred, WorkspaceId(7), now()).ids_body
 }
 
 fn t(s: &str) -> Param {
@@ -307,24 +322,36 @@ fn events_group_once_per_condition() {
     assert_golden(
         "event(purchase, last 90d).count >= 2",
         &ev(1, "count(*)", "e.type = $2 AND e.occurred_at >= $3"),
-        "coalesce(ev1.v, 0) >= $4",
+        "ev1.v >= $4",
         vec![t("purchase"), ts(2025, 12, 15, 12), Param::Float8(2.0)],
     );
+    // "Did not", at the top: an anti-join.
     assert_golden(
         "NOT event(purchase)",
-        &ev(1, "count(*)", "e.type = $2"),
-        "NOT (coalesce(ev1.v, 0) >= $3)",
-        vec![t("purchase"), Param::Float8(1.0)],
+        "",
+        "NOT EXISTS (SELECT 1 FROM events e WHERE e.workspace_id = $1 AND e.contact_id = c.id AND e.type = $2)",
+        vec![t("purchase")],
+    );
+    // Anywhere else, the grouped join.
+    assert_golden(
+        "tags:vip OR NOT event(purchase)",
+        &ev(1, "count(*)", "e.type = $3"),
+        "(c.tags && $2) OR (NOT coalesce(ev1.v >= $4, false))",
+        vec![
+            Param::TextArray(vec!["vip".into()]),
+            t("purchase"),
+            Param::Float8(1.0),
+        ],
     );
     assert_golden(
         r#"event(page_view, between 2026-01-01 and 2026-02-01, url STARTS_WITH "/pricing", properties.n > 2).distinct(url) >= 3"#,
         &ev(
             1,
             "count(DISTINCT e.properties ->> $8)",
-            "e.type = $2 AND e.occurred_at >= $3 AND e.occurred_at < $4 AND ((CASE WHEN jsonb_typeof(e.properties -> $5) = 'string' THEN e.properties ->> $5 END) ILIKE $6) AND ((CASE WHEN jsonb_typeof(e.properties -> $7) = 'number' THEN (e.properties -> $7)::float8 END) > $8)",
+            "e.type = $2 AND e.occurred_at >= $3 AND e.occurred_at < $4 AND ((e.properties ->> $5) ILIKE $6) AND jsonb_typeof(e.properties -> $5) = 'string' AND ((CASE WHEN jsonb_typeof(e.properties -> $7) = 'number' THEN (e.properties -> $7)::float8 END) > $8)",
         )
         .replace("->> $8)", "->> $9)"),
-        "coalesce(ev1.v, 0) >= $10",
+        "ev1.v >= $10",
         vec![t("page_view"), ts(2026, 1, 1, 0), ts(2026, 2, 1, 0), t("url"), t("/pricing%"), t("n"), Param::Float8(2.0), t("url"), Param::Float8(3.0)],
     );
     assert_golden(
@@ -340,7 +367,7 @@ fn events_group_once_per_condition() {
             "sum(e.value)",
             "e.type = $2 AND e.occurred_at < $3 AND (e.currency = $4)",
         ),
-        "coalesce(ev1.v, 0) > $5",
+        "ev1.v > $5",
         vec![
             t("donation"),
             ts(2026, 3, 8, 12),
@@ -350,9 +377,15 @@ fn events_group_once_per_condition() {
     );
     assert_golden(
         "event(purchase, since cart_abandoned).count = 0",
+        "",
+        "NOT EXISTS (SELECT 1 FROM events e WHERE e.workspace_id = $1 AND e.contact_id = c.id AND e.type = $2 AND e.occurred_at > coalesce((SELECT max(s.occurred_at) FROM events s WHERE s.workspace_id = $1 AND s.contact_id = c.id AND s.type = $3), '-infinity'))",
+        vec![t("purchase"), t("cart_abandoned")],
+    );
+    assert_golden(
+        "event(purchase, since cart_abandoned).count >= 2",
         " LEFT JOIN (SELECT e.contact_id, count(*) AS v FROM events e LEFT JOIN (SELECT s.contact_id, max(s.occurred_at) AS t FROM events s WHERE s.workspace_id = $1 AND s.type = $3 GROUP BY s.contact_id) s ON s.contact_id = e.contact_id WHERE e.workspace_id = $1 AND e.type = $2 AND (s.t IS NULL OR e.occurred_at > s.t) GROUP BY e.contact_id) ev1 ON ev1.contact_id = c.id",
-        "coalesce(ev1.v, 0) = $4",
-        vec![t("purchase"), t("cart_abandoned"), Param::Float8(0.0)],
+        "ev1.v >= $4",
+        vec![t("purchase"), t("cart_abandoned"), Param::Float8(2.0)],
     );
     assert_golden(
         "event(purchase, before 2026-01-01).avg(properties.qty) <= 2",
@@ -399,7 +432,7 @@ fn deals_and_segments() {
     assert_golden(
         r#"deal(status = "open", stage = "Negotiation", value > 10000)"#,
         " LEFT JOIN (SELECT d.contact_id, count(*) AS v FROM deals d WHERE d.workspace_id = $1 AND (d.status = $2) AND (d.stage = $3) AND (d.value > $4) GROUP BY d.contact_id) dl1 ON dl1.contact_id = c.id",
-        "coalesce(dl1.v, 0) >= $5",
+        "dl1.v >= $5",
         vec![
             t("open"),
             t("negotiation"),
@@ -410,7 +443,7 @@ fn deals_and_segments() {
     assert_golden(
         "deal(status = won).count >= 2 OR deal().max(value) > 5",
         " LEFT JOIN (SELECT d.contact_id, count(*) AS v FROM deals d WHERE d.workspace_id = $1 AND (d.status = $2) GROUP BY d.contact_id) dl1 ON dl1.contact_id = c.id LEFT JOIN (SELECT d.contact_id, max(d.value) AS v FROM deals d WHERE d.workspace_id = $1 GROUP BY d.contact_id) dl2 ON dl2.contact_id = c.id",
-        "(coalesce(dl1.v, 0) >= $3) OR (dl2.v > $4)",
+        "(dl1.v >= $3) OR (dl2.v > $4)",
         vec![t("won"), Param::Float8(2.0), Param::Float8(5.0)],
     );
     assert_golden(
@@ -419,4 +452,61 @@ fn deals_and_segments() {
         "(c.tags && $2) AND (sm1.contact_id IS NOT NULL)",
         vec![Param::TextArray(vec!["vip".into()]), Param::Int8(41)],
     );
+}
+
+#[test]
+fn text_properties_compare_as_json_strings() {
+    assert_golden(
+        r#"event(purchase, properties.sku IN ("a", "b"))"#,
+        &ev_join(
+            "count(*)",
+            "e.type = $2 AND ((e.properties -> $3) = ANY($4))",
+        ),
+        "ev1.v >= $5",
+        vec![
+            t("purchase"),
+            t("sku"),
+            Param::JsonArray(vec!["a".into(), "b".into()]),
+            Param::Float8(1.0),
+        ],
+    );
+}
+
+fn ev_join(value: &str, conds: &str) -> String {
+    format!(
+        " LEFT JOIN (SELECT e.contact_id, {value} AS v FROM events e WHERE e.workspace_id = $1 AND {conds} GROUP BY e.contact_id) ev1 ON ev1.contact_id = c.id"
+    )
+}
+
+#[test]
+fn ids_bodies_skip_the_contacts_table() {
+    // One grouped condition that contacts without events fail drives the
+    // ids-only body; the contacts table is not read.
+    assert_eq!(
+        ids_body("event(purchase, last 90d).count >= 2").as_deref(),
+        Some(
+            "FROM (SELECT e.contact_id AS id FROM events e WHERE e.workspace_id = $1 AND e.type = $2 AND e.occurred_at >= $3 GROUP BY e.contact_id HAVING count(*) >= $4) c WHERE TRUE"
+        )
+    );
+    // Other conditions stay, over the driver's ids; "since the last X"
+    // reads the driver's latest X when the driver has every recent X.
+    assert_eq!(
+        ids_body("event(cart_abandoned, last 7d) AND NOT event(purchase, since cart_abandoned)")
+            .as_deref(),
+        Some(
+            "FROM (SELECT e.contact_id AS id, max(e.occurred_at) AS t FROM events e WHERE e.workspace_id = $1 AND e.type = $2 AND e.occurred_at >= $3 GROUP BY e.contact_id HAVING count(*) >= $4) c WHERE (NOT EXISTS (SELECT 1 FROM events e WHERE e.workspace_id = $1 AND e.contact_id = c.id AND e.type = $5 AND e.occurred_at > c.t))"
+        )
+    );
+    assert_eq!(
+        ids_body("deal(status = won).count >= 2").as_deref(),
+        Some(
+            "FROM (SELECT d.contact_id AS id FROM deals d WHERE d.workspace_id = $1 AND (d.status = $2) GROUP BY d.contact_id HAVING count(*) >= $3) c WHERE TRUE"
+        )
+    );
+    // A contact column, a test contacts without events pass, or OR at the
+    // top: the full body serves.
+    assert_eq!(ids_body("event(purchase) AND tags:vip"), None);
+    assert_eq!(ids_body("event(purchase).count < 3"), None);
+    assert_eq!(ids_body("event(purchase) OR deal()"), None);
+    assert_eq!(ids_body("NOT event(purchase)"), None);
 }

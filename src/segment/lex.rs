@@ -96,6 +96,8 @@ pub struct SyntaxError {
     pub found: String,
 }
 
+impl std::error::Error for SyntaxError {}
+
 impl fmt::Display for SyntaxError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(

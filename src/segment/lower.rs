@@ -11,7 +11,13 @@
 //!
 //! Event and deal conditions become grouped subqueries joined once, never a
 //! subquery per contact; boolean structure stays a plain expression over the
-//! joined columns, so OR and NOT cost nothing extra. Every caller value is a
+//! joined columns, so OR and NOT cost nothing extra. Three shapes let the
+//! planner start from the selective side (see `counts` and `segd bench sql`):
+//! a test that contacts without rows fail compares the joined value without
+//! `coalesce`, so at the top level the outer join becomes an inner one;
+//! "did not" at the top level is `NOT EXISTS`, an anti-join; and when no
+//! contact column is tested, [`Compiled::ids_body`] starts from one driving
+//! grouped subquery and leaves the contacts table out. Every caller value is a
 //! bind parameter, custom-field and property keys included; identifiers
 //! come only from fixed lists in this file. Relative times are resolved
 //! against the `now` given, so the SQL never calls `now()`.
@@ -23,7 +29,7 @@ use tokio_postgres::types::{IsNull, ToSql, Type, to_sql_checked};
 
 use super::ast::{AggFunc, SetMatch, Window};
 use super::ir::*;
-use super::time;
+use super::{counts, time};
 use crate::model::WorkspaceId;
 use crate::model::contact::{Channel, CustomFieldType};
 
@@ -52,6 +58,8 @@ pub enum Param {
     TextArray(Vec<String>),
     /// date[]
     DateArray(Vec<NaiveDate>),
+    /// jsonb[]
+    JsonArray(Vec<serde_json::Value>),
 }
 
 impl Param {
@@ -69,6 +77,7 @@ impl Param {
             Param::Float8Array(_) => Type::FLOAT8_ARRAY,
             Param::TextArray(_) => Type::TEXT_ARRAY,
             Param::DateArray(_) => Type::DATE_ARRAY,
+            Param::JsonArray(_) => Type::JSONB_ARRAY,
         }
     }
 
@@ -87,6 +96,7 @@ impl Param {
             Param::Float8Array(v) => json!(v),
             Param::TextArray(v) => json!(v),
             Param::DateArray(v) => json!(v.iter().map(ToString::to_string).collect::<Vec<_>>()),
+            Param::JsonArray(v) => json!(v),
         }
     }
 }
@@ -109,6 +119,7 @@ impl ToSql for Param {
             Param::Float8Array(v) => v.to_sql_checked(ty, out),
             Param::TextArray(v) => v.to_sql_checked(ty, out),
             Param::DateArray(v) => v.to_sql_checked(ty, out),
+            Param::JsonArray(v) => v.to_sql_checked(ty, out),
         }
     }
 
@@ -127,12 +138,41 @@ pub struct Compiled {
     pub body: String,
     /// The parameters, in order.
     pub params: Vec<Param>,
+    /// A body for callers that need only `c.id` (ids, counts), when the
+    /// definition tests no contact column and one top-level event or deal
+    /// condition fails for contacts without matches: then `c` is that
+    /// condition's grouped subquery (`id` only), and the contacts table,
+    /// which foreign keys make redundant, is not read at all.
+    pub ids_body: Option<String>,
 }
 
 impl Compiled {
-    /// `SELECT c.id <body>`: the member ids, unordered.
+    /// A body without the ids-only form.
+    pub fn new(body: String, params: Vec<Param>) -> Self {
+        Self {
+            body,
+            params,
+            ids_body: None,
+        }
+    }
+
+    /// The body for selecting `c.id` only: `SELECT c.id <ids_from>`.
+    pub fn ids_from(&self) -> &str {
+        self.ids_body.as_deref().unwrap_or(&self.body)
+    }
+
+    /// `SELECT c.id <ids_from>`: the member ids, unordered.
     pub fn select_ids(&self) -> String {
-        format!("SELECT c.id {}", self.body)
+        format!("SELECT c.id {}", self.ids_from())
+    }
+
+    /// Adds a condition on `c.id` (and parameters bound before) to both
+    /// bodies; both end in a WHERE clause.
+    pub fn and_id(&mut self, cond: &str) {
+        let _ = write!(self.body, " AND {cond}");
+        if let Some(b) = &mut self.ids_body {
+            let _ = write!(b, " AND {cond}");
+        }
     }
 
     /// Adds a parameter and returns its placeholder.
@@ -177,31 +217,91 @@ impl Columns {
 
 /// Lowers `pred` for workspace `ws`, resolving relative times against `now`.
 pub fn lower(pred: &Pred, ws: WorkspaceId, now: DateTime<Utc>) -> Compiled {
-    let mut l = Lowerer {
-        params: vec![Param::Int8(ws.0)],
-        joins: String::new(),
-        next_alias: 1,
-        now,
+    let mut l = Lowerer::new(ws, now);
+    // Top-level conjuncts may take shapes that only hold there.
+    let top: Vec<&Pred> = match pred {
+        Pred::All(items) if !items.is_empty() => items.iter().collect(),
+        p => vec![p],
     };
-    let (cond, _) = l.pred(pred);
+    let mut parts = Vec::with_capacity(top.len());
+    let mut driver = None;
+    for p in &top {
+        let before = l.aggs.len();
+        let sql = l.conjunct(p);
+        let new = l.aggs.len() == before + 1 && matches!(p, Pred::Event(_) | Pred::Deal(_));
+        if driver.is_none() && new && l.aggs[before].strict {
+            driver = Some((parts.len(), before));
+        }
+        parts.push(sql);
+    }
+    let ids_body = match driver {
+        Some((part, agg)) if !touches_contact(pred) => {
+            let d = &l.aggs[agg];
+            let joins = l.joins.replacen(&d.join, "", 1);
+            let mut rest: Vec<String> = parts
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| *i != part)
+                .map(|(_, s)| format!("({s})"))
+                .collect();
+            // "Since the last X", with the driver's rows being every X
+            // event up to now: the driver already knows when that was.
+            let mut used = false;
+            if let Some(ty) = &d.last_of {
+                for (_, bound) in l.sinces.iter().filter(|(x, _)| x == ty) {
+                    for r in &mut rest {
+                        used |= r.contains(bound.as_str());
+                        *r = r.replace(bound.as_str(), "c.t");
+                    }
+                }
+            }
+            let ids = if used {
+                d.ids.clone()
+            } else {
+                d.ids.replacen(", max(e.occurred_at) AS t", "", 1)
+            };
+            let rest = if rest.is_empty() {
+                "TRUE".to_string()
+            } else {
+                rest.join(" AND ")
+            };
+            Some(format!("FROM {ids} c{joins} WHERE {rest}"))
+        }
+        _ => None,
+    };
+    let cond = if parts.len() == 1 {
+        parts.into_iter().next().expect("one")
+    } else {
+        parts
+            .iter()
+            .map(|s| format!("({s})"))
+            .collect::<Vec<_>>()
+            .join(" AND ")
+    };
     let mut body = String::from("FROM contacts c");
     body.push_str(&l.joins);
     let _ = write!(body, " WHERE c.workspace_id = $1 AND ({cond})");
     Compiled {
         body,
         params: l.params,
+        ids_body,
+    }
+}
+
+/// Whether a predicate reads any column of the contact besides its id.
+fn touches_contact(p: &Pred) -> bool {
+    match p {
+        Pred::All(items) | Pred::Any(items) => items.iter().any(touches_contact),
+        Pred::Not(inner) => touches_contact(inner),
+        Pred::Field(..) | Pred::Set(..) | Pred::Subscription(..) => true,
+        Pred::Event(_) | Pred::Deal(_) | Pred::Member(_) => false,
     }
 }
 
 /// Lowers several predicates into columns over one shared scan, so a single
 /// query can test a contact (or every contact) against all of them.
 pub fn lower_columns(preds: &[&Pred], ws: WorkspaceId, now: DateTime<Utc>) -> Columns {
-    let mut l = Lowerer {
-        params: vec![Param::Int8(ws.0)],
-        joins: String::new(),
-        next_alias: 1,
-        now,
-    };
+    let mut l = Lowerer::new(ws, now);
     let conds = preds
         .iter()
         .map(|p| match l.pred(p) {
@@ -221,6 +321,35 @@ struct Lowerer {
     joins: String,
     next_alias: usize,
     now: DateTime<Utc>,
+    /// Every grouped event or deal join, in order.
+    aggs: Vec<AggJoin>,
+    /// "Since the last X" bounds of anti-joins: X and the bound's SQL.
+    sinces: Vec<(String, String)>,
+}
+
+/// The parts of a grouped subquery: `SELECT <key>, <value> FROM <from>
+/// WHERE <conds> GROUP BY <key>`.
+struct Grouped<'a> {
+    key: &'a str,
+    value: &'a str,
+    from: &'a str,
+    conds: &'a [String],
+    /// The event type when the rows are every event of it up to now.
+    last_of: Option<&'a str>,
+}
+
+/// A grouped event or deal subquery joined to the contacts.
+struct AggJoin {
+    /// The `LEFT JOIN ...` text added to the joins.
+    join: String,
+    /// The same rows as `(SELECT <contact_id> AS id ... HAVING <test>)`.
+    ids: String,
+    /// Whether contacts without matching rows fail the test.
+    strict: bool,
+    /// When `ids` also yields `t`, the contact's last event of this type:
+    /// the rows are all events of one type, unfiltered, in a window open
+    /// towards the future, so their latest is the latest of all.
+    last_of: Option<String>,
 }
 
 /// Whether a column holds a date or an instant (for relative tests).
@@ -233,7 +362,57 @@ enum Clock {
 /// A lowered boolean expression and whether it can be NULL.
 type Expr = (String, bool);
 
+/// A "did not" condition, lowered as an anti-join.
+enum Absent<'a> {
+    Event(&'a EventAgg),
+    Deal(&'a DealAgg),
+}
+
 impl Lowerer {
+    fn new(ws: WorkspaceId, now: DateTime<Utc>) -> Self {
+        Self {
+            params: vec![Param::Int8(ws.0)],
+            joins: String::new(),
+            next_alias: 1,
+            now,
+            aggs: Vec::new(),
+            sinces: Vec::new(),
+        }
+    }
+
+    /// Joins a grouped subquery `SELECT <key>, <value> AS v FROM <from> WHERE
+    /// <conds> GROUP BY <key>` as `alias`, and tests its value.
+    fn join_agg(&mut self, alias: &str, g: Grouped<'_>, agg: (AggFunc, &Test)) -> Expr {
+        let Grouped {
+            key,
+            value,
+            from,
+            conds,
+            last_of,
+        } = g;
+        let conds = conds.join(" AND ");
+        let join = format!(
+            " LEFT JOIN (SELECT {key}, {value} AS v FROM {from} WHERE {conds} GROUP BY {key}) {alias} ON {alias}.contact_id = c.id"
+        );
+        self.joins.push_str(&join);
+        let (sql, strict) = self.agg_test(alias, agg.0, agg.1);
+        let having = sql.replace(&format!("{alias}.v"), value);
+        let last = if last_of.is_some() {
+            ", max(e.occurred_at) AS t"
+        } else {
+            ""
+        };
+        self.aggs.push(AggJoin {
+            join,
+            ids: format!(
+                "(SELECT {key} AS id{last} FROM {from} WHERE {conds} GROUP BY {key} HAVING {having})"
+            ),
+            strict,
+            last_of: last_of.map(str::to_string),
+        });
+        (sql, strict)
+    }
+
     fn bind(&mut self, p: Param) -> String {
         self.params.push(p);
         format!("${}", self.params.len())
@@ -534,8 +713,75 @@ impl Lowerer {
         }
     }
 
+    /// A condition ANDed at the top of the tree: "did not" (count 0) becomes
+    /// `NOT EXISTS`, which the planner pulls up into an anti-join (it would
+    /// not under OR or NOT); everything else lowers as anywhere.
+    fn conjunct(&mut self, p: &Pred) -> String {
+        let none = match p {
+            Pred::Not(inner) => match &**inner {
+                Pred::Event(e)
+                    if e.agg.func == AggFunc::Count && counts::means_some(&e.agg.test) =>
+                {
+                    Some(Absent::Event(e))
+                }
+                Pred::Deal(d)
+                    if d.agg.func == AggFunc::Count && counts::means_some(&d.agg.test) =>
+                {
+                    Some(Absent::Deal(d))
+                }
+                _ => None,
+            },
+            Pred::Event(e) if e.agg.func == AggFunc::Count && counts::means_none(&e.agg.test) => {
+                Some(Absent::Event(e))
+            }
+            Pred::Deal(d) if d.agg.func == AggFunc::Count && counts::means_none(&d.agg.test) => {
+                Some(Absent::Deal(d))
+            }
+            _ => None,
+        };
+        match none {
+            Some(Absent::Event(e)) => {
+                let (from, mut conds) = self.event_scope(e, true);
+                conds.insert(1, "e.contact_id = c.id".into());
+                format!(
+                    "NOT EXISTS (SELECT 1 FROM {from} WHERE {})",
+                    conds.join(" AND ")
+                )
+            }
+            Some(Absent::Deal(d)) => {
+                let mut conds = self.deal_scope(d);
+                conds.insert(1, "d.contact_id = c.id".into());
+                format!(
+                    "NOT EXISTS (SELECT 1 FROM deals d WHERE {})",
+                    conds.join(" AND ")
+                )
+            }
+            None => self.pred(p).0,
+        }
+    }
+
     fn event(&mut self, e: &EventAgg) -> Expr {
         let a = self.alias("ev");
+        let (from, conds) = self.event_scope(e, false);
+        let value = self.event_value(e);
+        let open = matches!(e.window, None | Some(Window::Last(_) | Window::After(_)))
+            && e.filters.is_empty();
+        let last_of = open.then_some(e.event_type.as_str());
+        let g = Grouped {
+            key: "e.contact_id",
+            value: &value,
+            from: &from,
+            conds: &conds,
+            last_of,
+        };
+        self.join_agg(&a, g, (e.agg.func, &e.agg.test))
+    }
+
+    /// The events an event condition aggregates: `FROM` and `WHERE` parts
+    /// over `events e`. `correlated` ties "since the last X" to the row's own
+    /// contact by a scalar subquery (for `NOT EXISTS`, probed per contact)
+    /// instead of a grouped join over all contacts.
+    fn event_scope(&mut self, e: &EventAgg, correlated: bool) -> (String, Vec<String>) {
         let t = self.bind(Param::Text(e.event_type.clone()));
         let mut from = String::from("events e");
         let mut conds = vec!["e.workspace_id = $1".to_string(), format!("e.type = {t}")];
@@ -561,6 +807,17 @@ impl Lowerer {
                 let t = self.bind(Param::Time(*t));
                 conds.push(format!("e.occurred_at >= {t}"));
             }
+            Some(Window::SinceLast(u)) if correlated => {
+                let ty = u.clone();
+                let u = self.bind(Param::Text(ty.clone()));
+                // Tied to the outer contact, the bound is computed once per
+                // contact and becomes an index condition.
+                let last = format!(
+                    "coalesce((SELECT max(s.occurred_at) FROM events s WHERE s.workspace_id = $1 AND s.contact_id = c.id AND s.type = {u}), '-infinity')"
+                );
+                conds.push(format!("e.occurred_at > {last}"));
+                self.sinces.push((ty, last));
+            }
             Some(Window::SinceLast(u)) => {
                 let u = self.bind(Param::Text(u.clone()));
                 let _ = write!(
@@ -571,11 +828,23 @@ impl Lowerer {
             }
         }
         for (f, test) in &e.filters {
-            let col = self.event_field(f, test);
+            if let Some(sql) = self.prop_is_text(f, test) {
+                conds.push(sql);
+                continue;
+            }
+            let (col, guard) = self.event_field(f, test);
             let (sql, _) = self.test(&col, test, Clock::Time, false);
-            conds.push(format!("({sql})"));
+            conds.push(match guard {
+                Some(g) => format!("({sql}) AND {g}"),
+                None => format!("({sql})"),
+            });
         }
-        let value = match (e.agg.func, &e.agg.arg) {
+        (from, conds)
+    }
+
+    /// The aggregate an event condition tests.
+    fn event_value(&mut self, e: &EventAgg) -> String {
+        match (e.agg.func, &e.agg.arg) {
             (AggFunc::First, _) => "min(e.occurred_at)".to_string(),
             (AggFunc::Last, _) => "max(e.occurred_at)".to_string(),
             (AggFunc::Count, _) | (_, None) => "count(*)".to_string(),
@@ -593,25 +862,46 @@ impl Lowerer {
                 let col = self.event_number(f);
                 format!("{}({col})", agg_name(func))
             }
-        };
-        let _ = write!(
-            self.joins,
-            " LEFT JOIN (SELECT e.contact_id, {value} AS v FROM {from} WHERE {} GROUP BY e.contact_id) {a} ON {a}.contact_id = c.id",
-            conds.join(" AND ")
-        );
-        self.agg_test(&a, e.agg.func, &e.agg.test)
+        }
     }
 
-    /// The column expression an event filter tests; properties are typed by
-    /// the test's literals, and values of another JSON type do not match.
-    fn event_field(&mut self, f: &EventField, t: &Test) -> String {
+    /// `properties.k = "text"` and `IN ("a", "b")` as a jsonb comparison:
+    /// only JSON strings equal JSON strings, so no type check is needed,
+    /// and the planner estimates it like any equality.
+    fn prop_is_text(&mut self, f: &EventField, t: &Test) -> Option<String> {
+        let EventField::Prop(k) = f else {
+            return None;
+        };
+        let texts: Vec<&Lit> = match t {
+            Test::Eq(l) => vec![l],
+            Test::In(ls) => ls.iter().collect(),
+            _ => return None,
+        };
+        let values = texts
+            .iter()
+            .map(|l| match l {
+                Lit::Text(s) => Some(serde_json::Value::String(s.clone())),
+                _ => None,
+            })
+            .collect::<Option<Vec<_>>>()?;
+        let k = self.bind(Param::Text(k.clone()));
+        let v = self.bind(Param::JsonArray(values));
+        Some(format!("((e.properties -> {k}) = ANY({v}))"))
+    }
+
+    /// The column expression an event filter tests, and a guard ANDed after
+    /// the test; properties are typed by the test's literals, and values of
+    /// another JSON type do not match. Text tests read `->>` and check the
+    /// type only on rows that passed (every text test is strict), the
+    /// cheapest order.
+    fn event_field(&mut self, f: &EventField, t: &Test) -> (String, Option<String>) {
         match f {
-            EventField::Value => "e.value".into(),
-            EventField::Currency => "e.currency".into(),
+            EventField::Value => ("e.value".into(), None),
+            EventField::Currency => ("e.currency".into(), None),
             EventField::Prop(k) => {
                 if matches!(t, Test::IsSet | Test::IsNotSet) {
                     let k = self.bind(Param::Text(k.clone()));
-                    return format!("(e.properties -> {k})");
+                    return (format!("(e.properties -> {k})"), None);
                 }
                 let first = match t {
                     Test::Eq(l) | Test::Neq(l) | Test::Cmp(_, l) | Test::Between(l, _) => Some(l),
@@ -619,17 +909,21 @@ impl Lowerer {
                     _ => None,
                 };
                 match first {
-                    Some(Lit::Num(_)) => self.event_number(f),
+                    Some(Lit::Num(_)) => (self.event_number(f), None),
                     Some(Lit::Bool(_)) => {
                         let k = self.bind(Param::Text(k.clone()));
-                        format!(
-                            "(CASE WHEN jsonb_typeof(e.properties -> {k}) = 'boolean' THEN (e.properties -> {k})::boolean END)"
+                        (
+                            format!(
+                                "(CASE WHEN jsonb_typeof(e.properties -> {k}) = 'boolean' THEN (e.properties -> {k})::boolean END)"
+                            ),
+                            None,
                         )
                     }
                     _ => {
                         let k = self.bind(Param::Text(k.clone()));
-                        format!(
-                            "(CASE WHEN jsonb_typeof(e.properties -> {k}) = 'string' THEN e.properties ->> {k} END)"
+                        (
+                            format!("(e.properties ->> {k})"),
+                            Some(format!("jsonb_typeof(e.properties -> {k}) = 'string'")),
                         )
                     }
                 }
@@ -649,13 +943,19 @@ impl Lowerer {
         }
     }
 
-    fn deal(&mut self, d: &DealAgg) -> Expr {
-        let a = self.alias("dl");
+    /// The `WHERE` parts over `deals d` selecting a deal condition's deals.
+    fn deal_scope(&mut self, d: &DealAgg) -> Vec<String> {
         let mut conds = vec!["d.workspace_id = $1".to_string()];
         for (f, test) in &d.filters {
             let (sql, _) = self.test(deal_col(*f), test, Clock::Time, false);
             conds.push(format!("({sql})"));
         }
+        conds
+    }
+
+    fn deal(&mut self, d: &DealAgg) -> Expr {
+        let a = self.alias("dl");
+        let conds = self.deal_scope(d);
         let value = match (d.agg.func, d.agg.arg) {
             (AggFunc::First, _) => "min(d.created_at)".to_string(),
             (AggFunc::Last, _) => "max(d.created_at)".to_string(),
@@ -663,18 +963,26 @@ impl Lowerer {
             (AggFunc::Distinct, Some(f)) => format!("count(DISTINCT {})", deal_col(f)),
             (func, Some(f)) => format!("{}({})", agg_name(func), deal_col(f)),
         };
-        let _ = write!(
-            self.joins,
-            " LEFT JOIN (SELECT d.contact_id, {value} AS v FROM deals d WHERE {} GROUP BY d.contact_id) {a} ON {a}.contact_id = c.id",
-            conds.join(" AND ")
-        );
-        self.agg_test(&a, d.agg.func, &d.agg.test)
+        let g = Grouped {
+            key: "d.contact_id",
+            value: &value,
+            from: "deals d",
+            conds: &conds,
+            last_of: None,
+        };
+        self.join_agg(&a, g, (d.agg.func, &d.agg.test))
     }
 
     /// Tests an aggregate column. Contacts without matches have no row:
     /// their count, sum and distinct count are 0, the rest are missing.
     fn agg_test(&mut self, alias: &str, func: AggFunc, t: &Test) -> Expr {
         let zero = matches!(func, AggFunc::Count | AggFunc::Sum | AggFunc::Distinct);
+        if zero && counts::zero_fails(t) {
+            // Contacts without a row fail the test either way; comparing the
+            // column itself keeps the condition strict, so at the top level
+            // the planner turns the outer join into an inner one.
+            return self.test(&format!("{alias}.v"), t, Clock::Time, false);
+        }
         let col = if zero {
             format!("coalesce({alias}.v, 0)")
         } else {

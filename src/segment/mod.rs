@@ -15,6 +15,7 @@
 
 pub mod ast;
 pub mod check;
+pub mod counts;
 pub mod eval;
 pub mod ir;
 pub mod lex;

@@ -160,7 +160,7 @@ pub fn apply_sample(c: &mut Compiled, s: &Sample) {
         Sample::Fraction(..) => format!("{bucket} < {k}"),
         Sample::Bucket { .. } => format!("{bucket} = {k}"),
     };
-    c.body.push_str(&format!(" AND {test}"));
+    c.and_id(&test);
 }
 
 /// Sets a statement timeout for the rest of the transaction (zero: none).
@@ -208,7 +208,7 @@ pub async fn compile_guarded(
 /// # Errors
 /// The database is unavailable or the statement timed out.
 pub async fn count(client: &impl GenericClient, c: &Compiled) -> Result<i64> {
-    let sql = format!("SELECT count(*) {}", c.body);
+    let sql = format!("SELECT count(*) {}", c.ids_from());
     let row = client.query_typed(&sql, &c.typed_params()).await?;
     Ok(row[0].get(0))
 }

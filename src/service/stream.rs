@@ -216,7 +216,7 @@ async fn run(
     let mut c = plan.compiled.clone();
     if let Some(after) = plan.after {
         let p = c.bind(Param::Int8(after));
-        c.body.push_str(&format!(" AND c.id > {p}"));
+        c.and_id(&format!("c.id > {p}"));
     }
     let limit = match plan.limit {
         Some(n) => format!(" LIMIT {}", c.bind(Param::Int8(n))),
@@ -288,7 +288,7 @@ async fn run(
         // settings through bound parameters, and the query reads each one
         // once; caller values never become SQL text.
         let (set, query) = via_settings(
-            &format!("SELECT c.id {} ORDER BY c.id{limit}", c.body),
+            &format!("SELECT c.id {} ORDER BY c.id{limit}", c.ids_from()),
             &c.params,
         );
         client
@@ -383,6 +383,7 @@ fn sql_type(p: &Param) -> &'static str {
         Param::Float8Array(_) => "float8[]",
         Param::TextArray(_) => "text[]",
         Param::DateArray(_) => "date[]",
+        Param::JsonArray(_) => "jsonb[]",
     }
 }
 
@@ -521,10 +522,7 @@ mod tests {
 
     #[test]
     fn fingerprints_change_with_the_query() {
-        let a = Compiled {
-            body: "FROM contacts c WHERE x".into(),
-            params: vec![Param::Int8(1)],
-        };
+        let a = Compiled::new("FROM contacts c WHERE x".into(), vec![Param::Int8(1)]);
         let mut b = a.clone();
         b.params[0] = Param::Int8(2);
         assert_ne!(fingerprint(&a, false), fingerprint(&b, false));

@@ -427,6 +427,19 @@ impl World {
             .await
             .map_err(|e| TestCaseError::fail(format!("{text}\nSQL failed: {e:?}\n{sql}")))?;
         let got: BTreeSet<i64> = rows.iter().map(|r| r.get(0)).collect();
+        // The full body (read by projections and breakdowns) selects the
+        // same contacts as the ids-only body counts and streams use.
+        let full = format!("SELECT c.id {}", compiled.body);
+        let rows = client
+            .query_typed(&full, &compiled.typed_params())
+            .await
+            .map_err(|e| TestCaseError::fail(format!("{text}\nSQL failed: {e:?}\n{full}")))?;
+        let by_full: BTreeSet<i64> = rows.iter().map(|r| r.get(0)).collect();
+        if by_full != got {
+            return Err(TestCaseError::fail(format!(
+                "definition: {text}\nthe ids-only body disagrees with the full body\n{sql}\n{full}"
+            )));
+        }
         // The stream's delivery path (parameters through settings, COPY)
         // returns the same set.
         let mut client = client;

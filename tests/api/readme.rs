@@ -66,7 +66,7 @@ async fn the_readme_cookbook_works_as_written() {
         "\"email\": \"ada@example.com\"",
         "\"failed\": \"1\"",
         "\"filter\": \"label:lead AND NOT event(purchase)\"",
-        "GROUP BY e.contact_id",
+        "NOT EXISTS (SELECT 1 FROM events e",
         "\"totalRows\"",
         "\"memberCount\"",
         "\"keys\": [",

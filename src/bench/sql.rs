@@ -1,0 +1,275 @@
+//! `segd bench sql`: the compiled SQL of each example segment against the
+//! fastest SQL we could write by hand for it, timed by `EXPLAIN ANALYZE` on
+//! the same generated data, alternating, and compared as a ratio.
+//!
+//! Both sides count members (`SELECT count(*)`), so neither pays for
+//! shipping rows. The compiled side runs exactly as the service does: bind
+//! parameters, one statement. The hand-written side inlines its values, so
+//! the planner sees them; it may start from the events or deals instead of
+//! the contacts, and use whatever join shape is fastest.
+
+use std::time::Instant;
+
+use chrono::{DateTime, Duration, Utc};
+
+use super::{BenchEnv, data};
+use crate::config::SqlBench;
+use crate::model::WorkspaceId;
+use crate::segment::lower::Compiled;
+use crate::segment::parse::parse;
+use crate::service::segments::{Changes, Target, compile, create};
+
+const WS: &str = "bench";
+
+/// Values the hand-written SQL needs: the workspace and the same clock.
+struct Ctx {
+    ws: i64,
+    now: DateTime<Utc>,
+}
+
+impl Ctx {
+    /// A timestamptz literal `days` before now.
+    fn ago(&self, days: i64) -> String {
+        format!(
+            "'{}'::timestamptz",
+            (self.now - Duration::days(days)).format("%Y-%m-%dT%H:%M:%S%.6f+00:00")
+        )
+    }
+}
+
+/// One example: its definition, and the hand-written count.
+struct Case {
+    name: &'static str,
+    rule: &'static str,
+    hand: fn(&Ctx) -> String,
+}
+
+/// The examples of the segment-definitions issue, in its words.
+const CASES: &[Case] = &[
+    Case {
+        name: "issue example (labels, country, age, tags, purchases, segment)",
+        rule: r#"label:lead AND country IN ("US","CA") AND age >= 25 AND tags:vip AND NOT label:customer AND event(purchase, last 90d).count >= 2 AND segment("newsletter-engaged")"#,
+        hand: |x| {
+            let (ws, born) = (
+                x.ws,
+                crate::segment::time::years_before(x.now.date_naive(), 25),
+            );
+            format!(
+                "SELECT count(*) FROM contacts c
+                 JOIN (SELECT e.contact_id FROM events e
+                       WHERE e.workspace_id = {ws} AND e.type = 'purchase' AND e.occurred_at >= {t90}
+                       GROUP BY e.contact_id HAVING count(*) >= 2) p ON p.contact_id = c.id
+                 WHERE c.workspace_id = {ws} AND c.labels @> '{{lead}}' AND NOT c.labels @> '{{customer}}'
+                   AND c.country IN ('US', 'CA') AND c.birth_date <= '{born}' AND c.tags @> '{{vip}}'
+                   AND EXISTS (SELECT 1 FROM events o WHERE o.workspace_id = {ws} AND o.contact_id = c.id
+                               AND o.type = 'email_open' AND o.occurred_at >= {t30})",
+                t90 = x.ago(90),
+                t30 = x.ago(30),
+            )
+        },
+    },
+    Case {
+        name: "last purchase more than 60 days ago",
+        rule: "event(purchase).last OLDER_THAN 60d",
+        hand: |x| {
+            format!(
+                "SELECT count(*) FROM (SELECT e.contact_id FROM events e
+                 WHERE e.workspace_id = {ws} AND e.type = 'purchase'
+                 GROUP BY e.contact_id HAVING max(e.occurred_at) < {t}) m",
+                ws = x.ws,
+                t = x.ago(60)
+            )
+        },
+    },
+    Case {
+        name: "bought at least twice in the last 90 days",
+        rule: "event(purchase, last 90d).count >= 2",
+        hand: |x| {
+            format!(
+                "SELECT count(*) FROM (SELECT e.contact_id FROM events e
+                 WHERE e.workspace_id = {ws} AND e.type = 'purchase' AND e.occurred_at >= {t}
+                 GROUP BY e.contact_id HAVING count(*) >= 2) m",
+                ws = x.ws,
+                t = x.ago(90)
+            )
+        },
+    },
+    Case {
+        name: "abandoned a cart in the last 7 days, no purchase since",
+        rule: "event(cart_abandoned, last 7d) AND NOT event(purchase, since cart_abandoned)",
+        hand: |x| {
+            format!(
+                "SELECT count(*) FROM (SELECT e.contact_id, max(e.occurred_at) AS t FROM events e
+                 WHERE e.workspace_id = {ws} AND e.type = 'cart_abandoned' AND e.occurred_at >= {t}
+                 GROUP BY e.contact_id) a
+                 WHERE NOT EXISTS (SELECT 1 FROM events p WHERE p.workspace_id = {ws}
+                   AND p.contact_id = a.contact_id AND p.type = 'purchase' AND p.occurred_at > a.t)",
+                ws = x.ws,
+                t = x.ago(7)
+            )
+        },
+    },
+    Case {
+        name: "never purchased (contacts with no events included)",
+        rule: "NOT event(purchase)",
+        hand: |x| {
+            format!(
+                "SELECT count(*) FROM contacts c WHERE c.workspace_id = {ws}
+                 AND NOT EXISTS (SELECT 1 FROM events e WHERE e.workspace_id = {ws}
+                   AND e.contact_id = c.id AND e.type = 'purchase')",
+                ws = x.ws
+            )
+        },
+    },
+    Case {
+        name: "viewed /pricing in the last 30 days",
+        rule: r#"event(page_view, last 30d, url STARTS_WITH "/pricing")"#,
+        hand: |x| {
+            format!(
+                "SELECT count(DISTINCT e.contact_id) FROM events e
+                 WHERE e.workspace_id = {ws} AND e.type = 'page_view' AND e.occurred_at >= {t}
+                   AND e.properties ->> 'url' LIKE '/pricing%'",
+                ws = x.ws,
+                t = x.ago(30)
+            )
+        },
+    },
+    Case {
+        name: "bought product p1, p2 or p3",
+        rule: r#"event(purchase, properties.product_id IN ("p1", "p2", "p3"))"#,
+        hand: |x| {
+            format!(
+                "SELECT count(DISTINCT e.contact_id) FROM events e
+                 WHERE e.workspace_id = {ws} AND e.type = 'purchase'
+                   AND e.properties ->> 'product_id' IN ('p1', 'p2', 'p3')",
+                ws = x.ws
+            )
+        },
+    },
+    Case {
+        name: "open deal in stage negotiation worth more than 10k",
+        rule: "deal(status = open, stage = negotiation, value > 10000)",
+        hand: |x| {
+            format!(
+                "SELECT count(DISTINCT d.contact_id) FROM deals d
+                 WHERE d.workspace_id = {ws} AND d.status = 'open' AND d.stage = 'negotiation'
+                   AND d.value > 10000",
+                ws = x.ws
+            )
+        },
+    },
+    Case {
+        name: "2 or more won deals",
+        rule: "deal(status = won).count >= 2",
+        hand: |x| {
+            format!(
+                "SELECT count(*) FROM (SELECT d.contact_id FROM deals d
+                 WHERE d.workspace_id = {ws} AND d.status = 'won'
+                 GROUP BY d.contact_id HAVING count(*) >= 2) m",
+                ws = x.ws
+            )
+        },
+    },
+];
+
+/// Generates the data, then times each case.
+///
+/// # Errors
+/// Setup or a statement failed, or a hand-written query disagreed with the
+/// compiled one about the members.
+pub async fn run(env: &BenchEnv, o: &SqlBench) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let ws = data::generate(env, WS, &data::Shape::sql(o.contacts)).await?;
+    println!("generated in {:.1}s", started.elapsed().as_secs_f64());
+    let mut client = env.pool.get().await?;
+    create(
+        &mut client,
+        ws,
+        crate::model::segment::SegmentKind::Dynamic,
+        Changes {
+            name: Some("newsletter-engaged".into()),
+            rule: Some(parse("event(email_open, last 30d)")?),
+            ..Default::default()
+        },
+    )
+    .await?;
+
+    let now = Utc::now();
+    let x = Ctx { ws: ws.0, now };
+    println!(
+        "\n{:<62} {:>9} {:>12} {:>9} {:>7}",
+        "example", "members", "compiled_ms", "hand_ms", "ratio"
+    );
+    let mut worst: f64 = 0.0;
+    for case in CASES {
+        let c = compiled(&client, ws, case.rule, now).await?;
+        let compiled_sql = format!("SELECT count(*) {}", c.ids_from());
+        let hand_sql = (case.hand)(&x);
+        let members: i64 = client.query_typed(&compiled_sql, &c.typed_params()).await?[0].get(0);
+        let by_hand: i64 = client.query_one(&hand_sql, &[]).await?.get(0);
+        anyhow::ensure!(
+            members == by_hand,
+            "{}: compiled SQL counts {members}, hand-written {by_hand}",
+            case.name
+        );
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        for round in 0..o.rounds {
+            let empty = Compiled::new(String::new(), vec![]);
+            if round % 2 == 0 {
+                a.push(analyze(&client, &compiled_sql, &c).await?);
+                b.push(analyze(&client, &hand_sql, &empty).await?);
+            } else {
+                b.push(analyze(&client, &hand_sql, &empty).await?);
+                a.push(analyze(&client, &compiled_sql, &c).await?);
+            }
+        }
+        let (a, b) = (median(&mut a), median(&mut b));
+        let ratio = a / b;
+        worst = worst.max(ratio);
+        println!(
+            "{:<62} {members:>9} {a:>12.1} {b:>9.1} {ratio:>7.2}",
+            case.name
+        );
+        if o.verbose {
+            println!(
+                "  compiled: {compiled_sql}\n  hand:     {}",
+                squash(&hand_sql)
+            );
+        }
+    }
+    println!("\ncases={} worst_ratio={worst:.2}", CASES.len());
+    Ok(())
+}
+
+async fn compiled(
+    client: &tokio_postgres::Client,
+    ws: WorkspaceId,
+    rule: &str,
+    now: DateTime<Utc>,
+) -> anyhow::Result<Compiled> {
+    let t = compile(client, ws, &Target::Inline(parse(rule)?), now, true, "").await?;
+    Ok(t.compiled)
+}
+
+/// Planning plus execution time in milliseconds, from `EXPLAIN (ANALYZE,
+/// TIMING OFF)` (per-node timing would tax the plan with more nodes).
+async fn analyze(client: &tokio_postgres::Client, sql: &str, c: &Compiled) -> anyhow::Result<f64> {
+    let rows = client
+        .query_typed(
+            &format!("EXPLAIN (ANALYZE, TIMING OFF, FORMAT JSON) {sql}"),
+            &c.typed_params(),
+        )
+        .await?;
+    let plan: serde_json::Value = rows[0].get(0);
+    let ms = |k: &str| plan[0][k].as_f64().unwrap_or_default();
+    Ok(ms("Planning Time") + ms("Execution Time"))
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn squash(sql: &str) -> String {
+    sql.split_whitespace().collect::<Vec<_>>().join(" ")
+}
