@@ -58,7 +58,7 @@ pub struct StreamBench {
     #[arg(long, default_value_t = 1_000_000)]
     pub contacts: usize,
     /// How many measured rounds of each method.
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, default_value_t = 9)]
     pub rounds: usize,
 }
 

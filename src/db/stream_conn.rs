@@ -140,6 +140,9 @@ impl AsyncWrite for Tap {
     }
 }
 
+/// Socket receive buffer for stream sessions, in bytes.
+const RECV_BUFFER: u32 = 4 << 20;
+
 /// Where the server is, for connecting and for cancel requests.
 #[derive(Debug, Clone)]
 enum Addr {
@@ -151,7 +154,19 @@ impl Addr {
     async fn connect(&self) -> std::io::Result<Sock> {
         match self {
             Addr::Tcp(h, p) => {
-                let s = TcpStream::connect((h.as_str(), *p)).await?;
+                let addr = tokio::net::lookup_host((h.as_str(), *p))
+                    .await?
+                    .next()
+                    .ok_or_else(|| std::io::Error::other(format!("{h} has no address")))?;
+                let sock = if addr.is_ipv4() {
+                    tokio::net::TcpSocket::new_v4()?
+                } else {
+                    tokio::net::TcpSocket::new_v6()?
+                };
+                // A deep receive buffer lets PostgreSQL keep writing rows
+                // while this process is briefly off the CPU.
+                sock.set_recv_buffer_size(RECV_BUFFER)?;
+                let s = sock.connect(addr).await?;
                 s.set_nodelay(true)?;
                 Ok(Sock::Tcp(s))
             }
