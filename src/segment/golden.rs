@@ -458,15 +458,14 @@ fn deals_and_segments() {
 fn text_properties_compare_as_json_strings() {
     assert_golden(
         r#"event(purchase, properties.sku IN ("a", "b"))"#,
-        &ev_join(
-            "count(*)",
-            "e.type = $2 AND ((e.properties -> $3) = ANY($4))",
-        ),
-        "ev1.v >= $5",
+        &ev_join("count(*)", "e.type = $2 AND (e.properties @> ANY($3))"),
+        "ev1.v >= $4",
         vec![
             t("purchase"),
-            t("sku"),
-            Param::JsonArray(vec!["a".into(), "b".into()]),
+            Param::JsonArray(vec![
+                serde_json::json!({"sku": "a"}),
+                serde_json::json!({"sku": "b"}),
+            ]),
             Param::Float8(1.0),
         ],
     );
@@ -501,6 +500,13 @@ fn ids_bodies_skip_the_contacts_table() {
         ids_body("deal(status = won).count >= 2").as_deref(),
         Some(
             "FROM (SELECT d.contact_id AS id FROM deals d WHERE d.workspace_id = $1 AND (d.status = $2) GROUP BY d.contact_id HAVING count(*) >= $3) c WHERE TRUE"
+        )
+    );
+    // "At least one" needs no count.
+    assert_eq!(
+        ids_body("deal(status = open)").as_deref(),
+        Some(
+            "FROM (SELECT DISTINCT d.contact_id AS id FROM deals d WHERE d.workspace_id = $1 AND (d.status = $2)) c WHERE TRUE"
         )
     );
     // A contact column, a test contacts without events pass, or OR at the

@@ -246,20 +246,17 @@ pub fn lower(pred: &Pred, ws: WorkspaceId, now: DateTime<Utc>) -> Compiled {
                 .collect();
             // "Since the last X", with the driver's rows being every X
             // event up to now: the driver already knows when that was.
-            let mut used = false;
-            if let Some(ty) = &d.last_of {
+            let mut ids = &d.ids;
+            if let Some((ty, with_last)) = &d.ids_with_last {
                 for (_, bound) in l.sinces.iter().filter(|(x, _)| x == ty) {
                     for r in &mut rest {
-                        used |= r.contains(bound.as_str());
-                        *r = r.replace(bound.as_str(), "c.t");
+                        if r.contains(bound.as_str()) {
+                            *r = r.replace(bound.as_str(), "c.t");
+                            ids = with_last;
+                        }
                     }
                 }
             }
-            let ids = if used {
-                d.ids.clone()
-            } else {
-                d.ids.replacen(", max(e.occurred_at) AS t", "", 1)
-            };
             let rest = if rest.is_empty() {
                 "TRUE".to_string()
             } else {
@@ -342,14 +339,14 @@ struct Grouped<'a> {
 struct AggJoin {
     /// The `LEFT JOIN ...` text added to the joins.
     join: String,
-    /// The same rows as `(SELECT <contact_id> AS id ... HAVING <test>)`.
+    /// The contacts passing the test, as `(SELECT <contact_id> AS id ...)`.
     ids: String,
+    /// When the rows are every event of one type up to now (unfiltered, in
+    /// a window open towards the future): that type, and `ids` also
+    /// yielding `t`, their latest time, which is the contact's last of all.
+    ids_with_last: Option<(String, String)>,
     /// Whether contacts without matching rows fail the test.
     strict: bool,
-    /// When `ids` also yields `t`, the contact's last event of this type:
-    /// the rows are all events of one type, unfiltered, in a window open
-    /// towards the future, so their latest is the latest of all.
-    last_of: Option<String>,
 }
 
 /// Whether a column holds a date or an instant (for relative tests).
@@ -397,18 +394,25 @@ impl Lowerer {
         self.joins.push_str(&join);
         let (sql, strict) = self.agg_test(alias, agg.0, agg.1);
         let having = sql.replace(&format!("{alias}.v"), value);
-        let last = if last_of.is_some() {
-            ", max(e.occurred_at) AS t"
+        // "At least one" needs no count: DISTINCT lets the planner pick a
+        // sort-based, parallel-friendly plan as well as a hash.
+        let ids = if agg.0 == AggFunc::Count && counts::means_some(agg.1) {
+            format!("(SELECT DISTINCT {key} AS id FROM {from} WHERE {conds})")
         } else {
-            ""
+            format!("(SELECT {key} AS id FROM {from} WHERE {conds} GROUP BY {key} HAVING {having})")
         };
         self.aggs.push(AggJoin {
             join,
-            ids: format!(
-                "(SELECT {key} AS id{last} FROM {from} WHERE {conds} GROUP BY {key} HAVING {having})"
-            ),
+            ids,
+            ids_with_last: last_of.map(|ty| {
+                (
+                    ty.to_string(),
+                    format!(
+                        "(SELECT {key} AS id, max(e.occurred_at) AS t FROM {from} WHERE {conds} GROUP BY {key} HAVING {having})"
+                    ),
+                )
+            }),
             strict,
-            last_of: last_of.map(str::to_string),
         });
         (sql, strict)
     }
@@ -865,9 +869,9 @@ impl Lowerer {
         }
     }
 
-    /// `properties.k = "text"` and `IN ("a", "b")` as a jsonb comparison:
-    /// only JSON strings equal JSON strings, so no type check is needed,
-    /// and the planner estimates it like any equality.
+    /// `properties.k = "text"` and `IN ("a", "b")` as jsonb containment of
+    /// `{"k": "text"}`: only a JSON string matches, no value is extracted,
+    /// and key and values stay bound parameters.
     fn prop_is_text(&mut self, f: &EventField, t: &Test) -> Option<String> {
         let EventField::Prop(k) = f else {
             return None;
@@ -880,13 +884,12 @@ impl Lowerer {
         let values = texts
             .iter()
             .map(|l| match l {
-                Lit::Text(s) => Some(serde_json::Value::String(s.clone())),
+                Lit::Text(s) => Some(serde_json::json!({ k.as_str(): s })),
                 _ => None,
             })
             .collect::<Option<Vec<_>>>()?;
-        let k = self.bind(Param::Text(k.clone()));
         let v = self.bind(Param::JsonArray(values));
-        Some(format!("((e.properties -> {k}) = ANY({v}))"))
+        Some(format!("(e.properties @> ANY({v}))"))
     }
 
     /// The column expression an event filter tests, and a guard ANDed after
