@@ -5,6 +5,7 @@ use std::future::Future;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
+use tokio_stream::StreamExt;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Server;
@@ -73,6 +74,13 @@ pub async fn serve(
     };
 
     tracing::info!(addr = %listener.local_addr()?, "serving gRPC");
+    // Without TCP_NODELAY a small frame (a first batch, a stream's last
+    // message) can wait for the client's delayed ACK, up to 40 ms.
+    let incoming = TcpListenerStream::new(listener).map(|conn| {
+        let conn = conn?;
+        conn.set_nodelay(true)?;
+        Ok::<_, std::io::Error>(conn)
+    });
     Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
@@ -82,7 +90,7 @@ pub async fn serve(
         .add_service(InterceptedService::new(contacts, workspace::interceptor))
         .add_service(InterceptedService::new(segments, workspace::interceptor))
         .add_service(InterceptedService::new(query, workspace::interceptor))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), signal)
+        .serve_with_incoming_shutdown(incoming, signal)
         .await?;
     Ok(())
 }
