@@ -721,26 +721,22 @@ impl Lowerer {
     /// `NOT EXISTS`, which the planner pulls up into an anti-join (it would
     /// not under OR or NOT); everything else lowers as anywhere.
     fn conjunct(&mut self, p: &Pred) -> String {
-        let none = match p {
-            Pred::Not(inner) => match &**inner {
-                Pred::Event(e)
-                    if e.agg.func == AggFunc::Count && counts::means_some(&e.agg.test) =>
-                {
-                    Some(Absent::Event(e))
+        // "Not at least one", or "exactly none".
+        let (inner, negated) = match p {
+            Pred::Not(inner) => (&**inner, true),
+            p => (p, false),
+        };
+        let zero_only = |func: AggFunc, t: &Test| {
+            func == AggFunc::Count
+                && if negated {
+                    counts::means_some(t)
+                } else {
+                    counts::means_none(t)
                 }
-                Pred::Deal(d)
-                    if d.agg.func == AggFunc::Count && counts::means_some(&d.agg.test) =>
-                {
-                    Some(Absent::Deal(d))
-                }
-                _ => None,
-            },
-            Pred::Event(e) if e.agg.func == AggFunc::Count && counts::means_none(&e.agg.test) => {
-                Some(Absent::Event(e))
-            }
-            Pred::Deal(d) if d.agg.func == AggFunc::Count && counts::means_none(&d.agg.test) => {
-                Some(Absent::Deal(d))
-            }
+        };
+        let none = match inner {
+            Pred::Event(e) if zero_only(e.agg.func, &e.agg.test) => Some(Absent::Event(e)),
+            Pred::Deal(d) if zero_only(d.agg.func, &d.agg.test) => Some(Absent::Deal(d)),
             _ => None,
         };
         match none {

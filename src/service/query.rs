@@ -44,6 +44,17 @@ pub struct Reader<'a> {
 }
 
 impl Reader<'_> {
+    /// Runs `f` in a fresh transaction under the statement timeout.
+    async fn within<T>(
+        &self,
+        f: impl AsyncFnOnce(&tokio_postgres::Transaction<'_>) -> Result<T>,
+    ) -> Result<T> {
+        let mut conn = db::conn(self.pool).await?;
+        let tx = conn.transaction().await?;
+        set_timeout(&*tx, self.timeout).await?;
+        f(&tx).await
+    }
+
     /// The exact size of a target, optionally sampled.
     ///
     /// # Errors
@@ -56,16 +67,15 @@ impl Reader<'_> {
         allow_expensive: bool,
         now: DateTime<Utc>,
     ) -> Result<i64> {
-        let mut conn = db::conn(self.pool).await?;
-        let tx = conn.transaction().await?;
-        set_timeout(&*tx, self.timeout).await?;
-        let mut c = compile_guarded(&*tx, ws, target, now, self.max_cost, allow_expensive)
-            .await?
-            .compiled;
-        if let Some(s) = sample {
-            apply_sample(&mut c, s);
-        }
-        count(&*tx, &c).await
+        self.within(async |tx| {
+            let t = compile_guarded(tx, ws, target, now, self.max_cost, allow_expensive).await?;
+            let mut c = t.compiled;
+            if let Some(s) = sample {
+                apply_sample(&mut c, s);
+            }
+            count(tx, &c).await
+        })
+        .await
     }
 
     /// Count, sample and plan figures of a target.
@@ -80,11 +90,11 @@ impl Reader<'_> {
         allow_expensive: bool,
         now: DateTime<Utc>,
     ) -> Result<Preview> {
-        let mut conn = db::conn(self.pool).await?;
-        let tx = conn.transaction().await?;
-        set_timeout(&*tx, self.timeout).await?;
-        let t = compile_guarded(&*tx, ws, target, now, self.max_cost, allow_expensive).await?;
-        preview(&*tx, ws, &t.compiled, n).await
+        self.within(async |tx| {
+            let t = compile_guarded(tx, ws, target, now, self.max_cost, allow_expensive).await?;
+            preview(tx, ws, &t.compiled, n).await
+        })
+        .await
     }
 
     /// Which segments contain a contact; see [`check_membership`].
@@ -99,10 +109,8 @@ impl Reader<'_> {
         with_explain: bool,
         now: DateTime<Utc>,
     ) -> Result<(i64, Vec<Membership>)> {
-        let mut conn = db::conn(self.pool).await?;
-        let tx = conn.transaction().await?;
-        set_timeout(&*tx, self.timeout).await?;
-        check_membership(&*tx, ws, contact, only, with_explain, now).await
+        self.within(async |tx| check_membership(tx, ws, contact, only, with_explain, now).await)
+            .await
     }
 
     /// A breakdown of a target; see [`breakdown`].
@@ -118,11 +126,11 @@ impl Reader<'_> {
         allow_expensive: bool,
         now: DateTime<Utc>,
     ) -> Result<Breakdown> {
-        let mut conn = db::conn(self.pool).await?;
-        let tx = conn.transaction().await?;
-        set_timeout(&*tx, self.timeout).await?;
-        let t = compile_guarded(&*tx, ws, target, now, self.max_cost, allow_expensive).await?;
-        breakdown(&*tx, ws, &t.compiled, fields, n).await
+        self.within(async |tx| {
+            let t = compile_guarded(tx, ws, target, now, self.max_cost, allow_expensive).await?;
+            breakdown(tx, ws, &t.compiled, fields, n).await
+        })
+        .await
     }
 
     /// Sizes and intersections of saved segments; see [`overlap`].
@@ -135,10 +143,8 @@ impl Reader<'_> {
         ids: &[i64],
         now: DateTime<Utc>,
     ) -> Result<Overlaps> {
-        let mut conn = db::conn(self.pool).await?;
-        let tx = conn.transaction().await?;
-        set_timeout(&*tx, self.timeout).await?;
-        overlap(&*tx, ws, ids, now).await
+        self.within(async |tx| overlap(tx, ws, ids, now).await)
+            .await
     }
 }
 

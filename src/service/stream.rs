@@ -254,12 +254,9 @@ async fn run(
         futures::pin_mut!(rows);
         let mut contacts: Vec<Contact> = Vec::new();
         loop {
-            let chunk = tokio::select! {
-                biased;
-                () = shutdown.cancelled() => return Ok(End::Shutdown),
-                () = tx.closed() => return Ok(End::Abandoned),
-                () = &mut out.expired => return Ok(End::Expired),
-                r = rows.next() => r,
+            let chunk = match out.unless_stopped(rows.next()).await {
+                Ok(chunk) => chunk,
+                Err(end) => return Ok(end),
             };
             let last = chunk.is_none();
             for r in chunk.into_iter().flatten() {
@@ -298,12 +295,10 @@ async fn run(
         raw.send_query(&format!("COPY ({query}) TO STDOUT")).await?;
         let mut ids: Vec<i64> = Vec::with_capacity(FIRST_ID_BATCH);
         loop {
-            let done = tokio::select! {
-                biased;
-                () = shutdown.cancelled() => return Ok(End::Shutdown),
-                () = tx.closed() => return Ok(End::Abandoned),
-                () = &mut out.expired => return Ok(End::Expired),
-                r = raw.read_some(|payload| text_ids(payload, &mut ids)) => r?,
+            let read = raw.read_some(|payload| text_ids(payload, &mut ids));
+            let done = match out.unless_stopped(read).await {
+                Ok(r) => r?,
+                Err(end) => return Ok(end),
             };
             while ids.len() >= out.target || (done && !ids.is_empty()) {
                 let rest = ids.split_off(ids.len().min(out.target));
@@ -348,6 +343,18 @@ struct Out<'a> {
 }
 
 impl Out<'_> {
+    /// Awaits `fut` unless the server stops, the reader leaves or the
+    /// deadline passes first; then the reason the stream ends.
+    async fn unless_stopped<T>(&mut self, fut: impl Future<Output = T>) -> Result<T, End> {
+        tokio::select! {
+            biased;
+            () = self.shutdown.cancelled() => Err(End::Shutdown),
+            () = self.tx.closed() => Err(End::Abandoned),
+            () = &mut self.expired => Err(End::Expired),
+            r = fut => Ok(r),
+        }
+    }
+
     /// Sends a batch of `rows` ending at id `last`; Some(end) if the stream
     /// must stop.
     async fn send(
