@@ -121,9 +121,21 @@ pub struct Config {
     #[arg(long, env = "SEGD_QUERY_TIMEOUT", default_value = "60s", value_parser = parse_duration, global = true)]
     pub query_timeout: Duration,
 
-    /// Statement timeout for membership streams (0 means none).
-    #[arg(long, env = "SEGD_STREAM_TIMEOUT", default_value = "0s", value_parser = parse_duration, global = true)]
+    /// Statement timeout for membership streams (0 means none). A stream
+    /// that runs past it ends with DEADLINE_EXCEEDED and a resume token.
+    #[arg(long, env = "SEGD_STREAM_TIMEOUT", default_value = "10m", value_parser = parse_duration, global = true)]
     pub stream_timeout: Duration,
+
+    /// How long a member stream waits for its reader to take the next batch.
+    /// A reader that stops for longer loses the stream (ABORTED, with a
+    /// resume token), so it cannot hold a PostgreSQL session and snapshot
+    /// forever (0 means wait forever).
+    #[arg(long, env = "SEGD_STREAM_STALL_TIMEOUT", default_value = "60s", value_parser = parse_duration, global = true)]
+    pub stream_stall_timeout: Duration,
+
+    /// How long a member stream may take to open its database session.
+    #[arg(long, env = "SEGD_STREAM_CONNECT_TIMEOUT", default_value = "10s", value_parser = parse_duration, global = true)]
+    pub stream_connect_timeout: Duration,
 
     /// Inline definitions whose PostgreSQL cost estimate exceeds this are
     /// refused unless the request sets `allow_expensive`.

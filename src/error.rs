@@ -31,6 +31,20 @@ impl Violation {
     }
 }
 
+/// `s` cut to at most `max` bytes on a character boundary, with `…` when
+/// cut: errors echo caller input, and error trailers are HTTP/2 headers
+/// that clients cap at a few kilobytes.
+pub fn clip(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_string();
+    }
+    let mut end = max.saturating_sub('…'.len_utf8());
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &s[..end])
+}
+
 /// Joins two field paths with a dot, skipping empty parts.
 pub fn join_path(prefix: &str, field: &str) -> String {
     match (prefix.is_empty(), field.is_empty()) {

@@ -51,8 +51,11 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let limits = api::Limits {
         query_timeout: config.query_timeout,
         stream_timeout: config.stream_timeout,
+        stream_stall_timeout: config.stream_stall_timeout,
+        stream_connect_timeout: config.stream_connect_timeout,
         max_query_cost: config.max_query_cost,
         max_streams: config.max_streams,
+        ..api::Limits::default()
     };
     let stream_db = segd::db::session_config(&db.url, config.statement_timeout)?;
     let state = api::AppState::new(db.pool.clone(), stream_db, limits);

@@ -23,6 +23,14 @@ pub struct Limits {
     pub query_timeout: Duration,
     /// Statement timeout for membership streams (zero: none).
     pub stream_timeout: Duration,
+    /// How long a stream waits for its reader to take a batch before it
+    /// ends with a resumable error (zero: forever).
+    pub stream_stall_timeout: Duration,
+    /// How long a stream may take to open its database session.
+    pub stream_connect_timeout: Duration,
+    /// Receive buffer asked for stream sessions' sockets, in bytes: a deep
+    /// one lets PostgreSQL keep writing while segd is off the CPU.
+    pub stream_socket_buffer: u32,
     /// EXPLAIN cost above which inline definitions need `allow_expensive`.
     pub max_query_cost: f64,
     /// Member streams running at once, each on its own session.
@@ -33,7 +41,10 @@ impl Default for Limits {
     fn default() -> Self {
         Self {
             query_timeout: Duration::from_secs(60),
-            stream_timeout: Duration::ZERO,
+            stream_timeout: Duration::from_secs(600),
+            stream_stall_timeout: Duration::from_secs(60),
+            stream_connect_timeout: Duration::from_secs(10),
+            stream_socket_buffer: crate::db::stream_conn::RECV_BUFFER,
             max_query_cost: 50_000_000.0,
             max_streams: 32,
         }
@@ -62,7 +73,11 @@ impl AppState {
     /// `stream_db` (see `db::session_config`).
     pub fn new(pool: Pool, stream_db: tokio_postgres::Config, limits: Limits) -> Self {
         Self {
-            streams: Arc::new(crate::db::stream_conn::StreamSessions::new(stream_db, 4)),
+            streams: Arc::new(crate::db::stream_conn::StreamSessions::new(
+                stream_db,
+                4,
+                limits.stream_socket_buffer,
+            )),
             workspaces: Arc::new(Workspaces::new(pool.clone())),
             stream_slots: Arc::new(tokio::sync::Semaphore::new(limits.max_streams)),
             pool,

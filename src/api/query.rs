@@ -3,9 +3,8 @@
 use std::pin::Pin;
 
 use chrono::{DateTime, Utc};
-use futures::{Stream, StreamExt};
+use futures::Stream;
 use prost::Message;
-use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use super::AppState;
@@ -104,34 +103,37 @@ fn now_ms() -> DateTime<Utc> {
 }
 
 /// Messages for one stream item: contacts split so no message passes
-/// [`MAX_MESSAGE_BYTES`].
-fn messages(
-    item: Result<Item, crate::error::Error>,
-    paths: &[String],
-) -> Vec<Result<pb::StreamMembersResponse, Status>> {
+/// [`MAX_MESSAGE_BYTES`]. Every message carries a resume token, the summary
+/// included.
+fn messages(item: Item, paths: &[String]) -> Vec<pb::StreamMembersResponse> {
     match item {
-        Err(e) => vec![Err(e.into())],
-        Ok(Item::Ids(ids, cursor)) => vec![Ok(pb::StreamMembersResponse {
+        Item::Ids(ids, cursor) => vec![pb::StreamMembersResponse {
             ids,
             resume_token: cursor.token(),
             ..Default::default()
-        })],
-        Ok(Item::Contacts(contacts, cursor)) => {
+        }],
+        Item::Contacts(contacts, cursor) => {
             let mut out = Vec::new();
             let mut batch: Vec<pb::Contact> = Vec::new();
             let mut bytes = 0;
-            let flush = |batch: &mut Vec<pb::Contact>, out: &mut Vec<_>| {
+            // Cursors inside the item: rows delivered before it, plus those
+            // of each message so far.
+            let before = cursor.n - contacts.len() as u64;
+            let mut sent = 0u64;
+            let mut flush = |batch: &mut Vec<pb::Contact>, out: &mut Vec<_>| {
+                sent += batch.len() as u64;
                 let after = batch.last().map_or(cursor.after, |c| c.id);
                 let token = Cursor {
                     after,
+                    n: before + sent,
                     ..cursor.clone()
                 }
                 .token();
-                out.push(Ok(pb::StreamMembersResponse {
+                out.push(pb::StreamMembersResponse {
                     contacts: std::mem::take(batch),
                     resume_token: token,
                     ..Default::default()
-                }));
+                });
             };
             for c in &contacts {
                 let p = cc::apply_read_mask(cc::to_proto(c), paths);
@@ -148,19 +150,73 @@ fn messages(
             }
             out
         }
-        Ok(Item::Done {
+        Item::Done {
             total,
             snapshot,
             now,
-        }) => vec![Ok(pb::StreamMembersResponse {
+            cursor,
+        } => vec![pb::StreamMembersResponse {
+            resume_token: cursor.token(),
             summary: Some(pb::StreamSummary {
                 total_rows: total as i64,
                 snapshot,
                 evaluated_at: Some(ts(now)),
             }),
             ..Default::default()
-        })],
+        }],
     }
+}
+
+/// A stream's end as a status that carries the last resume token (in a
+/// `google.rpc.ErrorInfo` with reason `STREAM_INTERRUPTED`), so a client
+/// that kept the token of each message it processed resumes without loss.
+fn interrupted(e: crate::error::Error, token: &str) -> Status {
+    use tonic_types::StatusExt;
+    let status = Status::from(e);
+    if token.is_empty() {
+        return status;
+    }
+    let mut details = status.get_error_details();
+    details.set_error_info(
+        "STREAM_INTERRUPTED",
+        "segd.v1",
+        std::collections::HashMap::from([("resume_token".to_string(), token.to_string())]),
+    );
+    Status::with_error_details(status.code(), status.message(), details)
+}
+
+/// The gRPC side of a member stream: forwards batches, then ends with the
+/// producer's outcome. It ends OK only after a summary whose `total_rows`
+/// equals the rows it forwarded; anything else is an error carrying the
+/// last token.
+fn respond(members: stream::Members, paths: Vec<String>, first_token: String) -> MemberStream {
+    let stream::Members { mut items, outcome } = members;
+    Box::pin(async_stream::stream! {
+        let mut token = first_token;
+        let mut rows: i64 = 0;
+        let mut summary = None;
+        while let Some(item) = items.recv().await {
+            for m in messages(item, &paths) {
+                rows += (m.ids.len() + m.contacts.len()) as i64;
+                token.clone_from(&m.resume_token);
+                summary = m.summary.as_ref().map(|s| s.total_rows);
+                yield Ok(m);
+            }
+        }
+        let end = match outcome.await {
+            Ok(Ok(())) if summary == Some(rows) => None,
+            Ok(Ok(())) => Some(crate::error::Error::Internal(format!(
+                "the stream delivered {rows} rows but its summary says {summary:?}"
+            ))),
+            Ok(Err(e)) => Some(e),
+            Err(_) => Some(crate::error::Error::Internal(
+                "the stream's producer stopped without an outcome".into(),
+            )),
+        };
+        if let Some(e) = end {
+            yield Err(interrupted(e, &token));
+        }
+    })
 }
 
 /// The caller's deadline from the `grpc-timeout` header (`<digits><unit>`,
@@ -227,6 +283,15 @@ impl QueryService for Query {
                 "the resume token belongs to another query, or the segment's definition changed since",
             ));
         }
+        let start = cursor.unwrap_or_else(|| Cursor {
+            v: 1,
+            after: 0,
+            n: 0,
+            at: now.timestamp_millis(),
+            fp,
+        });
+        // The limit counts every row of the stream, resumed parts included.
+        let limit = (r.limit > 0).then(|| (r.limit - start.n as i64).max(0));
         let permit = tokio::time::timeout(
             STREAM_SLOT_WAIT,
             self.state.stream_slots.clone().acquire_owned(),
@@ -236,26 +301,31 @@ impl QueryService for Query {
             Status::resource_exhausted("too many member streams are running; retry shortly")
         })?
         .map_err(|_| Status::unavailable("the server is shutting down"))?;
+        let first_token = if r.resume_token.is_empty() {
+            String::new()
+        } else {
+            start.token()
+        };
         let plan = stream::Plan {
             ws,
             compiled,
             contacts: !paths.is_empty(),
-            limit: (r.limit > 0).then_some(r.limit),
-            after: cursor.map(|c| c.after),
-            now,
-            fp,
-            timeout: limits.stream_timeout,
+            limit,
+            start,
+            timeouts: stream::Timeouts {
+                statement: limits.stream_timeout,
+                stall: limits.stream_stall_timeout,
+                connect: limits.stream_connect_timeout,
+            },
             deadline,
         };
-        let rx = stream::spawn(
+        let members = stream::spawn(
             self.state.streams.clone(),
             plan,
             self.state.shutdown.clone(),
             permit,
         );
-        let out = ReceiverStream::new(rx)
-            .flat_map(move |item| futures::stream::iter(messages(item, &paths)));
-        Ok(Response::new(Box::pin(out)))
+        Ok(Response::new(respond(members, paths, first_token)))
     }
 
     async fn count_members(

@@ -140,8 +140,11 @@ impl AsyncWrite for Tap {
     }
 }
 
-/// Socket receive buffer for stream sessions, in bytes.
-const RECV_BUFFER: u32 = 4 << 20;
+/// How long a cancel request may take to send.
+const CANCEL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Socket receive buffer asked for stream sessions by default, in bytes.
+pub const RECV_BUFFER: u32 = 4 << 20;
 
 /// Where the server is, for connecting and for cancel requests.
 #[derive(Debug, Clone)]
@@ -151,7 +154,9 @@ enum Addr {
 }
 
 impl Addr {
-    async fn connect(&self) -> std::io::Result<Sock> {
+    /// Connects; `recv_buffer` (bytes, 0 for the system default) sizes the
+    /// socket's receive buffer.
+    async fn connect(&self, recv_buffer: u32) -> std::io::Result<Sock> {
         match self {
             Addr::Tcp(h, p) => {
                 let addr = tokio::net::lookup_host((h.as_str(), *p))
@@ -165,7 +170,9 @@ impl Addr {
                 };
                 // A deep receive buffer lets PostgreSQL keep writing rows
                 // while this process is briefly off the CPU.
-                sock.set_recv_buffer_size(RECV_BUFFER)?;
+                if recv_buffer > 0 {
+                    sock.set_recv_buffer_size(recv_buffer)?;
+                }
                 let s = sock.connect(addr).await?;
                 s.set_nodelay(true)?;
                 Ok(Sock::Tcp(s))
@@ -199,7 +206,7 @@ pub struct StreamSession {
 ///
 /// # Errors
 /// `Unavailable` when the server cannot be reached or refuses.
-pub async fn connect(cfg: &tokio_postgres::Config) -> Result<StreamSession> {
+pub async fn connect(cfg: &tokio_postgres::Config, recv_buffer: u32) -> Result<StreamSession> {
     let port = cfg.get_ports().first().copied().unwrap_or(5432);
     let addr = match cfg.get_hosts().first() {
         Some(Host::Tcp(h)) => Addr::Tcp(h.clone(), port),
@@ -207,7 +214,7 @@ pub async fn connect(cfg: &tokio_postgres::Config) -> Result<StreamSession> {
         None => Addr::Tcp("localhost".into(), port),
     };
     let sock = addr
-        .connect()
+        .connect(recv_buffer)
         .await
         .map_err(|e| Error::Unavailable(format!("connecting for a stream: {e}")))?;
     let tap = Tap(Arc::new(Mutex::new(TapState {
@@ -250,6 +257,7 @@ impl StreamSession {
         Ok(RawCopy {
             sock,
             buf: BytesMut::with_capacity(256 * 1024),
+            failed: None,
         })
     }
 
@@ -272,6 +280,7 @@ pub struct StreamSessions {
     cfg: tokio_postgres::Config,
     idle: Mutex<Vec<StreamSession>>,
     max_idle: usize,
+    recv_buffer: u32,
 }
 
 impl std::fmt::Debug for StreamSession {
@@ -282,13 +291,15 @@ impl std::fmt::Debug for StreamSession {
 
 impl StreamSessions {
     /// Sessions with `cfg` (whose application name marks them as streams),
-    /// keeping at most `max_idle` idle.
-    pub fn new(mut cfg: tokio_postgres::Config, max_idle: usize) -> Self {
+    /// keeping at most `max_idle` idle, with sockets asking for a receive
+    /// buffer of `recv_buffer` bytes (0: the system default).
+    pub fn new(mut cfg: tokio_postgres::Config, max_idle: usize, recv_buffer: u32) -> Self {
         cfg.application_name("segd-stream");
         Self {
             cfg,
             idle: Mutex::new(Vec::new()),
             max_idle,
+            recv_buffer,
         }
     }
 
@@ -302,7 +313,7 @@ impl StreamSessions {
             match s {
                 Some(s) if s.is_healthy() => return Ok(s),
                 Some(_) => continue,
-                None => return connect(&self.cfg).await,
+                None => return connect(&self.cfg, self.recv_buffer).await,
             }
         }
     }
@@ -324,16 +335,22 @@ pub struct Canceller {
 }
 
 impl Canceller {
-    /// Sends a cancel request (best effort: PostgreSQL does not answer).
+    /// Sends a cancel request (best effort: PostgreSQL does not answer),
+    /// giving up after a few seconds when the server does not respond.
     pub async fn cancel(&self) {
-        let sent = match self.addr.connect().await {
-            Ok(s) => self
-                .token
-                .cancel_query_raw(s, NoTls)
-                .await
-                .map_err(|e| e.to_string()),
-            Err(e) => Err(e.to_string()),
+        let send = async {
+            match self.addr.connect(0).await {
+                Ok(s) => self
+                    .token
+                    .cancel_query_raw(s, NoTls)
+                    .await
+                    .map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            }
         };
+        let sent = tokio::time::timeout(CANCEL_TIMEOUT, send)
+            .await
+            .unwrap_or_else(|_| Err("no answer within 5s".into()));
         if let Err(e) = sent {
             tracing::warn!(error = %e, "sending a cancel request");
         }
@@ -344,6 +361,10 @@ impl Canceller {
 pub struct RawCopy {
     sock: Sock,
     buf: BytesMut,
+    /// An ErrorResponse read before its ReadyForQuery. It must survive
+    /// buffer refills: the two often arrive in separate reads, and a
+    /// forgotten error would end a failed query as if it had completed.
+    failed: Option<Error>,
 }
 
 /// One protocol message read off the socket.
@@ -412,28 +433,30 @@ impl RawCopy {
         loop {
             let mut at = 0;
             let mut got = false;
-            let mut failed = None;
             while let Some((msg, next)) = self.next_msg(at) {
                 got = true;
                 match msg {
-                    Msg::Data(a, b) => each(&self.buf[a..b])?,
+                    Msg::Data(a, b) if self.failed.is_none() => each(&self.buf[a..b])?,
+                    Msg::Data(..) | Msg::Other => {}
                     Msg::Ready => {
                         self.buf.advance(next);
-                        return match failed {
+                        return match self.failed.take() {
                             Some(e) => Err(e),
                             None => Ok(true),
                         };
                     }
-                    Msg::Failed(e) => failed = Some(e),
-                    Msg::Other => {}
+                    Msg::Failed(e) => self.failed = Some(e),
                 }
                 at = next;
             }
             self.buf.advance(at);
-            if got && failed.is_none() {
+            if got && self.failed.is_none() {
                 return Ok(false);
             }
-            self.fill().await?;
+            if let Err(e) = self.fill().await {
+                // A FATAL error is followed by the server closing the socket.
+                return Err(self.failed.take().unwrap_or(e));
+            }
         }
     }
 
@@ -463,5 +486,76 @@ fn error_response(body: &[u8]) -> Error {
             _ => {}
         }
     }
-    super::error::from_sqlstate(&code, message)
+    super::error::from_sqlstate(&code, &message)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msg(tag: u8, body: &[u8]) -> Vec<u8> {
+        let mut m = vec![tag];
+        m.extend_from_slice(&(body.len() as u32 + 4).to_be_bytes());
+        m.extend_from_slice(body);
+        m
+    }
+
+    fn raw(sock: UnixStream) -> RawCopy {
+        RawCopy {
+            sock: Sock::Unix(sock),
+            buf: BytesMut::new(),
+            failed: None,
+        }
+    }
+
+    /// Rows, then an ErrorResponse, then (in a later read) ReadyForQuery:
+    /// the query failed, whatever the read boundaries.
+    #[tokio::test]
+    async fn an_error_split_from_its_ready_for_query_is_not_forgotten() {
+        let (a, mut b) = UnixStream::pair().unwrap();
+        let mut r = raw(a);
+        let mut first = msg(b'd', b"1\n");
+        first.extend(msg(b'd', b"2\n"));
+        first.extend(msg(
+            b'E',
+            b"SERROR\0C57014\0Mcanceling statement due to user request\0\0",
+        ));
+        b.write_all(&first).await.unwrap();
+        let rows = std::cell::RefCell::new(Vec::new());
+        {
+            let read = r.read_some(|p| {
+                rows.borrow_mut().push(p.to_vec());
+                Ok(())
+            });
+            futures::pin_mut!(read);
+            // Until the rows (and the error after them, in the same read) are
+            // consumed; ReadyForQuery is not there yet.
+            while rows.borrow().len() < 2 {
+                assert!(futures::poll!(&mut read).is_pending());
+                tokio::task::yield_now().await;
+            }
+            assert!(futures::poll!(&mut read).is_pending());
+            b.write_all(&msg(b'Z', b"E")).await.unwrap();
+            let outcome = read.await;
+            assert!(
+                matches!(outcome, Err(Error::Unavailable(_))),
+                "a cancelled query fails the read: {outcome:?}"
+            );
+        }
+        let rows = rows.into_inner();
+        assert_eq!(rows, vec![b"1\n".to_vec(), b"2\n".to_vec()]);
+    }
+
+    /// A FATAL error and then the server hanging up reports the error.
+    #[tokio::test]
+    async fn a_fatal_error_before_eof_is_reported() {
+        let (a, mut b) = UnixStream::pair().unwrap();
+        let mut r = raw(a);
+        b.write_all(&msg(b'E', b"SFATAL\0C57P01\0Mterminating connection\0\0"))
+            .await
+            .unwrap();
+        drop(b);
+        let out = r.read_some(|_| Ok(())).await;
+        assert!(matches!(out, Err(Error::Unavailable(_))), "{out:?}");
+    }
 }

@@ -3,8 +3,13 @@
 //! REPEATABLE READ transaction, in id order, and feeds batches into a small
 //! bounded channel: a slow reader slows the query (backpressure reaches
 //! PostgreSQL through the socket), memory stays bounded, and a reader that
-//! goes away, passes its deadline, or a server shutdown cancels the query on
-//! the server. The session is closed afterwards, never pooled.
+//! goes away, passes its deadline, stops reading for too long, or a server
+//! shutdown stops the query on the server.
+//!
+//! How a stream ended travels apart from the batches, on a oneshot channel
+//! the reader checks after the last batch: a failure can never be lost
+//! behind a full channel, and a stream that did not deliver its summary
+//! never looks complete.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -13,7 +18,7 @@ use std::time::Duration;
 use base64::Engine;
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
-use tokio::sync::{OwnedSemaphorePermit, mpsc};
+use tokio::sync::{OwnedSemaphorePermit, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::db::{self, stream_conn};
@@ -30,14 +35,19 @@ pub const MAX_CONTACT_BATCH: usize = 256;
 /// Batches buffered between the query and the client.
 const CHANNEL: usize = 4;
 
-/// Where a stream is: the last id delivered, the evaluation instant, and a
-/// fingerprint of what is being streamed.
+/// Where a stream is: the last id delivered, how many rows were delivered
+/// in all (across resumes), the evaluation instant, and a fingerprint of
+/// what is being streamed.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Cursor {
     /// Version of the token format.
     pub v: u8,
     /// Last id delivered.
     pub after: i64,
+    /// Rows delivered so far by this stream and the calls it resumed, so a
+    /// `limit` holds across resumes.
+    #[serde(default)]
+    pub n: u64,
     /// Relative conditions are evaluated at this instant (milliseconds).
     pub at: i64,
     /// Fingerprint of the query; a token only resumes the same query.
@@ -87,6 +97,18 @@ pub fn fingerprint(c: &Compiled, projection: bool) -> String {
     format!("{h:016x}")
 }
 
+/// Time limits of one stream.
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    /// Statement timeout (zero: none).
+    pub statement: Duration,
+    /// How long the reader may leave a batch unread before the stream ends
+    /// with a resumable error (zero: no limit).
+    pub stall: Duration,
+    /// How long opening a session may take.
+    pub connect: Duration,
+}
+
 /// What to stream.
 #[derive(Debug, Clone)]
 pub struct Plan {
@@ -96,16 +118,13 @@ pub struct Plan {
     pub compiled: Compiled,
     /// Stream whole contacts rather than ids.
     pub contacts: bool,
-    /// Stop after this many rows.
+    /// Stop after this many rows in this call.
     pub limit: Option<i64>,
-    /// Resume after this id.
-    pub after: Option<i64>,
-    /// The evaluation instant (kept in tokens).
-    pub now: DateTime<Utc>,
-    /// Fingerprint for tokens.
-    pub fp: String,
-    /// Statement timeout (zero: none).
-    pub timeout: Duration,
+    /// Where to start: after `start.after`, with `start.n` rows delivered
+    /// before; the evaluation instant and fingerprint go into every token.
+    pub start: Cursor,
+    /// Time limits.
+    pub timeouts: Timeouts,
     /// The caller's deadline, if it sent one.
     pub deadline: Option<tokio::time::Instant>,
 }
@@ -117,7 +136,8 @@ pub enum Item {
     Ids(Vec<i64>, Cursor),
     /// Members and the cursor after them.
     Contacts(Vec<Contact>, Cursor),
-    /// The end: rows delivered, snapshot read, evaluation instant.
+    /// The end: rows delivered, snapshot read, evaluation instant, and the
+    /// cursor after the last row.
     Done {
         /// Rows delivered by this call.
         total: u64,
@@ -125,7 +145,19 @@ pub enum Item {
         snapshot: String,
         /// Evaluation instant.
         now: DateTime<Utc>,
+        /// The cursor after everything delivered.
+        cursor: Cursor,
     },
+}
+
+/// The receiving end of a stream: batches, then how it ended. `outcome`
+/// is `Ok` only after [`Item::Done`] was sent.
+#[derive(Debug)]
+pub struct Members {
+    /// The batches, ending with [`Item::Done`] when complete.
+    pub items: mpsc::Receiver<Item>,
+    /// How the stream ended; read it after `items` is exhausted.
+    pub outcome: oneshot::Receiver<Result<()>>,
 }
 
 /// Starts the producer on its own task and returns the receiving end. The
@@ -135,118 +167,165 @@ pub fn spawn(
     plan: Plan,
     shutdown: CancellationToken,
     permit: OwnedSemaphorePermit,
-) -> mpsc::Receiver<Result<Item>> {
-    let (tx, rx) = mpsc::channel(CHANNEL);
+) -> Members {
+    let (tx, items) = mpsc::channel(CHANNEL);
+    let (done, outcome) = oneshot::channel();
     tokio::spawn(async move {
-        produce(&sessions, plan, tx, shutdown).await;
+        let r = produce(&sessions, &plan, &tx, &shutdown).await;
+        if let Err(e) = &r {
+            tracing::info!(error = %e, "member stream ended early");
+        }
+        let _ = done.send(r);
         drop(permit);
     });
-    rx
+    Members { items, outcome }
 }
 
+/// Why a stream stopped before its end.
+#[derive(Debug)]
 enum End {
-    /// Every row was delivered.
-    Finished,
     /// The reader left; the query must be cancelled.
     Abandoned,
     /// The caller's deadline passed; the query must be cancelled.
     Expired,
     /// The server is shutting down; the query must be cancelled.
     Shutdown,
+    /// The reader left a batch unread for too long.
+    Stalled(Duration),
 }
+
+impl End {
+    /// What the reader is told.
+    fn error(self) -> Error {
+        match self {
+            End::Abandoned => Error::Aborted("the reader went away".into()),
+            End::Expired => Error::DeadlineExceeded(
+                "the call's deadline passed mid-stream; resume with the last token".into(),
+            ),
+            End::Shutdown => {
+                Error::Unavailable("the server is shutting down; resume with the last token".into())
+            }
+            End::Stalled(d) => Error::Aborted(format!(
+                "the stream made no progress for {}s because the reader stopped reading; \
+                 resume with the last token",
+                d.as_secs()
+            )),
+        }
+    }
+}
+
+/// A stream stopped: by a stop condition, or by a failure.
+#[derive(Debug)]
+enum Stop {
+    End(End),
+    Failed(Error),
+}
+
+impl From<Error> for Stop {
+    fn from(e: Error) -> Self {
+        Stop::Failed(e)
+    }
+}
+
+type Step<T> = std::result::Result<T, Stop>;
 
 async fn produce(
     sessions: &stream_conn::StreamSessions,
-    plan: Plan,
-    tx: mpsc::Sender<Result<Item>>,
-    shutdown: CancellationToken,
-) {
-    let outcome = match sessions.get().await {
-        Ok(session) => {
-            let canceller = session.canceller();
-            let outcome = run(&session, &plan, &tx, &shutdown).await;
-            if matches!(outcome, Ok(End::Finished)) {
-                sessions.put(session);
-            } else {
-                // Stop the statement on the server and close the session.
-                canceller.cancel().await;
-                drop(session);
-                tracing::info!("stream stopped early; query cancelled");
-            }
-            outcome
-        }
-        Err(e) => Err(e),
-    };
-    // Tell a reader that is still there why the stream stopped.
-    let reason = match outcome {
-        Err(e) => Some(e),
-        Ok(End::Expired) => Some(Error::DeadlineExceeded(
-            "the call's deadline passed mid-stream".into(),
-        )),
-        Ok(End::Shutdown) => Some(Error::Unavailable(
-            "the server is shutting down; resume with the last token".into(),
-        )),
-        Ok(_) => None,
-    };
-    if let Some(e) = reason {
-        let _ = tokio::time::timeout(Duration::from_secs(2), tx.send(Err(e))).await;
-    }
-}
-
-/// Runs the stream on a fresh session.
-async fn run(
-    session: &stream_conn::StreamSession,
     plan: &Plan,
-    tx: &mpsc::Sender<Result<Item>>,
+    tx: &mpsc::Sender<Item>,
     shutdown: &CancellationToken,
-) -> Result<End> {
-    let client = &session.client;
-    client
-        .batch_execute(&format!(
-            "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY; SET LOCAL statement_timeout = {}",
-            plan.timeout.as_millis()
-        ))
-        .await?;
-    // The first statement fixes the transaction's snapshot.
-    let snapshot: String = client
-        .query_one("SELECT pg_current_snapshot()::text", &[])
-        .await?
-        .get(0);
-
-    let mut c = plan.compiled.clone();
-    if let Some(after) = plan.after {
-        let p = c.bind(Param::Int8(after));
-        c.and_id(&format!("c.id > {p}"));
-    }
-    let limit = match plan.limit {
-        Some(n) => format!(" LIMIT {}", c.bind(Param::Int8(n))),
-        None => String::new(),
-    };
+) -> Result<()> {
     let mut out = Out {
         tx,
         shutdown,
         expired: Box::pin(tokio::time::sleep_until(plan.deadline.unwrap_or_else(
             || tokio::time::Instant::now() + Duration::from_secs(86_400 * 365),
         ))),
-        cursor: Cursor {
-            v: 1,
-            after: 0,
-            at: plan.now.timestamp_millis(),
-            fp: plan.fp.clone(),
-        },
+        stall: plan.timeouts.stall,
+        cursor: plan.start.clone(),
         target: FIRST_ID_BATCH,
         total: 0,
     };
+    let connect = async {
+        tokio::time::timeout(plan.timeouts.connect, sessions.get())
+            .await
+            .unwrap_or_else(|_| {
+                Err(Error::Unavailable(format!(
+                    "no database session for the stream within {}s; retry",
+                    plan.timeouts.connect.as_secs()
+                )))
+            })
+    };
+    let session = match out.wait(connect).await {
+        Ok(s) => s,
+        Err(Stop::End(end)) => return Err(end.error()),
+        Err(Stop::Failed(e)) => return Err(e),
+    };
+    let canceller = session.canceller();
+    let stopped = match run(&session, plan, &mut out).await {
+        Ok(()) => {
+            sessions.put(session);
+            return Ok(());
+        }
+        Err(stop) => stop,
+    };
+    // Stop the statement on the server and close the session: a backend
+    // blocked writing to a reader that stalled sees its socket close.
+    drop(session);
+    canceller.cancel().await;
+    match stopped {
+        Stop::End(end) => Err(end.error()),
+        Stop::Failed(e) => Err(e),
+    }
+}
+
+/// Runs the stream on a session; `Ok` once the summary was sent.
+async fn run(session: &stream_conn::StreamSession, plan: &Plan, out: &mut Out<'_>) -> Step<()> {
+    let client = &session.client;
+    out.wait(async {
+        client
+            .batch_execute(&format!(
+                "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY; SET LOCAL statement_timeout = {}",
+                plan.timeouts.statement.as_millis()
+            ))
+            .await
+            .map_err(Error::from)
+    })
+    .await?;
+    // The first statement fixes the transaction's snapshot.
+    let snapshot: String = out
+        .wait(async {
+            Ok(client
+                .query_one("SELECT pg_current_snapshot()::text", &[])
+                .await?
+                .get(0))
+        })
+        .await?;
+
+    let mut c = plan.compiled.clone();
+    if plan.start.after > 0 {
+        let p = c.bind(Param::Int8(plan.start.after));
+        c.and_id(&format!("c.id > {p}"));
+    }
+    let limit = match plan.limit {
+        Some(n) => format!(" LIMIT {}", c.bind(Param::Int8(n))),
+        None => String::new(),
+    };
 
     if plan.contacts {
-        let schema = db::definitions::schema(client, plan.ws).await?;
+        let schema = out.wait(db::definitions::schema(client, plan.ws)).await?;
         let sql = format!(
             "SELECT {} {} ORDER BY c.id{limit}",
             *db::contacts::SELECT_COLUMNS,
             c.body
         );
-        let rows = client
-            .query_typed_raw(&sql, c.params.iter().map(|p| (p, p.pg_type())))
+        let rows = out
+            .wait(async {
+                client
+                    .query_typed_raw(&sql, c.params.iter().map(|p| (p, p.pg_type())))
+                    .await
+                    .map_err(Error::from)
+            })
             .await?;
         // Rows already received come in one chunk, so the select below runs
         // per chunk, not per row.
@@ -254,89 +333,82 @@ async fn run(
         futures::pin_mut!(rows);
         let mut contacts: Vec<Contact> = Vec::new();
         loop {
-            let chunk = match out.unless_stopped(rows.next()).await {
-                Ok(chunk) => chunk,
-                Err(end) => return Ok(end),
-            };
+            let chunk = out.wait(async { Ok(rows.next().await) }).await?;
             let last = chunk.is_none();
             for r in chunk.into_iter().flatten() {
-                contacts.push(db::contacts::from_row(&r?, &schema));
+                contacts.push(db::contacts::from_row(&r.map_err(Error::from)?, &schema));
             }
             while contacts.len() >= MAX_CONTACT_BATCH || (last && !contacts.is_empty()) {
                 let rest = contacts.split_off(contacts.len().min(MAX_CONTACT_BATCH));
                 let batch = std::mem::replace(&mut contacts, rest);
-                if let Some(end) = out
-                    .send(batch.len(), batch.last().map_or(0, |c| c.id), |cur| {
-                        Item::Contacts(batch, cur)
-                    })
-                    .await
-                {
-                    return Ok(end);
-                }
+                let at = batch.last().map_or(0, |c| c.id);
+                out.send(batch.len(), at, |cur| Item::Contacts(batch, cur))
+                    .await?;
             }
             if last {
                 break;
             }
         }
-        client.batch_execute("COMMIT").await?;
+        out.wait(async { client.batch_execute("COMMIT").await.map_err(Error::from) })
+            .await?;
     } else {
         // Ids travel as COPY text read straight off the socket (the fewest
-        // bytes per id of any format): COPY takes no bind parameters, so the values go into transaction-local
-        // settings through bound parameters, and the query reads each one
-        // once; caller values never become SQL text.
+        // bytes per id of any format): COPY takes no bind parameters, so the
+        // values go into transaction-local settings through bound
+        // parameters, and the query reads each one once; caller values never
+        // become SQL text.
         let (set, query) = via_settings(
             &format!("SELECT c.id {} ORDER BY c.id{limit}", c.ids_from()),
             &c.params,
         );
-        client
-            .query_typed(&set, &crate::segment::lower::typed(&c.params))
-            .await?;
+        out.wait(async {
+            client
+                .query_typed(&set, &crate::segment::lower::typed(&c.params))
+                .await
+                .map_err(Error::from)
+        })
+        .await?;
         let mut raw = session.borrow()?;
-        raw.send_query(&format!("COPY ({query}) TO STDOUT")).await?;
+        out.wait(raw.send_query(&format!("COPY ({query}) TO STDOUT")))
+            .await?;
         let mut ids: Vec<i64> = Vec::with_capacity(FIRST_ID_BATCH);
         loop {
-            let read = raw.read_some(|payload| text_ids(payload, &mut ids));
-            let done = match out.unless_stopped(read).await {
-                Ok(r) => r?,
-                Err(end) => return Ok(end),
-            };
+            let done = out
+                .wait(raw.read_some(|payload| text_ids(payload, &mut ids)))
+                .await?;
             while ids.len() >= out.target || (done && !ids.is_empty()) {
                 let rest = ids.split_off(ids.len().min(out.target));
                 let batch = std::mem::replace(&mut ids, rest);
                 out.target = (out.target * 2).min(MAX_ID_BATCH);
-                if let Some(end) = out
-                    .send(batch.len(), *batch.last().unwrap_or(&0), |cur| {
-                        Item::Ids(batch, cur)
-                    })
-                    .await
-                {
-                    return Ok(end);
-                }
+                let at = *batch.last().unwrap_or(&0);
+                out.send(batch.len(), at, |cur| Item::Ids(batch, cur))
+                    .await?;
             }
             if done {
                 break;
             }
         }
         session.give_back(raw);
-        client.batch_execute("COMMIT").await?;
+        out.wait(async { client.batch_execute("COMMIT").await.map_err(Error::from) })
+            .await?;
     }
     let done = Item::Done {
         total: out.total,
         snapshot,
-        now: plan.now,
+        now: plan.start.now(),
+        cursor: out.cursor.clone(),
     };
-    if !send(tx, shutdown, Ok(done)).await {
-        return Ok(gone(shutdown));
-    }
-    Ok(End::Finished)
+    out.deliver(done).await
 }
 
 /// The sending side of a stream: counts rows, stamps cursors, and stops on
-/// the deadline, a departed reader or shutdown.
+/// the deadline, a departed or stalled reader, or shutdown.
 struct Out<'a> {
-    tx: &'a mpsc::Sender<Result<Item>>,
+    tx: &'a mpsc::Sender<Item>,
     shutdown: &'a CancellationToken,
     expired: Pin<Box<tokio::time::Sleep>>,
+    stall: Duration,
+    /// The cursor after the last row sent.
     cursor: Cursor,
     target: usize,
     total: u64,
@@ -344,34 +416,46 @@ struct Out<'a> {
 
 impl Out<'_> {
     /// Awaits `fut` unless the server stops, the reader leaves or the
-    /// deadline passes first; then the reason the stream ends.
-    async fn unless_stopped<T>(&mut self, fut: impl Future<Output = T>) -> Result<T, End> {
+    /// deadline passes first.
+    async fn wait<T>(&mut self, fut: impl Future<Output = Result<T>>) -> Step<T> {
         tokio::select! {
             biased;
-            () = self.shutdown.cancelled() => Err(End::Shutdown),
-            () = self.tx.closed() => Err(End::Abandoned),
-            () = &mut self.expired => Err(End::Expired),
-            r = fut => Ok(r),
+            () = self.shutdown.cancelled() => Err(Stop::End(End::Shutdown)),
+            () = self.tx.closed() => Err(Stop::End(End::Abandoned)),
+            () = &mut self.expired => Err(Stop::End(End::Expired)),
+            r = fut => Ok(r?),
         }
     }
 
-    /// Sends a batch of `rows` ending at id `last`; Some(end) if the stream
-    /// must stop.
+    /// Sends a batch of `rows` ending at id `last`.
     async fn send(
         &mut self,
         rows: usize,
         last: i64,
         item: impl FnOnce(Cursor) -> Item,
-    ) -> Option<End> {
+    ) -> Step<()> {
         self.total += rows as u64;
-        let cursor = Cursor {
-            after: last,
-            ..self.cursor.clone()
+        self.cursor.after = last;
+        self.cursor.n += rows as u64;
+        self.deliver(item(self.cursor.clone())).await
+    }
+
+    /// Puts one item in the channel, waiting for room (backpressure) no
+    /// longer than the stall timeout.
+    async fn deliver(&mut self, item: Item) -> Step<()> {
+        let limit = self.stall;
+        let stall = async move {
+            if limit.is_zero() {
+                std::future::pending::<()>().await;
+            }
+            tokio::time::sleep(limit).await;
         };
         tokio::select! {
             biased;
-            () = &mut self.expired => Some(End::Expired),
-            sent = send(self.tx, self.shutdown, Ok(item(cursor))) => (!sent).then(|| gone(self.shutdown)),
+            () = self.shutdown.cancelled() => Err(Stop::End(End::Shutdown)),
+            () = &mut self.expired => Err(Stop::End(End::Expired)),
+            sent = self.tx.send(item) => sent.map_err(|_| Stop::End(End::Abandoned)),
+            () = stall => Err(Stop::End(End::Stalled(limit))),
         }
     }
 }
@@ -454,29 +538,6 @@ fn text_ids(payload: &[u8], out: &mut Vec<i64>) -> Result<()> {
     Ok(())
 }
 
-/// Why a send failed: the server is stopping, or the reader left.
-fn gone(shutdown: &CancellationToken) -> End {
-    if shutdown.is_cancelled() {
-        End::Shutdown
-    } else {
-        End::Abandoned
-    }
-}
-
-/// Sends one item, waiting for room (backpressure). False if the reader is
-/// gone or the server is stopping.
-async fn send(
-    tx: &mpsc::Sender<Result<Item>>,
-    shutdown: &CancellationToken,
-    item: Result<Item>,
-) -> bool {
-    tokio::select! {
-        biased;
-        () = shutdown.cancelled() => false,
-        r = tx.send(item) => r.is_ok(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -505,6 +566,77 @@ mod tests {
         );
     }
 
+    fn out<'a>(
+        tx: &'a mpsc::Sender<Item>,
+        shutdown: &'a CancellationToken,
+        deadline: Duration,
+        stall: Duration,
+    ) -> Out<'a> {
+        Out {
+            tx,
+            shutdown,
+            expired: Box::pin(tokio::time::sleep(deadline)),
+            stall,
+            cursor: Cursor {
+                v: 1,
+                after: 0,
+                n: 0,
+                at: 0,
+                fp: String::new(),
+            },
+            target: FIRST_ID_BATCH,
+            total: 0,
+        }
+    }
+
+    /// The producer's stop conditions, on paused time: a reader that takes
+    /// nothing ends the stream after the stall timeout, a deadline ends it
+    /// at the deadline, a reader that left ends it at once.
+    #[tokio::test(start_paused = true)]
+    async fn stalls_deadlines_and_departures_stop_the_producer() {
+        let shutdown = CancellationToken::new();
+        let (tx, mut rx) = mpsc::channel(1);
+        let mut o = out(
+            &tx,
+            &shutdown,
+            Duration::from_secs(3600),
+            Duration::from_secs(60),
+        );
+        o.send(2, 7, |c| Item::Ids(vec![6, 7], c)).await.unwrap();
+        let started = tokio::time::Instant::now();
+        let stalled = o.send(1, 9, |c| Item::Ids(vec![9], c)).await;
+        assert!(
+            matches!(stalled, Err(Stop::End(End::Stalled(_)))),
+            "{stalled:?}"
+        );
+        assert_eq!(started.elapsed(), Duration::from_secs(60));
+        // The cursor counts what was handed over.
+        match rx.recv().await {
+            Some(Item::Ids(ids, c)) => assert_eq!((ids, c.after, c.n), (vec![6, 7], 7, 2)),
+            other => panic!("{other:?}"),
+        }
+
+        let mut o = out(&tx, &shutdown, Duration::from_secs(5), Duration::ZERO);
+        o.deliver(Item::Ids(vec![], o.cursor.clone()))
+            .await
+            .unwrap();
+        let expired = o.deliver(Item::Ids(vec![], o.cursor.clone())).await;
+        assert!(
+            matches!(expired, Err(Stop::End(End::Expired))),
+            "{expired:?}"
+        );
+        let waiting = o.wait(std::future::pending::<Result<()>>()).await;
+        assert!(matches!(waiting, Err(Stop::End(End::Expired))));
+
+        drop(rx);
+        let mut o = out(&tx, &shutdown, Duration::from_secs(5), Duration::ZERO);
+        let left = o.wait(std::future::pending::<Result<()>>()).await;
+        assert!(matches!(left, Err(Stop::End(End::Abandoned))));
+        shutdown.cancel();
+        let stopping = o.wait(std::future::pending::<Result<()>>()).await;
+        assert!(matches!(stopping, Err(Stop::End(End::Shutdown))));
+    }
+
     #[test]
     fn text_copy_rows_parse() {
         let mut out = Vec::new();
@@ -520,11 +652,16 @@ mod tests {
         let c = Cursor {
             v: 1,
             after: 42,
+            n: 7,
             at: 1_700_000_000_000,
             fp: "abc".into(),
         };
         assert_eq!(Cursor::parse(&c.token()).unwrap(), c);
         assert!(Cursor::parse("nope").is_err());
+        // Tokens from before `n` existed still resume, from a count of 0.
+        let old = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .encode(br#"{"v":1,"after":5,"at":0,"fp":"x"}"#);
+        assert_eq!(Cursor::parse(&old).unwrap().n, 0);
     }
 
     #[test]

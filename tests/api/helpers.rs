@@ -126,6 +126,16 @@ impl TestApp {
 
     /// Starts segd with the given limits.
     pub async fn spawn_with(limits: Limits) -> TestApp {
+        Self::spawn_custom(limits, None).await
+    }
+
+    /// Starts segd with the given limits; member streams open their
+    /// sessions at `stream_url` instead of the test database when given.
+    pub async fn spawn_custom(limits: Limits, stream_url: Option<String>) -> TestApp {
+        // Server logs, when asked for (SEGD_LOG=debug cargo test -- --nocapture).
+        if std::env::var_os("SEGD_LOG").is_some() {
+            segd::telemetry::init(segd::config::LogFormat::Text);
+        }
         let s = shared();
         let n = COUNTER.fetch_add(1, Ordering::SeqCst);
         let db_name = format!("segd_t{}_{n}", std::process::id());
@@ -142,8 +152,11 @@ impl TestApp {
             .expect("create test database");
         let db_url = with_db(&s.admin_url, &db_name);
         let pool = segd::db::pool(&db_url, 8, std::time::Duration::from_secs(30)).expect("pool");
-        let stream_db =
-            segd::db::session_config(&db_url, std::time::Duration::from_secs(30)).unwrap();
+        let stream_db = segd::db::session_config(
+            stream_url.as_deref().unwrap_or(&db_url),
+            std::time::Duration::from_secs(30),
+        )
+        .unwrap();
         let state = AppState::new(pool, stream_db, limits);
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();

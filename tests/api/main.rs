@@ -10,3 +10,4 @@ mod readme;
 mod restart;
 mod segments;
 mod server;
+mod streams;
