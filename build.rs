@@ -23,6 +23,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         prost::Message::encode_to_vec(&fds),
     )?;
     tonic_prost_build::configure()
+        // Decode errors become INVALID_ARGUMENT (see src/codec.rs).
+        .codec_path("crate::codec::SegdCodec")
         .build_client(true)
         .build_server(true)
         .compile_fds(fds)?;

@@ -155,6 +155,12 @@ pub struct Config {
     #[arg(long, env = "SEGD_MAX_MESSAGE_BYTES", default_value_t = 16 * 1024 * 1024, global = true)]
     pub max_message_bytes: usize,
 
+    /// After SIGTERM, how long segd keeps serving while health reports
+    /// NOT_SERVING, so load balancers and Kubernetes stop sending it calls
+    /// before it stops accepting them (a few seconds behind a balancer).
+    #[arg(long, env = "SEGD_SHUTDOWN_DRAIN", default_value = "0s", value_parser = parse_duration, global = true)]
+    pub shutdown_drain: Duration,
+
     /// How long shutdown waits for in-flight calls before giving up.
     #[arg(long, env = "SEGD_SHUTDOWN_GRACE", default_value = "5s", value_parser = parse_duration, global = true)]
     pub shutdown_grace: Duration,

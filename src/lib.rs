@@ -22,10 +22,13 @@
 //! - [`bench`]: the benchmark commands.
 //! - [`error`]: the domain error type.
 //! - [`proto`]: generated protobuf code.
+//! - [`codec`]: the protobuf codec of the generated code (decode errors are
+//!   `INVALID_ARGUMENT`).
 
 pub mod api;
 pub mod bench;
 pub mod cluster;
+pub mod codec;
 pub mod config;
 pub mod db;
 pub mod error;

@@ -63,7 +63,10 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let mut server = tokio::spawn(server::serve(
         listener,
         state,
-        config.max_message_bytes,
+        server::ServeOptions {
+            max_message_bytes: config.max_message_bytes,
+            drain: config.shutdown_drain,
+        },
         async {
             let _ = rx.await;
         },
@@ -72,7 +75,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         r = &mut server => r??,
         () = shutdown_signal() => {
             let _ = tx.send(());
-            match tokio::time::timeout(config.shutdown_grace, &mut server).await {
+            match tokio::time::timeout(config.shutdown_drain + config.shutdown_grace, &mut server).await {
                 Ok(r) => r??,
                 Err(_) => tracing::warn!(grace = ?config.shutdown_grace, "calls still running after the grace period; closing them"),
             }

@@ -16,25 +16,54 @@ use crate::proto::{
     query_service_server::QueryServiceServer, segment_service_server::SegmentServiceServer,
 };
 
+/// How the server runs.
+#[derive(Debug, Clone, Copy)]
+pub struct ServeOptions {
+    /// Largest request message accepted, in bytes.
+    pub max_message_bytes: usize,
+    /// After the shutdown signal, how long segd keeps serving new calls
+    /// while health reports NOT_SERVING, so load balancers stop routing to it
+    /// before it stops accepting.
+    pub drain: Duration,
+}
+
+impl Default for ServeOptions {
+    fn default() -> Self {
+        Self {
+            max_message_bytes: 16 << 20,
+            drain: Duration::ZERO,
+        }
+    }
+}
+
+/// Every health name segd reports: the server as a whole and each service.
+const HEALTH_NAMES: [&str; 4] = [
+    "",
+    "segd.v1.ContactService",
+    "segd.v1.SegmentService",
+    "segd.v1.QueryService",
+];
+
 /// Serves every segd service on `listener` until `shutdown` resolves. On
-/// shutdown, health turns NOT_SERVING, streams are cancelled through
-/// `state.shutdown`, and in-flight unary calls are allowed to finish.
+/// shutdown, health turns NOT_SERVING for every name (watchers are told at
+/// once), calls are still served for `opts.drain`, then streams are
+/// cancelled through `state.shutdown`, new calls refused, and in-flight
+/// unary calls allowed to finish.
 ///
 /// # Errors
 /// Reflection could not be built or the transport failed.
 pub async fn serve(
     listener: TcpListener,
     state: AppState,
-    max_message_bytes: usize,
+    opts: ServeOptions,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let (reporter, health) = tonic_health::server::health_reporter();
-    reporter
-        .set_serving::<ContactServiceServer<Contacts>>()
-        .await;
-    reporter
-        .set_serving::<SegmentServiceServer<Segments>>()
-        .await;
+    for name in HEALTH_NAMES {
+        reporter
+            .set_service_status(name, tonic_health::ServingStatus::Serving)
+            .await;
+    }
     let reflection = || {
         // Each builder only registers its own version; list both, so either
         // reflection service shows up in `grpcurl list`.
@@ -50,26 +79,30 @@ pub async fn serve(
     let reflection_v1 = reflection().build_v1()?;
     let reflection_v1alpha = reflection().build_v1alpha()?;
 
+    let max = opts.max_message_bytes;
     let contacts = ContactServiceServer::new(Contacts::new(state.clone()))
-        .max_decoding_message_size(max_message_bytes)
-        .max_encoding_message_size(max_message_bytes);
+        .max_decoding_message_size(max)
+        .max_encoding_message_size(max);
     let segments = SegmentServiceServer::new(Segments::new(state.clone()))
-        .max_decoding_message_size(max_message_bytes)
-        .max_encoding_message_size(max_message_bytes);
+        .max_decoding_message_size(max)
+        .max_encoding_message_size(max);
     let query = QueryServiceServer::new(Query::new(state.clone()))
-        .max_decoding_message_size(max_message_bytes)
-        .max_encoding_message_size(max_message_bytes);
+        .max_decoding_message_size(max)
+        .max_encoding_message_size(max);
 
     let token = state.shutdown.clone();
     let signal = async move {
         shutdown.await;
+        for name in HEALTH_NAMES {
+            reporter
+                .set_service_status(name, tonic_health::ServingStatus::NotServing)
+                .await;
+        }
+        if !opts.drain.is_zero() {
+            tracing::info!(drain = ?opts.drain, "shutting down: health is NOT_SERVING; still serving while load balancers notice");
+            tokio::time::sleep(opts.drain).await;
+        }
         tracing::info!("shutting down: refusing new calls, cancelling streams");
-        reporter
-            .set_not_serving::<ContactServiceServer<Contacts>>()
-            .await;
-        reporter
-            .set_not_serving::<SegmentServiceServer<Segments>>()
-            .await;
         token.cancel();
     };
 

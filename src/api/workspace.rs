@@ -16,12 +16,18 @@ pub struct WorkspaceName(pub String);
 /// Rejects calls without a valid workspace header and records the name.
 ///
 /// # Errors
-/// `INVALID_ARGUMENT` naming the header when it is missing or malformed.
+/// `INVALID_ARGUMENT` naming the header when it is missing, malformed or
+/// repeated.
 pub fn interceptor(mut req: Request<()>) -> Result<Request<()>, Status> {
-    let raw = req
-        .metadata()
-        .get(HEADER)
+    let mut values = req.metadata().get_all(HEADER).iter();
+    let raw = values
+        .next()
         .ok_or_else(|| bad(format!("the `{HEADER}` header is required")))?;
+    if values.next().is_some() {
+        return Err(bad(format!(
+            "`{HEADER}` is given more than once; name exactly one workspace"
+        )));
+    }
     let name = raw
         .to_str()
         .ok()

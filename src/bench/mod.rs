@@ -110,9 +110,17 @@ impl BenchEnv {
                 Limits::default(),
             );
             let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-            let task = tokio::spawn(server::serve(listener, state, 64 << 20, async {
-                let _ = rx.await;
-            }));
+            let task = tokio::spawn(server::serve(
+                listener,
+                state,
+                server::ServeOptions {
+                    max_message_bytes: 64 << 20,
+                    ..Default::default()
+                },
+                async {
+                    let _ = rx.await;
+                },
+            ));
             Server::Task(Some(tx), task)
         };
         let env = Self {

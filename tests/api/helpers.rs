@@ -132,6 +132,20 @@ impl TestApp {
     /// Starts segd with the given limits; member streams open their
     /// sessions at `stream_url` instead of the test database when given.
     pub async fn spawn_custom(limits: Limits, stream_url: Option<String>) -> TestApp {
+        Self::spawn_full(limits, stream_url, std::time::Duration::ZERO).await
+    }
+
+    /// Starts segd that, on shutdown, keeps serving for `drain` while health
+    /// reports NOT_SERVING.
+    pub async fn spawn_draining(drain: std::time::Duration) -> TestApp {
+        Self::spawn_full(Limits::default(), None, drain).await
+    }
+
+    async fn spawn_full(
+        limits: Limits,
+        stream_url: Option<String>,
+        drain: std::time::Duration,
+    ) -> TestApp {
         // Server logs, when asked for (SEGD_LOG=debug cargo test -- --nocapture).
         if std::env::var_os("SEGD_LOG").is_some() {
             segd::telemetry::init(segd::config::LogFormat::Text);
@@ -164,7 +178,10 @@ impl TestApp {
         let server = tokio::spawn(segd::server::serve(
             listener,
             state.clone(),
-            16 << 20,
+            segd::server::ServeOptions {
+                drain,
+                ..Default::default()
+            },
             async {
                 let _ = rx.await;
             },
@@ -200,6 +217,13 @@ impl TestApp {
             .expect("db connect");
         tokio::spawn(conn);
         c
+    }
+
+    /// Signals shutdown without waiting for the server.
+    pub fn signal_shutdown(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
     }
 
     /// Signals shutdown and waits for the server to finish.

@@ -57,9 +57,14 @@ async fn a_database_restart_ends_the_stream_and_the_client_resumes() {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(segd::server::serve(listener, state, 16 << 20, async {
-        let _ = stopped.await;
-    }));
+    tokio::spawn(segd::server::serve(
+        listener,
+        state,
+        Default::default(),
+        async {
+            let _ = stopped.await;
+        },
+    ));
     let ch = tonic::transport::Channel::from_shared(format!("http://{addr}"))
         .unwrap()
         .connect()
