@@ -30,23 +30,23 @@ impl Segments {
         Self { state }
     }
 
-    /// Converts segments for output, naming references.
+    /// Converts segments for output, naming references, on the request's
+    /// own connection (a second one could wait forever on a small pool).
     async fn out(
-        &self,
+        client: &impl tokio_postgres::GenericClient,
         ws: crate::model::WorkspaceId,
         segs: &[Segment],
     ) -> Result<Vec<pb::Segment>, Status> {
-        let client = self.state.conn().await?;
-        let infos = svc::infos(&db::segments::all(&**client, ws).await?);
+        let infos = svc::infos(&db::segments::all(client, ws).await?);
         Ok(segs.iter().map(|s| to_proto(s, &infos)).collect())
     }
 
     async fn one(
-        &self,
+        client: &impl tokio_postgres::GenericClient,
         ws: crate::model::WorkspaceId,
         s: Segment,
     ) -> Result<Option<pb::Segment>, Status> {
-        Ok(self.out(ws, &[s]).await?.pop())
+        Ok(Self::out(client, ws, &[s]).await?.pop())
     }
 }
 
@@ -153,7 +153,7 @@ impl SegmentService for Segments {
         let mut client = self.state.conn().await?;
         let created = svc::create(&mut client, ws, kind, changes).await?;
         Ok(Response::new(pb::CreateSegmentResponse {
-            segment: self.one(ws, created).await?,
+            segment: Self::one(&**client, ws, created).await?,
         }))
     }
 
@@ -166,7 +166,7 @@ impl SegmentService for Segments {
         let client = self.state.conn().await?;
         let s = db::segments::get(&**client, ws, &r).await?;
         Ok(Response::new(pb::GetSegmentResponse {
-            segment: self.one(ws, s).await?,
+            segment: Self::one(&**client, ws, s).await?,
         }))
     }
 
@@ -198,7 +198,7 @@ impl SegmentService for Segments {
             String::new()
         };
         Ok(Response::new(pb::ListSegmentsResponse {
-            segments: self.out(ws, &segs).await?,
+            segments: Self::out(&**client, ws, &segs).await?,
             next_page_token: next,
         }))
     }
@@ -252,7 +252,7 @@ impl SegmentService for Segments {
         let mut client = self.state.conn().await?;
         let updated = svc::update(&mut client, ws, s.id, expected, c).await?;
         Ok(Response::new(pb::UpdateSegmentResponse {
-            segment: self.one(ws, updated).await?,
+            segment: Self::one(&**client, ws, updated).await?,
         }))
     }
 
@@ -319,7 +319,7 @@ impl SegmentService for Segments {
         )
         .await?;
         Ok(Response::new(pb::SnapshotSegmentResponse {
-            segment: self.one(ws, s).await?,
+            segment: Self::one(&**client, ws, s).await?,
             member_count: n as i64,
         }))
     }

@@ -74,6 +74,66 @@ pub async fn conn(pool: &Pool) -> Result<Conn> {
     Ok(pool.get().await?)
 }
 
+/// How long a cancel request for an abandoned call may take.
+const CANCEL_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A pooled connection for one call that stops its statement if the call is
+/// dropped before [`Session::finish`] (the caller went away, or its deadline
+/// passed): the statement is cancelled on the server and the connection
+/// leaves the pool, so a late cancel can never hit the next user's query.
+pub struct Session {
+    conn: Option<Conn>,
+    cancel: tokio_postgres::CancelToken,
+}
+
+impl Session {
+    /// A connection from the pool.
+    ///
+    /// # Errors
+    /// `Unavailable` when no connection can be had.
+    pub async fn get(pool: &Pool) -> Result<Self> {
+        let conn = conn(pool).await?;
+        let cancel = conn.cancel_token();
+        Ok(Self {
+            conn: Some(conn),
+            cancel,
+        })
+    }
+
+    /// The connection.
+    pub fn client(&mut self) -> &mut Conn {
+        self.conn
+            .as_mut()
+            .expect("a session holds its connection until dropped")
+    }
+
+    /// The call completed: the connection goes back to the pool.
+    pub fn finish(mut self) {
+        self.conn.take();
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        let Some(conn) = self.conn.take() else { return };
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let client = deadpool_postgres::Object::take(conn);
+        let cancel = self.cancel.clone();
+        rt.spawn(async move {
+            match tokio::time::timeout(CANCEL_TIMEOUT, cancel.cancel_query(NoTls)).await {
+                Ok(Ok(())) => tracing::info!("call abandoned; its statement was cancelled"),
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "cancelling an abandoned call's statement")
+                }
+                Err(_) => tracing::warn!("no answer to the cancel request of an abandoned call"),
+            }
+            drop(client);
+        });
+    }
+}
+
 /// Encodes a keyset position as an opaque page token.
 pub fn encode_token(v: &serde_json::Value) -> String {
     use base64::Engine;

@@ -80,6 +80,9 @@ pub fn explain(
     out
 }
 
+/// Pushes `rule`'s node and its descendants; returns whether it held. Each
+/// condition is evaluated once: a boolean node's answer comes from its
+/// children's.
 fn walk(
     rule: &Rule,
     pred: &Pred,
@@ -87,27 +90,35 @@ fn walk(
     d: &ContactData<'_>,
     now: DateTime<Utc>,
     out: &mut Vec<NodeResult>,
-) {
+) -> bool {
+    let at = out.len();
     out.push(NodeResult {
         path: path.to_string(),
         condition: print(rule),
-        held: eval(pred, d, now),
+        held: false,
     });
     let join = |seg: String| crate::error::join_path(path, &seg);
-    match (rule, pred) {
+    let held = match (rule, pred) {
         (Rule::All(rs), Pred::All(ps)) | (Rule::Any(rs), Pred::Any(ps)) => {
-            let name = if matches!(rule, Rule::All(_)) {
-                "all"
+            let all = matches!(rule, Rule::All(_));
+            let name = if all { "all" } else { "any" };
+            let held: Vec<bool> = rs
+                .iter()
+                .zip(ps)
+                .enumerate()
+                .map(|(i, (r, p))| walk(r, p, &join(format!("{name}[{i}]")), d, now, out))
+                .collect();
+            if all {
+                held.iter().all(|h| *h)
             } else {
-                "any"
-            };
-            for (i, (r, p)) in rs.iter().zip(ps).enumerate() {
-                walk(r, p, &join(format!("{name}[{i}]")), d, now, out);
+                held.iter().any(|h| *h)
             }
         }
-        (Rule::Not(r), Pred::Not(p)) => walk(r, p, &join("not".into()), d, now, out),
-        _ => {}
-    }
+        (Rule::Not(r), Pred::Not(p)) => !walk(r, p, &join("not".into()), d, now, out),
+        _ => eval(pred, d, now),
+    };
+    out[at].held = held;
+    held
 }
 
 fn field(f: &Field, c: &Contact, today: NaiveDate) -> Option<V> {

@@ -44,15 +44,20 @@ pub struct Reader<'a> {
 }
 
 impl Reader<'_> {
-    /// Runs `f` in a fresh transaction under the statement timeout.
+    /// Runs `f` in a fresh transaction under the statement timeout. If the
+    /// call is dropped meanwhile, the statement is cancelled (see
+    /// [`db::Session`]).
     async fn within<T>(
         &self,
         f: impl AsyncFnOnce(&tokio_postgres::Transaction<'_>) -> Result<T>,
     ) -> Result<T> {
-        let mut conn = db::conn(self.pool).await?;
-        let tx = conn.transaction().await?;
+        let mut session = db::Session::get(self.pool).await?;
+        let tx = session.client().transaction().await?;
         set_timeout(&*tx, self.timeout).await?;
-        f(&tx).await
+        let out = f(&tx).await;
+        drop(tx);
+        session.finish();
+        out
     }
 
     /// The exact size of a target, optionally sampled.
@@ -347,35 +352,53 @@ pub async fn check_membership(
             .ok_or_else(|| Error::NotFound(format!("contact {}", contact.id)))?;
         (0..cols.conds.len()).map(|i| row.get(i)).collect()
     };
-    let data = if with_explain {
-        Some(contact_data(client, ws, contact.id).await?)
+    let explanations = if with_explain {
+        let (events, deals, member_of) = contact_data(client, ws, contact.id).await?;
+        let trees: Vec<_> = checked
+            .iter()
+            .map(|(_, v)| (v.display.clone(), v.checked.pred.clone()))
+            .collect();
+        let contact = contact.clone();
+        // The reference evaluator is CPU-bound (events × segments); it runs
+        // on a blocking thread, a few at a time, so the async runtime keeps
+        // serving other calls.
+        let _slot = EXPLAIN_SLOTS
+            .acquire()
+            .await
+            .map_err(|_| Error::Unavailable("the server is shutting down".into()))?;
+        tokio::task::spawn_blocking(move || {
+            let d = ContactData {
+                contact: &contact,
+                events: &events,
+                deals: &deals,
+                member_of: &member_of,
+            };
+            trees
+                .iter()
+                .map(|(display, pred)| explain(display, pred, &d, now))
+                .collect::<Vec<_>>()
+        })
+        .await
+        .map_err(Error::internal)?
     } else {
-        None
+        vec![Vec::new(); chosen.len()]
     };
     let out = chosen
         .iter()
-        .zip(&checked)
         .zip(answers)
-        .map(|((s, (_, v)), member)| Membership {
+        .zip(explanations)
+        .map(|((s, member), explanation)| Membership {
             id: s.id,
             name: s.name.clone(),
             member,
-            explanation: data
-                .as_ref()
-                .map(|(events, deals, member_of)| {
-                    let d = ContactData {
-                        contact: &contact,
-                        events,
-                        deals,
-                        member_of,
-                    };
-                    explain(&v.display, &v.checked.pred, &d, now)
-                })
-                .unwrap_or_default(),
+            explanation,
         })
         .collect();
     Ok((contact.id, out))
 }
+
+/// Explanations evaluated at once (each on a blocking thread).
+static EXPLAIN_SLOTS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(2);
 
 /// Most events loaded to explain one contact's memberships.
 const MAX_EXPLAIN_EVENTS: i64 = 100_000;

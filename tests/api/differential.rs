@@ -18,7 +18,7 @@ use segd::model::event::StoredEvent;
 use segd::proto as pb;
 use segd::segment::ast::*;
 use segd::segment::check::{Catalog, check};
-use segd::segment::eval::{ContactData, eval};
+use segd::segment::eval::{ContactData, eval, explain};
 use segd::segment::lower::lower;
 use segd::segment::print::print;
 
@@ -479,7 +479,15 @@ impl World {
                     deals: self.deals.get(&c.id).map_or(&[][..], Vec::as_slice),
                     member_of: self.members.get(&c.id).unwrap_or(&empty),
                 };
-                eval(&checked.pred, &d, now())
+                let held = eval(&checked.pred, &d, now());
+                // Explanations derive each node's answer from its
+                // children's; the root must agree with evaluation.
+                assert_eq!(
+                    explain(rule, &checked.pred, &d, now())[0].held,
+                    held,
+                    "explain disagrees with eval for {text}"
+                );
+                held
             })
             .map(|c| c.id)
             .collect();

@@ -121,31 +121,66 @@ pub struct TestApp {
 impl TestApp {
     /// Starts segd with default limits.
     pub async fn spawn() -> TestApp {
-        Self::spawn_with(Limits::default()).await
+        Self::with().spawn().await
     }
 
     /// Starts segd with the given limits.
     pub async fn spawn_with(limits: Limits) -> TestApp {
-        Self::spawn_custom(limits, None).await
+        Self::with().limits(limits).spawn().await
     }
 
-    /// Starts segd with the given limits; member streams open their
-    /// sessions at `stream_url` instead of the test database when given.
-    pub async fn spawn_custom(limits: Limits, stream_url: Option<String>) -> TestApp {
-        Self::spawn_full(limits, stream_url, std::time::Duration::ZERO).await
+    /// A server to configure before starting it.
+    pub fn with() -> Spawn {
+        Spawn {
+            limits: Limits::default(),
+            stream_url: None,
+            drain: std::time::Duration::ZERO,
+            pool_size: 8,
+        }
+    }
+}
+
+/// How to start a test server: [`TestApp::with`], then [`Spawn::spawn`].
+pub struct Spawn {
+    limits: Limits,
+    stream_url: Option<String>,
+    drain: std::time::Duration,
+    pool_size: usize,
+}
+
+impl Spawn {
+    /// Limits and timeouts.
+    pub fn limits(mut self, limits: Limits) -> Self {
+        self.limits = limits;
+        self
     }
 
-    /// Starts segd that, on shutdown, keeps serving for `drain` while health
-    /// reports NOT_SERVING.
-    pub async fn spawn_draining(drain: std::time::Duration) -> TestApp {
-        Self::spawn_full(Limits::default(), None, drain).await
+    /// Member streams open their sessions here instead of the test database.
+    pub fn stream_url(mut self, url: String) -> Self {
+        self.stream_url = Some(url);
+        self
     }
 
-    async fn spawn_full(
-        limits: Limits,
-        stream_url: Option<String>,
-        drain: std::time::Duration,
-    ) -> TestApp {
+    /// On shutdown, keep serving this long while health reports NOT_SERVING.
+    pub fn drain(mut self, drain: std::time::Duration) -> Self {
+        self.drain = drain;
+        self
+    }
+
+    /// Connections in the pool.
+    pub fn pool_size(mut self, n: usize) -> Self {
+        self.pool_size = n;
+        self
+    }
+
+    /// Creates the test database and starts the server.
+    pub async fn spawn(self) -> TestApp {
+        let Spawn {
+            limits,
+            stream_url,
+            drain,
+            pool_size,
+        } = self;
         // Server logs, when asked for (SEGD_LOG=debug cargo test -- --nocapture).
         if std::env::var_os("SEGD_LOG").is_some() {
             segd::telemetry::init(segd::config::LogFormat::Text);
@@ -165,7 +200,8 @@ impl TestApp {
             .await
             .expect("create test database");
         let db_url = with_db(&s.admin_url, &db_name);
-        let pool = segd::db::pool(&db_url, 8, std::time::Duration::from_secs(30)).expect("pool");
+        let pool =
+            segd::db::pool(&db_url, pool_size, std::time::Duration::from_secs(30)).expect("pool");
         let stream_db = segd::db::session_config(
             stream_url.as_deref().unwrap_or(&db_url),
             std::time::Duration::from_secs(30),
@@ -195,7 +231,9 @@ impl TestApp {
             server: Some(server),
         }
     }
+}
 
+impl TestApp {
     /// A channel to the server.
     pub async fn channel(&self) -> Channel {
         Channel::from_shared(format!("http://{}", self.addr))

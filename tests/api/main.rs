@@ -1,5 +1,6 @@
 //! segd's integration tests: one binary, a fresh database and server per test.
 
+mod abandon;
 mod contacts;
 mod differential;
 mod grpcurl;

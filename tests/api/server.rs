@@ -44,7 +44,10 @@ async fn health_reports_serving_for_every_service() {
 #[tokio::test]
 async fn shutdown_turns_health_to_not_serving_for_every_service() {
     use futures::StreamExt;
-    let mut app = TestApp::spawn_draining(std::time::Duration::from_secs(3600)).await;
+    let mut app = TestApp::with()
+        .drain(std::time::Duration::from_secs(3600))
+        .spawn()
+        .await;
     let mut watches = Vec::new();
     for service in HEALTH_NAMES {
         let mut w = HealthClient::new(app.channel().await)

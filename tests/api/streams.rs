@@ -341,15 +341,15 @@ async fn silent_database() -> (String, tokio::task::JoinHandle<()>) {
 #[tokio::test]
 async fn a_database_that_does_not_answer_does_not_hold_stream_slots() {
     let (url, held) = silent_database().await;
-    let app = TestApp::spawn_custom(
-        Limits {
+    let app = TestApp::with()
+        .limits(Limits {
             max_streams: 1,
             stream_connect_timeout: Duration::from_secs(1),
             ..Limits::default()
-        },
-        Some(url),
-    )
-    .await;
+        })
+        .stream_url(url)
+        .spawn()
+        .await;
     app.bulk_contacts("w", 10).await;
     let mut q = app.query().await;
     for _ in 0..3 {
@@ -370,15 +370,15 @@ async fn a_database_that_does_not_answer_does_not_hold_stream_slots() {
 #[tokio::test]
 async fn a_deadline_frees_a_stream_stuck_connecting() {
     let (url, held) = silent_database().await;
-    let app = TestApp::spawn_custom(
-        Limits {
+    let app = TestApp::with()
+        .limits(Limits {
             max_streams: 1,
             stream_connect_timeout: Duration::from_secs(3600),
             ..Limits::default()
-        },
-        Some(url),
-    )
-    .await;
+        })
+        .stream_url(url)
+        .spawn()
+        .await;
     app.bulk_contacts("w", 10).await;
     let mut q = app.query().await;
     let mut r = req("w", members(EVERYONE, false));

@@ -10,6 +10,7 @@ use crate::error::{Violation, Violations, join_path};
 use crate::model::contact::{Channel, SubscriptionStatus};
 use crate::proto as pb;
 use crate::segment::ast::*;
+use crate::segment::check::MAX_NODES;
 use crate::segment::parse::{MAX_DEPTH, parse};
 
 /// A definition (rule or text) as an AST.
@@ -23,6 +24,10 @@ pub fn definition(d: Option<&pb::Definition>, prefix: &str) -> Result<Rule, Vec<
         None => Err(vec![Violation::new(prefix, "set rule or filter")]),
         Some(Kind::Filter(text)) => parse(text)
             .map_err(|e| vec![Violation::new(join_path(prefix, "filter"), e.to_string())]),
+        Some(Kind::Rule(r)) if too_big(r) => Err(vec![Violation::new(
+            join_path(prefix, "rule"),
+            format!("more than {MAX_NODES} conditions; split the definition into segments"),
+        )]),
         Some(Kind::Rule(r)) => {
             let mut v = Violations::new();
             let rule = from_proto(r, "", 0, &mut v);
@@ -33,6 +38,28 @@ pub fn definition(d: Option<&pb::Definition>, prefix: &str) -> Result<Rule, Vec<
             })
         }
     }
+}
+
+/// Whether a tree has more than [`MAX_NODES`] nodes: counted without
+/// recursion and stopping at the limit, so a hostile tree of millions of
+/// nodes costs microseconds before it is refused, and converting and
+/// checking never see it.
+fn too_big(r: &pb::Rule) -> bool {
+    use pb::rule::Kind;
+    let mut stack = vec![r];
+    let mut seen = 0usize;
+    while let Some(r) = stack.pop() {
+        seen += 1;
+        if seen > MAX_NODES {
+            return true;
+        }
+        match &r.kind {
+            Some(Kind::All(l) | Kind::Any(l)) => stack.extend(l.rules.iter()),
+            Some(Kind::Not(x)) => stack.push(x),
+            _ => {}
+        }
+    }
+    false
 }
 
 fn from_proto(r: &pb::Rule, path: &str, depth: u32, v: &mut Violations) -> Rule {
@@ -438,6 +465,20 @@ mod tests {
             kind: Some(pb::definition::Kind::Rule(to_proto(&ast))),
         };
         assert_eq!(definition(Some(&d), "d").unwrap(), ast);
+    }
+
+    #[test]
+    fn huge_trees_are_refused_before_conversion() {
+        let wide = pb::Definition {
+            kind: Some(pb::definition::Kind::Rule(pb::Rule {
+                kind: Some(pb::rule::Kind::All(pb::RuleList {
+                    rules: vec![pb::Rule { kind: None }; 200_000],
+                })),
+            })),
+        };
+        let v = definition(Some(&wide), "definition").unwrap_err();
+        assert_eq!(v.len(), 1, "one violation, not one per node");
+        assert_eq!(v[0].field, "definition.rule");
     }
 
     #[test]
