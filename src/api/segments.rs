@@ -334,7 +334,7 @@ impl SegmentService for Segments {
             rules::definition(req.get_ref().definition.as_ref(), "definition"),
         )?;
         let client = self.state.conn().await?;
-        let v = svc::validate(&**client, ws, &rule, None, "definition").await?;
+        let v = svc::validate(&**client, ws, &rule, None).await?;
         Ok(Response::new(pb::ValidateSegmentResponse {
             rule: Some(rules::to_proto(&v.rule)),
             filter: print(&v.display),
@@ -362,7 +362,7 @@ impl SegmentService for Segments {
             }
         };
         let client = self.state.conn().await?;
-        let t = svc::compile(&**client, ws, &target, Utc::now(), false, "definition").await?;
+        let t = svc::compile(&**client, ws, &target, Utc::now(), false).await?;
         let e = svc::explain(&**client, &t.compiled, r.analyze).await?;
         Ok(Response::new(pb::ExplainSegmentResponse {
             sql: e.sql,

@@ -15,6 +15,7 @@ use chrono::{DateTime, Duration, Utc};
 use super::{BenchEnv, data};
 use crate::config::SqlBench;
 use crate::model::WorkspaceId;
+use crate::model::segment::Definition;
 use crate::segment::lower::Compiled;
 use crate::segment::parse::parse;
 use crate::service::segments::{Changes, Target, compile, create};
@@ -140,7 +141,11 @@ pub async fn run(env: &BenchEnv, o: &SqlBench) -> anyhow::Result<()> {
         crate::model::segment::SegmentKind::Dynamic,
         Changes {
             name: Some("newsletter-engaged".into()),
-            rule: Some(parse("event(email_open, last 30d)")?),
+            rule: Some(Definition::request(
+                parse("event(email_open, last 30d)")?,
+                "",
+                true,
+            )),
             ..Default::default()
         },
     )
@@ -199,7 +204,8 @@ async fn compiled(
     rule: &str,
     now: DateTime<Utc>,
 ) -> anyhow::Result<Compiled> {
-    let t = compile(client, ws, &Target::Inline(parse(rule)?), now, true, "").await?;
+    let def = Definition::request(parse(rule)?, "", true);
+    let t = compile(client, ws, &Target::Inline(def), now, true).await?;
     Ok(t.compiled)
 }
 

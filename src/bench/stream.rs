@@ -54,7 +54,6 @@ pub async fn run(env: &BenchEnv, o: &StreamBench) -> anyhow::Result<()> {
         &Target::Saved(SegmentRef::Name(SEGMENT.into())),
         chrono::Utc::now(),
         true,
-        "",
     )
     .await?;
     let sql = format!("SELECT c.id {} ORDER BY c.id", t.compiled.ids_from());

@@ -2,6 +2,7 @@
 
 use chrono::{DateTime, Utc};
 
+use crate::error::{Error, Violation, join_path};
 use crate::segment::ast::Rule;
 
 str_enum!(
@@ -64,4 +65,99 @@ pub struct Segment {
     pub updated_at: DateTime<Utc>,
     /// Version (the etag).
     pub version: i64,
+}
+
+/// Where a definition being checked came from, so that problems found in
+/// it name what the caller can fix.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Origin {
+    /// From the request, at this path (of a `Definition` message), as a
+    /// tree (`<at>.rule`) or as text (`<at>.filter`).
+    Request {
+        /// Path of the `Definition` message, such as `segment.definition`.
+        at: String,
+        /// Given as text rather than as a tree.
+        text: bool,
+    },
+    /// A saved segment's stored definition.
+    Saved {
+        /// The segment's name.
+        name: String,
+    },
+}
+
+/// A definition and where it came from.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Definition {
+    /// The rule tree.
+    pub rule: Rule,
+    /// Where it came from.
+    pub origin: Origin,
+}
+
+impl Definition {
+    /// A definition from the request at `at`.
+    pub fn request(rule: Rule, at: &str, text: bool) -> Self {
+        Self {
+            rule,
+            origin: Origin::Request {
+                at: at.to_string(),
+                text,
+            },
+        }
+    }
+
+    /// A saved segment's definition.
+    pub fn saved(rule: Rule, name: &str) -> Self {
+        Self {
+            rule,
+            origin: Origin::Saved {
+                name: name.to_string(),
+            },
+        }
+    }
+
+    /// The error for `problems` found in the rule (paths relative to the
+    /// rule, in proto field names): for a tree, violations under
+    /// `<at>.rule`; for text, violations of `<at>.filter` that name the tree
+    /// path in their description; for a saved segment, a failed precondition
+    /// naming it (the catalog changed since it was saved).
+    pub fn problems(&self, problems: Vec<Violation>) -> Error {
+        match &self.origin {
+            Origin::Request { at, text: false } => Error::InvalidArgument(
+                problems
+                    .into_iter()
+                    .map(|v| v.under(&join_path(at, "rule")))
+                    .collect(),
+            ),
+            Origin::Request { at, text: true } => {
+                let field = join_path(at, "filter");
+                Error::InvalidArgument(
+                    problems
+                        .into_iter()
+                        .map(|v| {
+                            let description = if v.field.is_empty() {
+                                v.description
+                            } else {
+                                format!("{}: {}", v.field, v.description)
+                            };
+                            Violation::new(field.clone(), description)
+                        })
+                        .collect(),
+                )
+            }
+            Origin::Saved { name } => {
+                let first = problems.first().map_or_else(String::new, |v| {
+                    if v.field.is_empty() {
+                        v.description.clone()
+                    } else {
+                        format!("{}: {}", v.field, v.description)
+                    }
+                });
+                Error::FailedPrecondition(format!(
+                    "the definition of segment {name:?} no longer checks: {first}"
+                ))
+            }
+        }
+    }
 }

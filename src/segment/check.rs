@@ -1,7 +1,7 @@
 //! Checks a rule tree against a workspace and resolves it to `ir`: field
 //! names to columns, literals to typed values, segment references to ids
 //! (dynamic ones are inlined). Every problem is reported with its path into
-//! the tree, such as `all[2].event.window`.
+//! the tree in proto field names, such as `all.rules[2].event.window`.
 
 use std::collections::BTreeSet;
 
@@ -32,6 +32,8 @@ pub struct SegmentInfo {
     pub kind: SegmentKind,
     /// Definition, for dynamic segments.
     pub rule: Option<Rule>,
+    /// Disabled segments refuse queries, also through references.
+    pub enabled: bool,
 }
 
 /// The workspace a definition is checked against.
@@ -52,6 +54,9 @@ pub struct Checked {
     pub pred: Pred,
     /// Segments referenced directly, by id.
     pub refs: Vec<i64>,
+    /// Every segment the definition reads, directly or through other
+    /// segments' definitions, by id.
+    pub uses: Vec<i64>,
 }
 
 /// Checks and resolves `rule`.
@@ -63,6 +68,7 @@ pub fn check(rule: &Rule, cat: &Catalog<'_>) -> Result<Checked, Vec<Violation>> 
         cat,
         v: Violations::new(),
         refs: BTreeSet::new(),
+        uses: BTreeSet::new(),
         stack: cat.current.into_iter().collect(),
         nodes: 0,
     };
@@ -77,8 +83,9 @@ pub fn check(rule: &Rule, cat: &Catalog<'_>) -> Result<Checked, Vec<Violation>> 
         );
     }
     let refs = c.refs.into_iter().collect();
+    let uses = c.uses.into_iter().collect();
     match pred {
-        Some(pred) if c.v.is_empty() => Ok(Checked { pred, refs }),
+        Some(pred) if c.v.is_empty() => Ok(Checked { pred, refs, uses }),
         _ => Err(c.v.into_vec()),
     }
 }
@@ -119,6 +126,7 @@ struct Checker<'a> {
     cat: &'a Catalog<'a>,
     v: Violations,
     refs: BTreeSet<i64>,
+    uses: BTreeSet<i64>,
     stack: Vec<i64>,
     nodes: usize,
 }
@@ -146,7 +154,7 @@ impl Checker<'_> {
                 let preds: Vec<Option<Pred>> = items
                     .iter()
                     .enumerate()
-                    .map(|(i, x)| self.rule(x, &join_path(path, &format!("{name}[{i}]"))))
+                    .map(|(i, x)| self.rule(x, &join_path(path, &format!("{name}.rules[{i}]"))))
                     .collect();
                 let preds: Option<Vec<Pred>> = preds.into_iter().collect();
                 preds.map(|p| {
@@ -662,6 +670,7 @@ impl Checker<'_> {
             );
         }
         self.refs.insert(seg.id);
+        self.uses.insert(seg.id);
         match (seg.kind, &seg.rule) {
             (SegmentKind::Dynamic, Some(rule)) => {
                 if self.stack.len() >= MAX_REF_DEPTH {
@@ -675,11 +684,13 @@ impl Checker<'_> {
                     cat: self.cat,
                     v: Violations::new(),
                     refs: BTreeSet::new(),
+                    uses: BTreeSet::new(),
                     stack: self.stack.clone(),
                     nodes: self.nodes,
                 };
                 let pred = inner.rule(rule, "");
                 self.nodes = inner.nodes;
+                self.uses.extend(inner.uses);
                 self.stack.pop();
                 let problems = inner.v.into_vec();
                 if let Some(p) = problems.first() {
@@ -908,11 +919,11 @@ mod tests {
         assert_eq!(
             f,
             vec![
-                "all[0].field.field",
-                "all[1].field.values[0]",
-                "all[2].set.values[0]",
-                "all[3].event.window",
-                "all[4].field.values[0]"
+                "all.rules[0].field.field",
+                "all.rules[1].field.values[0]",
+                "all.rules[2].set.values[0]",
+                "all.rules[3].event.window",
+                "all.rules[4].field.values[0]"
             ]
         );
         let f = fields(run("birth_date WITHIN_LAST 5h", &[], None));
@@ -927,8 +938,8 @@ mod tests {
         assert_eq!(
             f,
             vec![
-                "any[0].event.aggregate.field",
-                "any[1].deal.filters[0].field"
+                "any.rules[0].event.aggregate.field",
+                "any.rules[1].deal.filters[0].field"
             ]
         );
         let f = fields(run("age IN (1.5)", &[], None));
@@ -942,18 +953,21 @@ mod tests {
             name: "a".into(),
             kind: SegmentKind::Dynamic,
             rule: Some(parse("segment(2)").unwrap()),
+            enabled: true,
         };
         let b = SegmentInfo {
             id: 2,
             name: "b".into(),
             kind: SegmentKind::Dynamic,
             rule: Some(parse("label:lead").unwrap()),
+            enabled: true,
         };
         let s = SegmentInfo {
             id: 3,
             name: "s".into(),
             kind: SegmentKind::Static,
             rule: None,
+            enabled: true,
         };
         let segs = [a, b, s];
         let c = run(r#"segment("a") AND segment(3)"#, &segs, None).unwrap();

@@ -106,7 +106,7 @@ fn walk(
                 .iter()
                 .zip(ps)
                 .enumerate()
-                .map(|(i, (r, p))| walk(r, p, &join(format!("{name}[{i}]")), d, now, out))
+                .map(|(i, (r, p))| walk(r, p, &join(format!("{name}.rules[{i}]")), d, now, out))
                 .collect();
             if all {
                 held.iter().all(|h| *h)

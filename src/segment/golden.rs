@@ -39,12 +39,14 @@ pub(crate) fn compile(src: &str) -> (String, Vec<Param>) {
             name: "engaged".into(),
             kind: SegmentKind::Dynamic,
             rule: Some(parse("tags:vip").unwrap()),
+            enabled: true,
         },
         SegmentInfo {
             id: 41,
             name: "vip list".into(),
             kind: SegmentKind::Static,
             rule: None,
+            enabled: true,
         },
     ];
     let checked = check(

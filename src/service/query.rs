@@ -8,12 +8,11 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use tokio_postgres::GenericClient;
 
-use super::segments::{self as segs, CompiledTarget, Target, validate};
+use super::segments::{self as segs, CompiledTarget, Definitions, Target, saved_definition};
 use crate::db;
 use crate::error::{Error, Result, Violation};
 use crate::model::WorkspaceId;
 use crate::model::contact::{Contact, ContactKey};
-use crate::segment::ast::SegmentRef;
 use crate::segment::eval::{ContactData, NodeResult, explain};
 use crate::segment::lower::{Compiled, Param, lower_columns, typed};
 
@@ -201,7 +200,7 @@ pub async fn compile_guarded(
     max_cost: f64,
     allow_expensive: bool,
 ) -> Result<CompiledTarget> {
-    let t = segs::compile(client, ws, target, now, true, "selector.definition").await?;
+    let t = segs::compile(client, ws, target, now, true).await?;
     if matches!(target, Target::Inline(_)) && !allow_expensive {
         let e = segs::explain(client, &t.compiled, false).await?;
         if e.cost > max_cost {
@@ -317,25 +316,26 @@ pub async fn check_membership(
             Some(_) => {}
         }
     }
-    let chosen: Vec<_> = all
-        .iter()
-        .filter(|s| {
-            if only.is_empty() {
-                s.enabled
-            } else {
-                only.contains(&s.id)
-            }
-        })
-        .collect();
-    let mut checked = Vec::with_capacity(chosen.len());
-    for s in &chosen {
-        let rule = s
-            .rule
-            .clone()
-            .unwrap_or(crate::segment::ast::Rule::Segment(SegmentRef::Id(s.id)));
-        checked.push((rule.clone(), validate(client, ws, &rule, None, "").await?));
+    let catalog = Definitions::load(client, ws).await?;
+    let mut chosen = Vec::new();
+    let mut checked = Vec::new();
+    for s in &all {
+        let listed = only.contains(&s.id);
+        if !(listed || only.is_empty() && s.enabled) {
+            continue;
+        }
+        let v = catalog.validate(&saved_definition(s), None)?;
+        // A listed segment that reads a disabled one is refused like a
+        // disabled one; the sweep over every segment leaves it out.
+        if listed {
+            v.require_enabled()?;
+        } else if !v.disabled.is_empty() {
+            continue;
+        }
+        chosen.push(s);
+        checked.push(v);
     }
-    let preds: Vec<_> = checked.iter().map(|(_, v)| &v.checked.pred).collect();
+    let preds: Vec<_> = checked.iter().map(|v| &v.checked.pred).collect();
     let mut cols = lower_columns(&preds, ws, now);
     let id = cols.bind(Param::Int8(contact.id));
     let answers: Vec<bool> = if cols.conds.is_empty() {
@@ -356,7 +356,7 @@ pub async fn check_membership(
         let (events, deals, member_of) = contact_data(client, ws, contact.id).await?;
         let trees: Vec<_> = checked
             .iter()
-            .map(|(_, v)| (v.display.clone(), v.checked.pred.clone()))
+            .map(|v| (v.display.clone(), v.checked.pred.clone()))
             .collect();
         let contact = contact.clone();
         // The reference evaluator is CPU-bound (events × segments); it runs
@@ -591,6 +591,7 @@ pub async fn overlap(
     now: DateTime<Utc>,
 ) -> Result<Overlaps> {
     let all = db::segments::all(client, ws).await?;
+    let catalog = Definitions::load(client, ws).await?;
     let mut checked = Vec::new();
     for id in ids {
         let s = all
@@ -603,11 +604,9 @@ pub async fn overlap(
                 s.name
             )));
         }
-        let rule = s
-            .rule
-            .clone()
-            .unwrap_or(crate::segment::ast::Rule::Segment(SegmentRef::Id(s.id)));
-        checked.push(validate(client, ws, &rule, None, "").await?);
+        let v = catalog.validate(&saved_definition(s), None)?;
+        v.require_enabled()?;
+        checked.push(v);
     }
     let preds: Vec<_> = checked.iter().map(|v| &v.checked.pred).collect();
     let cols = lower_columns(&preds, ws, now);

@@ -6,7 +6,7 @@ use tokio_postgres::GenericClient;
 use crate::db;
 use crate::error::{Error, Result, Violation};
 use crate::model::WorkspaceId;
-use crate::model::segment::{Segment, SegmentKind};
+use crate::model::segment::{Definition, Segment, SegmentKind};
 use crate::segment::ast::{Rule, SegmentRef};
 use crate::segment::check::{Catalog, Checked, SegmentInfo, check, refs_to_ids, refs_to_names};
 use crate::segment::lower::{Compiled, lower};
@@ -20,6 +20,7 @@ pub fn infos(segments: &[Segment]) -> Vec<SegmentInfo> {
             name: s.name.clone(),
             kind: s.kind,
             rule: s.rule.clone(),
+            enabled: s.enabled,
         })
         .collect()
 }
@@ -33,36 +34,86 @@ pub struct Validated {
     pub display: Rule,
     /// The checked predicate and direct references.
     pub checked: Checked,
+    /// Names of the disabled segments the definition reads.
+    pub disabled: Vec<String>,
 }
 
-/// Checks `rule` against workspace `ws`. `current` is the segment being
-/// saved, whose own id closes reference cycles.
+impl Validated {
+    /// Refuses a definition that reads a disabled segment, naming it.
+    ///
+    /// # Errors
+    /// `FailedPrecondition` naming the first disabled segment read.
+    pub fn require_enabled(&self) -> Result<()> {
+        match self.disabled.first() {
+            Some(name) => Err(Error::FailedPrecondition(format!(
+                "the definition reads segment {name:?}, which is disabled; enable it with UpdateSegment to query it"
+            ))),
+            None => Ok(()),
+        }
+    }
+}
+
+/// What definitions are checked against: a workspace's custom fields,
+/// labels and segments, loaded once for any number of checks.
+#[derive(Debug, Clone)]
+pub struct Definitions {
+    schema: crate::model::schema::Schema,
+    segments: Vec<SegmentInfo>,
+}
+
+impl Definitions {
+    /// Loads workspace `ws`'s catalog.
+    ///
+    /// # Errors
+    /// The database is unavailable.
+    pub async fn load(client: &impl GenericClient, ws: WorkspaceId) -> Result<Self> {
+        Ok(Self {
+            schema: db::definitions::schema(client, ws).await?,
+            segments: infos(&db::segments::all(client, ws).await?),
+        })
+    }
+
+    /// Checks `def`. `current` is the segment being saved, whose own id
+    /// closes reference cycles.
+    ///
+    /// # Errors
+    /// As [`Definition::problems`]: field violations for a definition from
+    /// the request, a failed precondition for a saved one.
+    pub fn validate(&self, def: &Definition, current: Option<i64>) -> Result<Validated> {
+        let catalog = Catalog {
+            schema: &self.schema,
+            segments: &self.segments,
+            current,
+        };
+        let checked = check(&def.rule, &catalog).map_err(|v| def.problems(v))?;
+        let rule = refs_to_ids(&def.rule, &self.segments);
+        let display = refs_to_names(&rule, &self.segments);
+        let disabled = self
+            .segments
+            .iter()
+            .filter(|s| !s.enabled && checked.uses.contains(&s.id))
+            .map(|s| s.name.clone())
+            .collect();
+        Ok(Validated {
+            rule,
+            display,
+            checked,
+            disabled,
+        })
+    }
+}
+
+/// Checks `def` against workspace `ws`; see [`Definitions::validate`].
 ///
 /// # Errors
-/// `InvalidArgument` with a path for each problem, relative to `prefix`.
+/// As [`Definitions::validate`]; the database is unavailable.
 pub async fn validate(
     client: &impl GenericClient,
     ws: WorkspaceId,
-    rule: &Rule,
+    def: &Definition,
     current: Option<i64>,
-    prefix: &str,
 ) -> Result<Validated> {
-    let schema = db::definitions::schema(client, ws).await?;
-    let segments = infos(&db::segments::all(client, ws).await?);
-    let catalog = Catalog {
-        schema: &schema,
-        segments: &segments,
-        current,
-    };
-    let checked = check(rule, &catalog)
-        .map_err(|v| Error::InvalidArgument(v.into_iter().map(|x| x.under(prefix)).collect()))?;
-    let rule = refs_to_ids(rule, &segments);
-    let display = refs_to_names(&rule, &segments);
-    Ok(Validated {
-        rule,
-        display,
-        checked,
-    })
+    Definitions::load(client, ws).await?.validate(def, current)
 }
 
 /// What to compile: a saved segment or an inline definition.
@@ -71,7 +122,7 @@ pub enum Target {
     /// A saved segment.
     Saved(SegmentRef),
     /// An unsaved definition.
-    Inline(Rule),
+    Inline(Definition),
 }
 
 /// A compiled target.
@@ -87,23 +138,22 @@ pub struct CompiledTarget {
     pub display: Rule,
 }
 
-/// Compiles a target at `now`. Saved segments must be enabled when
-/// `require_enabled` is set; static and snapshot segments compile to their
-/// stored member list.
+/// Compiles a target at `now`. With `require_enabled` (queries), the
+/// target and every segment it reads must be enabled; static and snapshot
+/// segments compile to their stored member list.
 ///
 /// # Errors
-/// `NotFound`, `FailedPrecondition` for a disabled segment, `InvalidArgument`
-/// for a bad inline definition (paths under `prefix`).
+/// `NotFound`, `FailedPrecondition` for a disabled segment (named, also when
+/// only referred to), `InvalidArgument` for a bad inline definition.
 pub async fn compile(
     client: &impl GenericClient,
     ws: WorkspaceId,
     target: &Target,
     now: DateTime<Utc>,
     require_enabled: bool,
-    prefix: &str,
 ) -> Result<CompiledTarget> {
-    let (rule, segment) = match target {
-        Target::Inline(rule) => (rule.clone(), None),
+    let (def, segment) = match target {
+        Target::Inline(def) => (def.clone(), None),
         Target::Saved(r) => {
             let s = db::segments::get(client, ws, r).await?;
             if require_enabled && !s.enabled {
@@ -112,14 +162,13 @@ pub async fn compile(
                     s.name
                 )));
             }
-            let rule = s
-                .rule
-                .clone()
-                .unwrap_or(Rule::Segment(SegmentRef::Id(s.id)));
-            (rule, Some(s))
+            (saved_definition(&s), Some(s))
         }
     };
-    let v = validate(client, ws, &rule, None, prefix).await?;
+    let v = validate(client, ws, &def, None).await?;
+    if require_enabled {
+        v.require_enabled()?;
+    }
     let compiled = lower(&v.checked.pred, ws, now);
     Ok(CompiledTarget {
         compiled,
@@ -127,6 +176,16 @@ pub async fn compile(
         segment,
         display: v.display,
     })
+}
+
+/// A saved segment as a definition: its rule, or for static and snapshot
+/// segments, membership of its list.
+pub fn saved_definition(s: &Segment) -> Definition {
+    let rule = s
+        .rule
+        .clone()
+        .unwrap_or(Rule::Segment(SegmentRef::Id(s.id)));
+    Definition::saved(rule, &s.name)
 }
 
 /// What a segment create or update asks for.
@@ -139,7 +198,7 @@ pub struct Changes {
     /// New enabled flag.
     pub enabled: Option<bool>,
     /// New definition.
-    pub rule: Option<Rule>,
+    pub rule: Option<Definition>,
 }
 
 async fn lock_definitions(client: &impl GenericClient, ws: WorkspaceId) -> Result<()> {
@@ -171,8 +230,8 @@ pub async fn create(
         .name
         .ok_or_else(|| Error::invalid("segment.name", "required"))?;
     let (rule, refs) = match (kind, c.rule) {
-        (SegmentKind::Dynamic, Some(rule)) => {
-            let v = validate(&tx, ws, &rule, None, "segment.definition").await?;
+        (SegmentKind::Dynamic, Some(def)) => {
+            let v = validate(&tx, ws, &def, None).await?;
             (Some(v.rule), v.checked.refs)
         }
         (SegmentKind::Dynamic, None) => {
@@ -238,14 +297,14 @@ pub async fn update(
             s.name
         )));
     }
-    if let Some(rule) = c.rule {
+    if let Some(def) = c.rule {
         if s.kind != SegmentKind::Dynamic {
             return Err(Error::FailedPrecondition(format!(
                 "segment {:?} is {} and has no definition",
                 s.name, s.kind
             )));
         }
-        let v = validate(&tx, ws, &rule, Some(id), "segment.definition").await?;
+        let v = validate(&tx, ws, &def, Some(id)).await?;
         s.rule = Some(v.rule);
         s.refs = v.checked.refs;
     }
@@ -281,7 +340,7 @@ pub async fn snapshot(
         .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
         .start()
         .await?;
-    let t = compile(&tx, ws, &Target::Saved(source.clone()), now, true, "source").await?;
+    let t = compile(&tx, ws, &Target::Saved(source.clone()), now, true).await?;
     let src = t.segment.as_ref().expect("saved target");
     let s = Segment {
         id: 0,

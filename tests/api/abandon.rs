@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use segd::proto as pb;
 use tonic::Code;
 
-use crate::helpers::{TestApp, filter, inline, named, req};
+use crate::helpers::{TestApp, create_segment, inline, named, req};
 
 /// Pool sessions of this test's database waiting for a lock.
 async fn waiting_on_locks(app: &TestApp) -> i64 {
@@ -93,21 +93,8 @@ async fn abandoned_calls_cancel_their_queries() {
 async fn segment_calls_need_one_connection() {
     let app = TestApp::with().pool_size(1).spawn().await;
     let mut s = app.segments().await;
-    let created = s
-        .create_segment(req(
-            "w",
-            pb::CreateSegmentRequest {
-                segment: Some(pb::Segment {
-                    name: "us".into(),
-                    definition: filter("country = \"US\""),
-                    ..Default::default()
-                }),
-            },
-        ))
+    let created = create_segment(&mut s, "w", "us", "country = \"US\"")
         .await
-        .unwrap()
-        .into_inner()
-        .segment
         .unwrap();
     let reference = |id| {
         Some(pb::SegmentReference {
@@ -171,22 +158,18 @@ async fn explaining_memberships_does_not_hold_up_other_calls() {
         .unwrap();
     let mut s = app.segments().await;
     for i in 0..40 {
-        s.create_segment(req(
+        create_segment(
+            &mut s,
             "w",
-            pb::CreateSegmentRequest {
-                segment: Some(pb::Segment {
-                    name: format!("viewers {i}"),
-                    definition: filter(&format!(
-                        "(event(view, last {}d, properties.url = \"/p/{i}\").count >= 3 \
+            &format!("viewers {i}"),
+            &format!(
+                "(event(view, last {}d, properties.url = \"/p/{i}\").count >= 3 \
                           OR event(view, properties.url IN (\"/p/1\", \"/p/2\")).sum(value) > {i}) \
                          AND NOT (event(view).distinct(properties.url) > 100 \
                           OR event(view, properties.url STARTS_WITH \"/p/4\").avg(value) < {i})",
-                        i + 1
-                    )),
-                    ..Default::default()
-                }),
-            },
-        ))
+                i + 1
+            ),
+        )
         .await
         .unwrap();
     }

@@ -428,3 +428,23 @@ pub fn named(name: &str) -> Option<segd::proto::SegmentSelector> {
         )),
     })
 }
+
+/// Saves a dynamic segment from its text definition.
+pub async fn create_segment(
+    c: &mut segd::proto::segment_service_client::SegmentServiceClient<Channel>,
+    ws: &str,
+    name: &str,
+    text: &str,
+) -> Result<segd::proto::Segment, tonic::Status> {
+    let s = segd::proto::Segment {
+        name: name.into(),
+        definition: filter(text),
+        ..Default::default()
+    };
+    c.create_segment(req(
+        ws,
+        segd::proto::CreateSegmentRequest { segment: Some(s) },
+    ))
+    .await
+    .map(|r| r.into_inner().segment.unwrap())
+}

@@ -3,25 +3,9 @@
 use segd::proto::{self as pb, segment_service_client::SegmentServiceClient};
 use tonic::{Code, transport::Channel};
 
-use crate::helpers::{TestApp, filter, req, violations};
+use crate::helpers::{TestApp, create_segment as create, filter, req, violations};
 
 type Client = SegmentServiceClient<Channel>;
-
-async fn create(
-    c: &mut Client,
-    ws: &str,
-    name: &str,
-    text: &str,
-) -> Result<pb::Segment, tonic::Status> {
-    let s = pb::Segment {
-        name: name.into(),
-        definition: filter(text),
-        ..Default::default()
-    };
-    c.create_segment(req(ws, pb::CreateSegmentRequest { segment: Some(s) }))
-        .await
-        .map(|r| r.into_inner().segment.unwrap())
-}
 
 async fn redefine(
     c: &mut Client,
@@ -221,12 +205,70 @@ async fn bad_definitions_name_their_paths() {
     .await
     .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
+    // Text: the filter is the field; the description says where in the tree.
     assert_eq!(
         violations(&err),
-        vec![
-            "segment.definition.all[1].field.field",
-            "segment.definition.all[2].field.values[0]"
-        ]
+        vec!["segment.definition.filter", "segment.definition.filter"]
+    );
+    assert!(
+        err.message().contains("all.rules[1].field.field")
+            && err.message().contains("all.rules[2].field.values[0]"),
+        "{}",
+        err.message()
+    );
+    // A tree: the converter's and the checker's problems name proto fields
+    // the same way, under `rule`.
+    let field = |name: &str, op: pb::Operator, values: Vec<pb::Value>| pb::Rule {
+        kind: Some(pb::rule::Kind::Field(pb::FieldCondition {
+            field: name.into(),
+            op: op as i32,
+            values,
+            relative: None,
+        })),
+    };
+    let text = |t: &str| pb::Value {
+        kind: Some(pb::value::Kind::StringValue(t.into())),
+    };
+    let tree = |rules: Vec<pb::Rule>| {
+        Some(pb::Definition {
+            kind: Some(pb::definition::Kind::Rule(pb::Rule {
+                kind: Some(pb::rule::Kind::All(pb::RuleList { rules })),
+            })),
+        })
+    };
+    let save = |definition| {
+        req(
+            "w",
+            pb::CreateSegmentRequest {
+                segment: Some(pb::Segment {
+                    name: "tree".into(),
+                    definition,
+                    ..Default::default()
+                }),
+            },
+        )
+    };
+    let err = c
+        .create_segment(save(tree(vec![
+            field("country", pb::Operator::Eq, vec![text("US")]),
+            field("country", pb::Operator::Unspecified, vec![text("US")]),
+        ])))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        violations(&err),
+        vec!["segment.definition.rule.all.rules[1].field.op"]
+    );
+    let err = c
+        .create_segment(save(tree(vec![
+            field("country", pb::Operator::Eq, vec![text("US")]),
+            field("colour", pb::Operator::Eq, vec![text("red")]),
+        ])))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        violations(&err),
+        vec!["segment.definition.rule.all.rules[1].field.field"]
     );
     let err = create(&mut c, "w", "bad", "label:lead AND\n  (country = ")
         .await
@@ -246,7 +288,8 @@ async fn bad_definitions_name_their_paths() {
         ))
         .await
         .unwrap_err();
-    assert_eq!(violations(&err), vec!["definition.event.window"]);
+    assert_eq!(violations(&err), vec!["definition.filter"]);
+    assert!(err.message().contains("event.window"), "{}", err.message());
     let err = c
         .create_segment(req(
             "w",

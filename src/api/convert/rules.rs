@@ -1,6 +1,7 @@
 //! Rule trees and definitions: proto ↔ AST. Only structure is checked here
 //! (every oneof set, enums known, values well-formed); meaning is checked by
-//! `segment::check`. Paths follow the checker's: `all[2].event.window`.
+//! `segment::check`. Violation paths are proto field names, as the checker's:
+//! `all.rules[2].event.window`.
 
 use chrono::NaiveDate;
 
@@ -8,17 +9,25 @@ use super::contact::{sub_channel, sub_channel_from, sub_status, sub_status_from}
 use super::{from_ts, ts};
 use crate::error::{Violation, Violations, join_path};
 use crate::model::contact::{Channel, SubscriptionStatus};
+use crate::model::segment::Definition;
 use crate::proto as pb;
 use crate::segment::ast::*;
 use crate::segment::check::MAX_NODES;
 use crate::segment::parse::{MAX_DEPTH, parse};
 
-/// A definition (rule or text) as an AST.
+/// A definition (rule or text) as an AST, remembering where it sits in the
+/// request (`prefix`) for problems found later.
 ///
 /// # Errors
 /// Violations under `prefix.rule…` or `prefix.filter` (a syntax error, with
 /// its line and column).
-pub fn definition(d: Option<&pb::Definition>, prefix: &str) -> Result<Rule, Vec<Violation>> {
+pub fn definition(d: Option<&pb::Definition>, prefix: &str) -> Result<Definition, Vec<Violation>> {
+    use pb::definition::Kind;
+    let text = matches!(d.and_then(|d| d.kind.as_ref()), Some(Kind::Filter(_)));
+    rule(d, prefix).map(|r| Definition::request(r, prefix, text))
+}
+
+fn rule(d: Option<&pb::Definition>, prefix: &str) -> Result<Rule, Vec<Violation>> {
     use pb::definition::Kind;
     match d.and_then(|d| d.kind.as_ref()) {
         None => Err(vec![Violation::new(prefix, "set rule or filter")]),
@@ -81,14 +90,14 @@ fn from_proto(r: &pb::Rule, path: &str, depth: u32, v: &mut Violations) -> Rule 
             l.rules
                 .iter()
                 .enumerate()
-                .map(|(i, x)| from_proto(x, &at(&format!("all[{i}]")), depth + 1, v))
+                .map(|(i, x)| from_proto(x, &at(&format!("all.rules[{i}]")), depth + 1, v))
                 .collect(),
         ),
         Some(Kind::Any(l)) => Rule::Any(
             l.rules
                 .iter()
                 .enumerate()
-                .map(|(i, x)| from_proto(x, &at(&format!("any[{i}]")), depth + 1, v))
+                .map(|(i, x)| from_proto(x, &at(&format!("any.rules[{i}]")), depth + 1, v))
                 .collect(),
         ),
         Some(Kind::Not(x)) => Rule::Not(Box::new(from_proto(x, &at("not"), depth + 1, v))),
@@ -464,7 +473,7 @@ mod tests {
         let d = pb::Definition {
             kind: Some(pb::definition::Kind::Rule(to_proto(&ast))),
         };
-        assert_eq!(definition(Some(&d), "d").unwrap(), ast);
+        assert_eq!(definition(Some(&d), "d").unwrap().rule, ast);
     }
 
     #[test]
@@ -509,9 +518,9 @@ mod tests {
         assert_eq!(
             fields,
             vec![
-                "definition.rule.all[0]",
-                "definition.rule.all[1].field.op",
-                "definition.rule.all[1].field.values[0]"
+                "definition.rule.all.rules[0]",
+                "definition.rule.all.rules[1].field.op",
+                "definition.rule.all.rules[1].field.values[0]"
             ]
         );
         let t = pb::Definition {
