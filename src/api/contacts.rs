@@ -5,17 +5,11 @@ use tonic::{Request, Response, Status, Streaming};
 use super::AppState;
 use super::convert::{activity, contact as cc, page_size};
 use super::error::{checked, invalid};
+use super::imports::{Acks, ContactImport, DealImport, EventRecording, acknowledged};
 use crate::db;
-use crate::db::import::RowResult;
 use crate::error::Violation;
-use crate::model::contact::Contact;
 use crate::proto::{self as pb, contact_service_server::ContactService};
 
-/// Most rows in one import or event batch (request message).
-pub const MAX_BATCH_ROWS: usize = 10_000;
-/// Most rows in one import or event call, so the per-row response stays
-/// under the 4 MB default message limit of gRPC clients.
-pub const MAX_CALL_ROWS: usize = 200_000;
 /// Most duplicates in one merge.
 const MAX_MERGE: usize = 100;
 
@@ -30,21 +24,6 @@ impl Contacts {
     pub fn new(state: AppState) -> Self {
         Self { state }
     }
-}
-
-fn too_many(field: &str, max: usize, batch: usize) -> Status {
-    invalid(vec![Violation::new(
-        field,
-        format!("at most {max} rows; batches before {batch} were applied"),
-    )])
-}
-
-fn row_error(v: Vec<Violation>) -> (String, String) {
-    let first = v
-        .into_iter()
-        .next()
-        .unwrap_or_else(|| Violation::new("", "invalid"));
-    (first.field, first.description)
 }
 
 #[tonic::async_trait]
@@ -152,92 +131,49 @@ impl ContactService for Contacts {
         }))
     }
 
+    type BatchUpsertContactsStream = Acks<pb::BatchUpsertContactsResponse>;
+
     async fn batch_upsert_contacts(
         &self,
         req: Request<Streaming<pb::BatchUpsertContactsRequest>>,
-    ) -> Result<Response<pb::BatchUpsertContactsResponse>, Status> {
+    ) -> Result<Response<Self::BatchUpsertContactsStream>, Status> {
         let ws = self.state.workspace(&req).await?;
-        let mut stream = req.into_inner();
-        let mut client = self.state.conn().await?;
-        let mut out = pb::BatchUpsertContactsResponse::default();
-        let (mut batch, mut total) = (0usize, 0usize);
-        let mut next = next_import_batch(&mut stream, batch, &mut total).await?;
-        while let Some((rows, failures)) = next {
-            // Decode and validate the next batch while PostgreSQL applies this one.
-            let (applied, following) = tokio::join!(
-                db::import::upsert_batch(&mut client, ws, &rows),
-                next_import_batch(&mut stream, batch + 1, &mut total)
-            );
-            let mut results = applied?;
-            results.extend(failures);
-            results.sort_by_key(|(i, _)| *i);
-            for (i, r) in results {
-                let row = import_row(&mut out, batch, i, r);
-                out.results.push(row);
-            }
-            batch += 1;
-            next = following?;
-        }
-        Ok(Response::new(out))
+        Ok(Response::new(acknowledged(
+            ContactImport::default(),
+            req.into_inner(),
+            self.state.pool.clone(),
+            ws,
+        )))
     }
+
+    type RecordEventsStream = Acks<pb::RecordEventsResponse>;
 
     async fn record_events(
         &self,
         req: Request<Streaming<pb::RecordEventsRequest>>,
-    ) -> Result<Response<pb::RecordEventsResponse>, Status> {
-        use db::events::EventResult;
+    ) -> Result<Response<Self::RecordEventsStream>, Status> {
         let ws = self.state.workspace(&req).await?;
-        let mut stream = req.into_inner();
-        let mut client = self.state.conn().await?;
-        let mut out = pb::RecordEventsResponse::default();
-        let (mut batch, mut total) = (0usize, 0usize);
-        while let Some(msg) = stream.message().await? {
-            total += msg.events.len();
-            if msg.events.len() > MAX_BATCH_ROWS {
-                return Err(too_many("events", MAX_BATCH_ROWS, batch));
-            }
-            if total > MAX_CALL_ROWS {
-                return Err(too_many("events", MAX_CALL_ROWS, batch));
-            }
-            let mut rows = Vec::with_capacity(msg.events.len());
-            let mut results = Vec::new();
-            for (i, p) in msg.events.iter().enumerate() {
-                match activity::event_from_proto(p) {
-                    Ok(e) => rows.push((i, e)),
-                    Err(v) => {
-                        let (field, error) = row_error(v);
-                        results.push((i, EventResult::Failed { field, error }));
-                    }
-                }
-            }
-            results.extend(db::events::record_batch(&mut client, ws, &rows).await?);
-            results.sort_by_key(|(i, _)| *i);
-            for (i, r) in results {
-                let mut row = pb::EventRowResult {
-                    batch_index: batch as i32,
-                    row_index: i as i32,
-                    ..Default::default()
-                };
-                row.outcome = match r {
-                    EventResult::Recorded => {
-                        out.recorded += 1;
-                        pb::EventOutcome::Recorded
-                    }
-                    EventResult::Duplicate => {
-                        out.duplicates += 1;
-                        pb::EventOutcome::Duplicate
-                    }
-                    EventResult::Failed { field, error } => {
-                        out.failed += 1;
-                        (row.field, row.error) = (field, error);
-                        pb::EventOutcome::Failed
-                    }
-                } as i32;
-                out.results.push(row);
-            }
-            batch += 1;
-        }
-        Ok(Response::new(out))
+        Ok(Response::new(acknowledged(
+            EventRecording::default(),
+            req.into_inner(),
+            self.state.pool.clone(),
+            ws,
+        )))
+    }
+
+    type BatchUpsertDealsStream = Acks<pb::BatchUpsertDealsResponse>;
+
+    async fn batch_upsert_deals(
+        &self,
+        req: Request<Streaming<pb::BatchUpsertDealsRequest>>,
+    ) -> Result<Response<Self::BatchUpsertDealsStream>, Status> {
+        let ws = self.state.workspace(&req).await?;
+        Ok(Response::new(acknowledged(
+            DealImport::default(),
+            req.into_inner(),
+            self.state.pool.clone(),
+            ws,
+        )))
     }
 
     async fn list_events(
@@ -279,8 +215,8 @@ impl ContactService for Contacts {
             "deal",
             activity::deal_from_proto(&req.into_inner().deal.unwrap_or_default()),
         )?;
-        let client = self.state.conn().await?;
-        let (d, created) = db::deals::upsert(&**client, ws, &deal).await?;
+        let mut client = self.state.conn().await?;
+        let (d, created) = db::deals::upsert(&mut client, ws, &deal).await?;
         Ok(Response::new(pb::UpsertDealResponse {
             deal: Some(activity::deal_to_proto(&d)),
             created,
@@ -410,80 +346,6 @@ impl ContactService for Contacts {
             deals_moved: m.deals_moved as i64,
         }))
     }
-}
-
-type ImportBatch = (Vec<(usize, Contact)>, Vec<(usize, RowResult)>);
-
-/// Reads and validates the next import batch: valid rows, and failures.
-async fn next_import_batch(
-    stream: &mut Streaming<pb::BatchUpsertContactsRequest>,
-    batch: usize,
-    total: &mut usize,
-) -> Result<Option<ImportBatch>, Status> {
-    let Some(msg) = stream.message().await? else {
-        return Ok(None);
-    };
-    *total += msg.contacts.len();
-    if msg.contacts.len() > MAX_BATCH_ROWS {
-        return Err(too_many("contacts", MAX_BATCH_ROWS, batch));
-    }
-    if *total > MAX_CALL_ROWS {
-        return Err(too_many("contacts", MAX_CALL_ROWS, batch));
-    }
-    let mut rows = Vec::with_capacity(msg.contacts.len());
-    let mut failures = Vec::new();
-    for (i, p) in msg.contacts.into_iter().enumerate() {
-        match cc::from_proto(p) {
-            Ok(c) if c.external_id.is_none() && c.email.is_none() => failures.push((
-                i,
-                RowResult::Failed {
-                    field: "external_id".into(),
-                    error: "an imported contact needs an external_id or an email".into(),
-                },
-            )),
-            Ok(c) => rows.push((i, c)),
-            Err(v) => {
-                let (field, error) = row_error(v);
-                failures.push((i, RowResult::Failed { field, error }));
-            }
-        }
-    }
-    Ok(Some((rows, failures)))
-}
-
-/// One import row's result, counted into the totals.
-fn import_row(
-    out: &mut pb::BatchUpsertContactsResponse,
-    batch: usize,
-    i: usize,
-    r: RowResult,
-) -> pb::ContactRowResult {
-    let mut row = pb::ContactRowResult {
-        batch_index: batch as i32,
-        row_index: i as i32,
-        ..Default::default()
-    };
-    let (outcome, id) = match r {
-        RowResult::Created(id) => {
-            out.created += 1;
-            (pb::RowOutcome::Created, id)
-        }
-        RowResult::Updated(id) => {
-            out.updated += 1;
-            (pb::RowOutcome::Updated, id)
-        }
-        RowResult::Unchanged(id) => {
-            out.unchanged += 1;
-            (pb::RowOutcome::Unchanged, id)
-        }
-        RowResult::Failed { field, error } => {
-            out.failed += 1;
-            (row.field, row.error) = (field, error);
-            (pb::RowOutcome::Failed, 0)
-        }
-    };
-    (row.outcome, row.contact_id) = (outcome as i32, id);
-    row
 }
 
 /// Parses an etag (`v<version>`); empty means none.

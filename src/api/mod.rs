@@ -4,6 +4,7 @@
 pub mod contacts;
 pub mod convert;
 pub mod error;
+pub mod imports;
 pub mod query;
 pub mod segments;
 pub mod workspace;

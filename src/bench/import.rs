@@ -29,7 +29,12 @@ pub async fn run(env: &BenchEnv, o: &ImportBench) -> anyhow::Result<()> {
         let mut req = tonic::Request::new(tokio_stream::iter(batches.clone()));
         req.metadata_mut()
             .insert("x-segd-workspace", "bench".parse()?);
-        let resp = client.batch_upsert_contacts(req).await?.into_inner();
+        let mut acks = client.batch_upsert_contacts(req).await?.into_inner();
+        // Each batch is acknowledged; the last acknowledgement has the totals.
+        let mut resp = pb::BatchUpsertContactsResponse::default();
+        while let Some(ack) = acks.message().await? {
+            resp = ack;
+        }
         let secs = start.elapsed().as_secs_f64();
         anyhow::ensure!(resp.failed == 0, "{} rows failed", resp.failed);
         let rate = o.contacts as f64 / secs;

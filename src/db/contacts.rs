@@ -105,7 +105,9 @@ pub(crate) fn rows_param<'a>(
     tokio_postgres::types::Json(rows.to_vec())
 }
 
-pub(crate) static INSERT_SQL: LazyLock<String> = LazyLock::new(|| {
+/// Inserts contacts from a JSON array (`$2`) into workspace `$1`, ending
+/// with `tail` (a RETURNING clause, or ON CONFLICT and RETURNING).
+fn insert_sql(tail: &str) -> String {
     let names: Vec<&str> = COLUMNS.iter().map(|(n, _, _)| *n).collect();
     let values: Vec<String> = names
         .iter()
@@ -122,13 +124,21 @@ pub(crate) static INSERT_SQL: LazyLock<String> = LazyLock::new(|| {
         })
         .collect();
     format!(
-        "INSERT INTO contacts AS c (workspace_id, {}) SELECT $1, {} FROM json_to_recordset($2::json) AS r({}) RETURNING {}",
+        "INSERT INTO contacts AS c (workspace_id, {}) SELECT $1, {} FROM json_to_recordset($2::json) AS r({}) {tail}",
         names.join(", "),
         values.join(", "),
         *RECORD_DEF,
-        *SELECT_COLUMNS
     )
-});
+}
+
+/// Inserts contacts and returns them whole.
+pub(crate) static INSERT_SQL: LazyLock<String> =
+    LazyLock::new(|| insert_sql(&format!("RETURNING {}", *SELECT_COLUMNS)));
+
+/// Inserts contacts whose keys are free, skipping (not failing on) any key
+/// taken meanwhile, and returns the keys of those inserted.
+pub(crate) static IMPORT_INSERT_SQL: LazyLock<String> =
+    LazyLock::new(|| insert_sql("ON CONFLICT DO NOTHING RETURNING c.id, c.external_id, c.email"));
 
 static REPLACE_SQL: LazyLock<String> = LazyLock::new(|| {
     let sets: Vec<String> = COLUMNS
@@ -481,54 +491,4 @@ pub async fn list(
         None
     };
     Ok((contacts, next))
-}
-
-/// Resolves contact keys to ids in one query. The result maps each key to
-/// its id; unknown keys are absent.
-///
-/// # Errors
-/// The database is unavailable.
-pub async fn resolve_keys(
-    client: &impl GenericClient,
-    ws: WorkspaceId,
-    keys: &[&ContactKey],
-) -> Result<std::collections::HashMap<ContactKey, i64>> {
-    let mut ids = Vec::new();
-    let mut exts = Vec::new();
-    let mut emails = Vec::new();
-    for k in keys {
-        match k {
-            ContactKey::Id(i) => ids.push(*i),
-            ContactKey::ExternalId(x) => exts.push(x.as_str()),
-            ContactKey::Email(e) => emails.push(e.as_str()),
-        }
-    }
-    // One lateral index probe per key; OFFSET 0 keeps the subquery from
-    // being flattened into a join the planner might turn into a scan of the
-    // whole workspace when its statistics lag behind an import.
-    let rows = client
-        .query(
-            "SELECT c.* FROM unnest($2::bigint[]) AS k(key) CROSS JOIN LATERAL (
-                 SELECT id, external_id, email FROM contacts WHERE workspace_id = $1 AND id = k.key OFFSET 0) c
-             UNION ALL
-             SELECT c.* FROM unnest($3::text[]) AS k(key) CROSS JOIN LATERAL (
-                 SELECT id, external_id, email FROM contacts WHERE workspace_id = $1 AND external_id = k.key OFFSET 0) c
-             UNION ALL
-             SELECT c.* FROM unnest($4::text[]) AS k(key) CROSS JOIN LATERAL (
-                 SELECT id, external_id, email FROM contacts WHERE workspace_id = $1 AND email = k.key OFFSET 0) c",
-            &[&ws.0, &ids, &exts, &emails],
-        )
-        .await?;
-    let mut out = std::collections::HashMap::new();
-    for r in rows {
-        let id: i64 = r.get(0);
-        out.insert(ContactKey::Id(id), id);
-        if let Some(x) = r.get::<_, Option<String>>(1) {
-            out.insert(ContactKey::ExternalId(x), id);
-        }
-        if let Some(e) = r.get::<_, Option<String>>(2) {
-            out.insert(ContactKey::Email(e), id);
-        }
-    }
-    Ok(out)
 }

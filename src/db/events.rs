@@ -1,11 +1,11 @@
 //! Activity events: idempotent batch recording and per-contact history.
 
-use std::collections::HashSet;
+use std::collections::{BTreeSet, HashSet};
 
 use chrono::{DateTime, Utc};
-use tokio_postgres::{Client, GenericClient};
+use tokio_postgres::GenericClient;
 
-use super::contacts::resolve_keys;
+use super::keys::{self, Lock};
 use crate::error::{Error, Result};
 use crate::model::WorkspaceId;
 use crate::model::contact::ContactKey;
@@ -38,7 +38,8 @@ WITH ins AS (
 ), conv AS (
     UPDATE contacts c SET converted_at = p.first, updated_at = now(), version = c.version + 1
     FROM (SELECT contact_id, min(occurred_at) AS first FROM ins WHERE type = $3 GROUP BY contact_id) p
-    WHERE c.workspace_id = $1 AND c.id = p.contact_id AND (c.converted_at IS NULL OR c.converted_at > p.first)
+    WHERE c.workspace_id = (SELECT $1::bigint) AND c.id = p.contact_id
+      AND (c.converted_at IS NULL OR c.converted_at > p.first)
 )
 SELECT event_key FROM ins WHERE event_key IS NOT NULL";
 
@@ -47,17 +48,43 @@ SELECT event_key FROM ins WHERE event_key IS NOT NULL";
 /// (or repeats an earlier row of the batch) are duplicates. A purchase sets
 /// the contact's `converted_at` if it is unset or later.
 ///
+/// The contacts are resolved and locked (`FOR KEY SHARE`, ascending) before
+/// the insert, so a concurrent merge or delete either finishes first (and
+/// its keys are looked up again) or waits: no batch fails for that race. A
+/// deadlock or serialization failure is retried.
+///
 /// # Errors
 /// Only whole-batch failures (database unavailable).
 #[tracing::instrument(skip_all, fields(ws = ws.0, rows = rows.len()))]
 pub async fn record_batch(
-    client: &mut Client,
+    client: &mut super::Conn,
+    ws: WorkspaceId,
+    rows: &[(usize, NewEvent)],
+) -> Result<Vec<(usize, EventResult)>> {
+    let mut retry = super::Retry::default();
+    loop {
+        match try_record(client, ws, rows).await {
+            Err(e) if retry.again(&e, |e| matches!(e, Error::Aborted(_))).await => {}
+            other => return other,
+        }
+    }
+}
+
+async fn try_record(
+    client: &mut super::Conn,
     ws: WorkspaceId,
     rows: &[(usize, NewEvent)],
 ) -> Result<Vec<(usize, EventResult)>> {
     let tx = client.transaction().await?;
     let keys: Vec<&ContactKey> = rows.iter().map(|(_, e)| &e.contact).collect();
-    let ids = resolve_keys(&tx, ws, &keys).await?;
+    let ids = keys::resolve_locked(&*tx, ws, &keys, Lock::KeyShare).await?;
+    // Conversions change contacts: lock them for that, in id order too.
+    let buyers: BTreeSet<i64> = rows
+        .iter()
+        .filter(|(_, e)| e.event_type == CONVERSION_EVENT)
+        .filter_map(|(_, e)| ids.get(&e.contact).copied())
+        .collect();
+    keys::lock(&*tx, ws, buyers, Lock::NoKeyUpdate).await?;
     let mut out = Vec::with_capacity(rows.len());
     let mut json = Vec::with_capacity(rows.len());
     let mut keyed: Vec<(usize, &str)> = Vec::new();
@@ -130,8 +157,8 @@ pub async fn list(
     after: Option<(DateTime<Utc>, i64)>,
     limit: i64,
 ) -> Result<Vec<StoredEvent>> {
-    let ids = resolve_keys(client, ws, &[contact]).await?;
-    let id = *ids
+    let found = keys::probe(client, ws, &[contact]).await?;
+    let id = *keys::by_key(&found)
         .get(contact)
         .ok_or_else(|| Error::NotFound(contact.to_string()))?;
     let (at, after_id) = after.unwrap_or((DateTime::<Utc>::MAX_UTC, i64::MAX));

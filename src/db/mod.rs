@@ -7,6 +7,7 @@ pub mod definitions;
 pub mod error;
 pub mod events;
 pub mod import;
+pub mod keys;
 pub mod merge;
 pub mod migrate;
 pub mod segments;
@@ -72,6 +73,42 @@ pub fn session_config(url: &str, statement_timeout: Duration) -> Result<tokio_po
 /// `Unavailable` when no connection can be had.
 pub async fn conn(pool: &Pool) -> Result<Conn> {
     Ok(pool.get().await?)
+}
+
+/// Attempts of a write that lost a race (a deadlock, a serialization
+/// failure, a key taken concurrently) before its error is returned.
+const WRITE_ATTEMPTS: u32 = 6;
+
+/// Retries of a write transaction that lost a race: after a short,
+/// growing, jittered pause, while the error is one a new attempt can fix.
+///
+/// ```text
+/// let mut retry = Retry::default();
+/// loop {
+///     match attempt(client).await {
+///         Err(e) if retry.again(&e, |e| matches!(e, Error::Aborted(_))).await => {}
+///         other => return other,
+///     }
+/// }
+/// ```
+#[derive(Debug, Default)]
+pub struct Retry {
+    tries: u32,
+}
+
+impl Retry {
+    /// Whether to try again after `e` (having paused if so).
+    pub async fn again(&mut self, e: &Error, retryable: fn(&Error) -> bool) -> bool {
+        self.tries += 1;
+        if !retryable(e) || self.tries >= WRITE_ATTEMPTS {
+            return false;
+        }
+        let pause = Duration::from_millis(5 << self.tries)
+            + Duration::from_millis(rand::random_range(0..10));
+        tracing::info!(error = %e, tries = self.tries, ?pause, "write lost a race; retrying");
+        tokio::time::sleep(pause).await;
+        true
+    }
 }
 
 /// How long a cancel request for an abandoned call may take.

@@ -446,7 +446,7 @@ impl TextField {
 }
 
 /// A contact key used to find one contact.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum ContactKey {
     /// By segd id.
     Id(i64),

@@ -44,3 +44,13 @@ pub struct Deal {
     /// Last change (output only).
     pub updated_at: Option<DateTime<Utc>>,
 }
+
+/// A deal to write: its values, and its contact by any key (the deal's
+/// `contact_id` is filled in once the key is resolved).
+#[derive(Debug, Clone, PartialEq)]
+pub struct DealInput {
+    /// The deal's values.
+    pub deal: Deal,
+    /// Its contact.
+    pub contact: super::contact::ContactKey,
+}

@@ -201,8 +201,21 @@ pub fn date(s: &str) -> Result<Option<chrono::NaiveDate>, String> {
         return Ok(None);
     }
     chrono::NaiveDate::parse_from_str(t, "%Y-%m-%d")
-        .map(Some)
         .map_err(|_| format!("`{t}` is not a date as YYYY-MM-DD"))
+        .and_then(date_in_range)
+        .map(Some)
+}
+
+/// A date segd can store and compare everywhere: years 1 to 9999. chrono
+/// reads year 0, which PostgreSQL's date input refuses, so one such value in
+/// a custom field would break every query that reads the field.
+pub fn date_in_range(d: chrono::NaiveDate) -> Result<chrono::NaiveDate, String> {
+    use chrono::Datelike;
+    if (1..=9999).contains(&d.year()) {
+        Ok(d)
+    } else {
+        Err(format!("{d} is out of range; years 1 to 9999"))
+    }
 }
 
 const ISO_COUNTRIES: &str = "AD AE AF AG AI AL AM AO AQ AR AS AT AU AW AX AZ BA BB BD BE BF BG BH BI BJ BL BM BN BO BQ BR BS BT BV BW BY BZ CA CC CD CF CG CH CI CK CL CM CN CO CR CU CV CW CX CY CZ DE DJ DK DM DO DZ EC EE EG EH ER ES ET FI FJ FK FM FO FR GA GB GD GE GF GG GH GI GL GM GN GP GQ GR GS GT GU GW GY HK HM HN HR HT HU ID IE IL IM IN IO IQ IR IS IT JE JM JO JP KE KG KH KI KM KN KP KR KW KY KZ LA LB LC LI LK LR LS LT LU LV LY MA MC MD ME MF MG MH MK ML MM MN MO MP MQ MR MS MT MU MV MW MX MY MZ NA NC NE NF NG NI NL NO NP NR NU NZ OM PA PE PF PG PH PK PL PM PN PR PS PT PW PY QA RE RO RS RU RW SA SB SC SD SE SG SH SI SJ SK SL SM SN SO SR SS ST SV SX SY SZ TC TD TF TG TH TJ TK TL TM TN TO TR TT TV TW TZ UA UG UM US UY UZ VA VC VE VG VI VN VU WF WS YE YT ZA ZM ZW";
@@ -210,6 +223,18 @@ const ISO_COUNTRIES: &str = "AD AE AF AG AI AL AM AO AQ AR AS AT AU AW AX AZ BA 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn dates_stay_within_years_1_to_9999() {
+        assert!(date("2024-02-29").unwrap().is_some());
+        assert!(date("0001-01-01").unwrap().is_some());
+        assert!(
+            date("0000-06-01").is_err(),
+            "year 0 parses in chrono, not in PostgreSQL"
+        );
+        assert!(date("-0001-06-01").is_err());
+        assert!(date("2024-02-30").is_err());
+    }
 
     #[test]
     fn emails_normalise_and_reject() {

@@ -5,6 +5,8 @@
 
 use std::collections::BTreeSet;
 
+use crate::model::validate::date_in_range;
+
 use super::ast::*;
 use super::ir::{self, DealField, EventField, Field, Kind, Lit, Pred, SetTarget, Test};
 use crate::error::{Violation, Violations, join_path};
@@ -832,9 +834,16 @@ fn lit(v: &Value, kind: Kind, norm: Option<Norm>) -> Result<Lit, String> {
         },
         (Kind::Number, Value::Number(n)) if n.is_finite() => Ok(Lit::Num(*n)),
         (Kind::Bool, Value::Bool(b)) => Ok(Lit::Bool(*b)),
-        (Kind::Date, Value::Date(d)) => Ok(Lit::Date(*d)),
-        (Kind::Time, Value::Time(t)) => Ok(Lit::Time(*t)),
-        (Kind::Time, Value::Date(d)) => Ok(Lit::Time(d.and_time(chrono::NaiveTime::MIN).and_utc())),
+        (Kind::Date, Value::Date(d)) => Ok(Lit::Date(date_in_range(*d)?)),
+        (Kind::Time, Value::Time(t)) => {
+            date_in_range(t.date_naive())?;
+            Ok(Lit::Time(*t))
+        }
+        (Kind::Time, Value::Date(d)) => Ok(Lit::Time(
+            date_in_range(*d)?
+                .and_time(chrono::NaiveTime::MIN)
+                .and_utc(),
+        )),
         (kind, _) => Err(format!(
             "expected a {} value",
             match kind {

@@ -5,7 +5,7 @@ use prost_types::{FieldMask, Timestamp};
 use segd::proto::{self as pb, contact_ref::Key, contact_service_client::ContactServiceClient};
 use tonic::{Code, transport::Channel};
 
-use crate::helpers::{TestApp, req, violations};
+use crate::helpers::{TestApp, import_all, record_all, req, violations};
 
 type Client = ContactServiceClient<Channel>;
 
@@ -66,24 +66,11 @@ async fn import(
     ws: &str,
     batches: Vec<Vec<pb::Contact>>,
 ) -> pb::BatchUpsertContactsResponse {
-    let msgs: Vec<_> = batches
-        .into_iter()
-        .map(|contacts| pb::BatchUpsertContactsRequest { contacts })
-        .collect();
-    c.batch_upsert_contacts(req(ws, tokio_stream::iter(msgs)))
-        .await
-        .expect("import")
-        .into_inner()
+    import_all(c, ws, batches).await.expect("import")
 }
 
 async fn record(c: &mut Client, ws: &str, events: Vec<pb::Event>) -> pb::RecordEventsResponse {
-    c.record_events(req(
-        ws,
-        tokio_stream::iter(vec![pb::RecordEventsRequest { events }]),
-    ))
-    .await
-    .expect("record")
-    .into_inner()
+    record_all(c, ws, vec![events]).await.expect("record")
 }
 
 fn event(id: &str, contact: i64, t: &str, at: i64) -> pb::Event {
@@ -649,7 +636,7 @@ async fn a_failing_batch_writes_nothing_of_its_own() {
         .map(|i| contact(&format!("h{i}@x.co")))
         .collect();
     let ok = vec![contact("first@x.co")];
-    let err = c
+    let mut acks = c
         .batch_upsert_contacts(req(
             "w",
             tokio_stream::iter(vec![
@@ -658,8 +645,17 @@ async fn a_failing_batch_writes_nothing_of_its_own() {
             ]),
         ))
         .await
-        .unwrap_err();
+        .unwrap()
+        .into_inner();
+    let first = acks
+        .message()
+        .await
+        .unwrap()
+        .expect("the first batch's ack");
+    assert_eq!((first.batch_index, first.created), (0, 1));
+    let err = acks.message().await.unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
+    assert_eq!(violations(&err), vec!["contacts"]);
     let n: i64 = app
         .db()
         .await
@@ -857,7 +853,7 @@ async fn deals_upsert_by_id_and_external_id() {
         .await
         .unwrap_err();
     let v = violations(&err);
-    for f in ["deal.contact_id", "deal.status", "deal.value"] {
+    for f in ["deal.contact", "deal.status", "deal.value"] {
         assert!(v.contains(&f.to_string()), "{f} in {v:?}");
     }
     for _ in 0..2 {

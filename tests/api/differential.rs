@@ -197,14 +197,9 @@ impl World {
                 p
             })
             .collect();
-        let r = c
-            .batch_upsert_contacts(req(
-                WS,
-                tokio_stream::iter(vec![pb::BatchUpsertContactsRequest { contacts }]),
-            ))
+        let r = crate::helpers::import_all(&mut c, WS, vec![contacts])
             .await
-            .unwrap()
-            .into_inner();
+            .unwrap();
         assert_eq!(r.failed, 0, "{r:?}");
         let ids: Vec<i64> = r.results.iter().map(|x| x.contact_id).collect();
 
@@ -259,14 +254,9 @@ impl World {
                 }
             })
             .collect();
-        let r = c
-            .record_events(req(
-                WS,
-                tokio_stream::iter(vec![pb::RecordEventsRequest { events }]),
-            ))
+        let r = crate::helpers::record_all(&mut c, WS, vec![events])
             .await
-            .unwrap()
-            .into_inner();
+            .unwrap();
         assert_eq!(r.failed, 0);
         for _ in 0..80 {
             let status = 1 + rng.random_range(0..3);

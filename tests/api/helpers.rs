@@ -448,3 +448,62 @@ pub async fn create_segment(
     .await
     .map(|r| r.into_inner().segment.unwrap())
 }
+
+/// Imports contact batches through BatchUpsertContacts and folds the
+/// acknowledgements into one: every row's result, in order, and the final
+/// totals. Each batch must be acknowledged once, in order.
+pub async fn import_all(
+    c: &mut ContactServiceClient<Channel>,
+    ws: &str,
+    batches: Vec<Vec<segd::proto::Contact>>,
+) -> Result<segd::proto::BatchUpsertContactsResponse, tonic::Status> {
+    let msgs: Vec<_> = batches
+        .into_iter()
+        .map(|contacts| segd::proto::BatchUpsertContactsRequest { contacts })
+        .collect();
+    let n = msgs.len();
+    let mut acks = c
+        .batch_upsert_contacts(req(ws, tokio_stream::iter(msgs)))
+        .await?
+        .into_inner();
+    let mut all = segd::proto::BatchUpsertContactsResponse::default();
+    let mut seen = 0;
+    while let Some(ack) = acks.message().await? {
+        assert_eq!(ack.batch_index, seen, "acknowledged in order");
+        seen += 1;
+        let mut results = std::mem::take(&mut all.results);
+        results.extend(ack.results.iter().cloned());
+        all = segd::proto::BatchUpsertContactsResponse { results, ..ack };
+    }
+    assert_eq!(seen as usize, n, "every batch acknowledged");
+    Ok(all)
+}
+
+/// Records event batches through RecordEvents, folding the
+/// acknowledgements like [`import_all`].
+pub async fn record_all(
+    c: &mut ContactServiceClient<Channel>,
+    ws: &str,
+    batches: Vec<Vec<segd::proto::Event>>,
+) -> Result<segd::proto::RecordEventsResponse, tonic::Status> {
+    let msgs: Vec<_> = batches
+        .into_iter()
+        .map(|events| segd::proto::RecordEventsRequest { events })
+        .collect();
+    let n = msgs.len();
+    let mut acks = c
+        .record_events(req(ws, tokio_stream::iter(msgs)))
+        .await?
+        .into_inner();
+    let mut all = segd::proto::RecordEventsResponse::default();
+    let mut seen = 0;
+    while let Some(ack) = acks.message().await? {
+        assert_eq!(ack.batch_index, seen, "acknowledged in order");
+        seen += 1;
+        let mut results = std::mem::take(&mut all.results);
+        results.extend(ack.results.iter().cloned());
+        all = segd::proto::RecordEventsResponse { results, ..ack };
+    }
+    assert_eq!(seen as usize, n, "every batch acknowledged");
+    Ok(all)
+}

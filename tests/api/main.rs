@@ -12,3 +12,4 @@ mod restart;
 mod segments;
 mod server;
 mod streams;
+mod writes;

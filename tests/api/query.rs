@@ -661,11 +661,7 @@ async fn check_membership_explains_each_condition() {
         r#type: "purchase".into(),
         ..Default::default()
     };
-    contacts
-        .record_events(req(
-            "w",
-            tokio_stream::iter(vec![pb::RecordEventsRequest { events: vec![ev] }]),
-        ))
+    crate::helpers::record_all(&mut contacts, "w", vec![vec![ev]])
         .await
         .unwrap();
     let mut seg = app.segments().await;
@@ -798,11 +794,7 @@ async fn breakdowns_and_overlaps_match_hand_counts() {
             ..Default::default()
         })
         .collect();
-    contacts
-        .batch_upsert_contacts(req(
-            "w",
-            tokio_stream::iter(vec![pb::BatchUpsertContactsRequest { contacts: batch }]),
-        ))
+    crate::helpers::import_all(&mut contacts, "w", vec![batch])
         .await
         .unwrap();
     let mut q = app.query().await;

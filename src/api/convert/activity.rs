@@ -5,7 +5,8 @@ use chrono::Utc;
 use super::contact::key_from_proto;
 use super::{from_ts, json_to_struct, opt_ts, struct_to_json, ts};
 use crate::error::{Violation, Violations};
-use crate::model::deal::{Deal, DealStatus};
+use crate::model::contact::ContactKey;
+use crate::model::deal::{Deal, DealInput, DealStatus};
 use crate::model::event::{MAX_PROPERTIES_BYTES, NewEvent, StoredEvent};
 use crate::model::validate;
 use crate::proto as pb;
@@ -61,11 +62,13 @@ pub fn event_from_proto(p: &pb::Event) -> Result<NewEvent, Vec<Violation>> {
         v.add("currency", e);
         None
     });
-    let properties = p
-        .properties
-        .as_ref()
-        .map(struct_to_json)
-        .unwrap_or_default();
+    let properties = match p.properties.as_ref().map(struct_to_json).transpose() {
+        Ok(props) => props.unwrap_or_default(),
+        Err((path, e)) => {
+            v.add(crate::error::join_path("properties", &path), e);
+            Default::default()
+        }
+    };
     if serde_json::to_vec(&properties).map_or(0, |b| b.len()) > MAX_PROPERTIES_BYTES {
         v.add(
             "properties",
@@ -125,21 +128,31 @@ pub fn deal_to_proto(d: &Deal) -> pb::Deal {
         created_at: opt_ts(d.created_at),
         closed_at: opt_ts(d.closed_at),
         updated_at: opt_ts(d.updated_at),
+        contact: None,
     }
 }
 
-/// A proto deal, validated.
+/// A proto deal, validated, with its contact by `contact` or `contact_id`.
 ///
 /// # Errors
 /// Violations relative to the deal.
-pub fn deal_from_proto(p: &pb::Deal) -> Result<Deal, Vec<Violation>> {
+pub fn deal_from_proto(p: &pb::Deal) -> Result<DealInput, Vec<Violation>> {
     let mut v = Violations::new();
     if p.id < 0 {
         v.add("id", "must not be negative");
     }
-    if p.contact_id <= 0 {
-        v.add("contact_id", "required");
-    }
+    let contact = match (&p.contact, p.contact_id) {
+        (Some(r), 0) => v.take("contact", key_from_proto(Some(r))),
+        (None, id) if id > 0 => Some(ContactKey::Id(id)),
+        (Some(_), _) => {
+            v.add("contact", "set contact or contact_id, not both");
+            None
+        }
+        (None, _) => {
+            v.add("contact", "required (or contact_id)");
+            None
+        }
+    };
     let status = DealStatus::ALL
         .iter()
         .copied()
@@ -169,10 +182,10 @@ pub fn deal_from_proto(p: &pb::Deal) -> Result<Deal, Vec<Violation>> {
     };
     let created_at = time("created_at", &p.created_at);
     let closed_at = time("closed_at", &p.closed_at);
-    v.finish(Deal {
+    let deal = Deal {
         id: p.id,
         external_id,
-        contact_id: p.contact_id,
+        contact_id: 0,
         name: name.unwrap_or_default(),
         status: status.unwrap_or(DealStatus::Open),
         stage,
@@ -182,5 +195,9 @@ pub fn deal_from_proto(p: &pb::Deal) -> Result<Deal, Vec<Violation>> {
         created_at,
         closed_at,
         updated_at: None,
-    })
+    };
+    match contact {
+        Some(contact) if v.is_empty() => Ok(DealInput { deal, contact }),
+        _ => Err(v.into_vec()),
+    }
 }

@@ -37,24 +37,55 @@ pub fn from_ts(t: &Timestamp) -> Result<DateTime<Utc>, String> {
     DateTime::from_timestamp(t.seconds, t.nanos as u32).ok_or_else(|| "not a valid time".into())
 }
 
-/// A protobuf `Struct` as a JSON object.
-pub fn struct_to_json(s: &Struct) -> serde_json::Map<String, serde_json::Value> {
+/// A protobuf `Struct` as a JSON object that PostgreSQL's `jsonb` takes:
+/// numbers must be finite (JSON has no NaN or infinity) and text must not
+/// hold NUL characters.
+///
+/// # Errors
+/// The path of the first offending value under the struct (such as `url` or
+/// `items[2].price`), and what is wrong.
+pub fn struct_to_json(
+    s: &Struct,
+) -> Result<serde_json::Map<String, serde_json::Value>, (String, String)> {
     s.fields
         .iter()
-        .map(|(k, v)| (k.clone(), value_to_json(v)))
+        .map(|(k, v)| {
+            if k.contains('\0') {
+                return Err((clip_key(k), "keys must not contain NUL characters".into()));
+            }
+            value_to_json(v)
+                .map(|j| (k.clone(), j))
+                .map_err(|(p, e)| (crate::error::join_path(&clip_key(k), &p), e))
+        })
         .collect()
 }
 
-fn value_to_json(v: &Value) -> serde_json::Value {
+fn clip_key(k: &str) -> String {
+    crate::error::clip(k, 64)
+}
+
+fn value_to_json(v: &Value) -> Result<serde_json::Value, (String, String)> {
     use serde_json::Value as J;
-    match &v.kind {
+    Ok(match &v.kind {
         None | Some(Kind::NullValue(_)) => J::Null,
-        Some(Kind::NumberValue(n)) => serde_json::Number::from_f64(*n).map_or(J::Null, J::Number),
+        Some(Kind::NumberValue(n)) => match serde_json::Number::from_f64(*n) {
+            Some(n) => J::Number(n),
+            None => return Err((String::new(), "numbers must be finite".into())),
+        },
+        Some(Kind::StringValue(s)) if s.contains('\0') => {
+            return Err((String::new(), "text must not contain NUL characters".into()));
+        }
         Some(Kind::StringValue(s)) => J::String(s.clone()),
         Some(Kind::BoolValue(b)) => J::Bool(*b),
-        Some(Kind::StructValue(s)) => J::Object(struct_to_json(s)),
-        Some(Kind::ListValue(l)) => J::Array(l.values.iter().map(value_to_json).collect()),
-    }
+        Some(Kind::StructValue(s)) => J::Object(struct_to_json(s)?),
+        Some(Kind::ListValue(l)) => J::Array(
+            l.values
+                .iter()
+                .enumerate()
+                .map(|(i, x)| value_to_json(x).map_err(|(p, e)| (format!("[{i}]{p}"), e)))
+                .collect::<Result<_, _>>()?,
+        ),
+    })
 }
 
 /// A JSON object as a protobuf `Struct`.
@@ -119,10 +150,44 @@ mod tests {
     }
 
     #[test]
+    fn jsonb_refuses_what_structs_can_hold() {
+        let number = |n: f64| Value {
+            kind: Some(Kind::NumberValue(n)),
+        };
+        let text = |t: &str| Value {
+            kind: Some(Kind::StringValue(t.into())),
+        };
+        let with = |k: &str, v: Value| Struct {
+            fields: [(k.to_string(), v)].into(),
+        };
+        assert_eq!(
+            struct_to_json(&with("price", number(f64::NAN)))
+                .unwrap_err()
+                .0,
+            "price"
+        );
+        assert!(struct_to_json(&with("p", number(f64::INFINITY))).is_err());
+        assert_eq!(
+            struct_to_json(&with("url", text("/a\0b"))).unwrap_err().0,
+            "url"
+        );
+        assert!(struct_to_json(&with("a\0", text("x"))).is_err());
+        let nested = with(
+            "items",
+            Value {
+                kind: Some(Kind::ListValue(ListValue {
+                    values: vec![text("ok"), number(f64::NEG_INFINITY)],
+                })),
+            },
+        );
+        assert_eq!(struct_to_json(&nested).unwrap_err().0, "items[1]");
+    }
+
+    #[test]
     fn structs_round_trip() {
         let j =
             serde_json::json!({"url": "/pricing", "n": 2.5, "tags": ["a", true], "o": {"x": null}});
         let m = j.as_object().unwrap();
-        assert_eq!(struct_to_json(&json_to_struct(m)), *m);
+        assert_eq!(struct_to_json(&json_to_struct(m)).unwrap(), *m);
     }
 }

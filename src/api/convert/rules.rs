@@ -3,8 +3,6 @@
 //! `segment::check`. Violation paths are proto field names, as the checker's:
 //! `all.rules[2].event.window`.
 
-use chrono::NaiveDate;
-
 use super::contact::{sub_channel, sub_channel_from, sub_status, sub_status_from};
 use super::{from_ts, ts};
 use crate::error::{Violation, Violations, join_path};
@@ -213,10 +211,14 @@ fn value(x: &pb::Value, path: &str, v: &mut Violations) -> Option<Value> {
         Some(Kind::StringValue(s)) => Some(Value::String(s.clone())),
         Some(Kind::NumberValue(n)) if n.is_finite() => Some(Value::Number(*n)),
         Some(Kind::BoolValue(b)) => Some(Value::Bool(*b)),
-        Some(Kind::DateValue(d)) => match NaiveDate::parse_from_str(d, "%Y-%m-%d") {
-            Ok(d) => Some(Value::Date(d)),
-            Err(_) => {
+        Some(Kind::DateValue(d)) => match crate::model::validate::date(d) {
+            Ok(Some(d)) => Some(Value::Date(d)),
+            Ok(None) => {
                 v.add(path, "not a date as YYYY-MM-DD");
+                None
+            }
+            Err(e) => {
+                v.add(path, e);
                 None
             }
         },

@@ -1,0 +1,382 @@
+//! Bulk writes streamed both ways (BatchUpsertContacts, RecordEvents,
+//! BatchUpsertDeals). Each request message is one batch: its rows are
+//! validated, the valid ones are applied on a pooled connection taken for
+//! that batch only, and the batch is acknowledged as soon as it commits, with
+//! its rows' outcomes and the running totals. A call can so import any
+//! number of rows, holds no connection while the client is idle, and the
+//! client always knows what committed. The next message is read while a
+//! batch is being applied; a batch is acknowledged as soon as it commits.
+
+use std::pin::Pin;
+
+use futures::Stream;
+use tonic::{Status, Streaming};
+
+use super::convert::{activity, contact as cc};
+use super::error::{MAX_DESCRIPTION, invalid, row_failure};
+use crate::db::{self, events::EventResult, import::RowResult};
+use crate::error::{Result, Violation, clip};
+use crate::model::WorkspaceId;
+use crate::model::contact::Contact;
+use crate::model::deal::DealInput;
+use crate::model::event::NewEvent;
+use crate::proto as pb;
+
+/// Most rows in one batch (request message). Acknowledgements stay well
+/// under the 4 MB default message limit of gRPC clients: a row's outcome is
+/// about 20 bytes, a failed row's at most about 300.
+pub const MAX_BATCH_ROWS: usize = 10_000;
+
+/// A stream of acknowledgements.
+pub type Acks<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+/// One kind of bulk write.
+pub trait BatchWrite: Send + 'static {
+    /// A request message.
+    type Request: Send + 'static;
+    /// An acknowledgement.
+    type Response: Send + 'static;
+    /// A validated row.
+    type Row: Send + Sync + 'static;
+    /// A row's outcome.
+    type Outcome: Send + 'static;
+
+    /// The rows of a request message: valid rows, and outcomes of the rows
+    /// that failed validation (both by row index).
+    #[allow(clippy::type_complexity)]
+    fn rows(msg: Self::Request) -> (Vec<(usize, Self::Row)>, Vec<(usize, Self::Outcome)>);
+
+    /// Applies valid rows atomically on `client`.
+    fn apply(
+        client: &mut db::Conn,
+        ws: WorkspaceId,
+        rows: &[(usize, Self::Row)],
+    ) -> impl Future<Output = Result<Vec<(usize, Self::Outcome)>>> + Send;
+
+    /// The acknowledgement of batch `batch` (outcomes by row index, sorted),
+    /// counted into the running totals.
+    fn ack(&mut self, batch: usize, outcomes: Vec<(usize, Self::Outcome)>) -> Self::Response;
+}
+
+/// Runs a streamed bulk write of workspace `ws` over `requests`.
+pub fn acknowledged<W: BatchWrite>(
+    mut writer: W,
+    mut requests: Streaming<W::Request>,
+    pool: deadpool_postgres::Pool,
+    ws: WorkspaceId,
+) -> Acks<W::Response>
+where
+    W::Request: Rows,
+{
+    Box::pin(async_stream::try_stream! {
+        let mut batch = 0usize;
+        let mut next = requests.message().await?;
+        while let Some(msg) = next {
+            if msg.rows() > MAX_BATCH_ROWS {
+                Err(invalid(vec![Violation::new(
+                    msg.field(),
+                    format!(
+                        "at most {MAX_BATCH_ROWS} rows per message; batches before {batch} were acknowledged"
+                    ),
+                )]))?;
+            }
+            let (rows, mut outcomes) = W::rows(msg);
+            // Read ahead while PostgreSQL applies this batch, but acknowledge
+            // it as soon as it commits, whether or not more has arrived.
+            let applying = apply::<W>(&pool, ws, &rows);
+            let reading = requests.message();
+            tokio::pin!(applying, reading);
+            let mut read = None;
+            let applied = loop {
+                tokio::select! {
+                    applied = &mut applying => break applied,
+                    r = &mut reading, if read.is_none() => read = Some(r),
+                }
+            };
+            outcomes.extend(applied?);
+            outcomes.sort_by_key(|(i, _)| *i);
+            yield writer.ack(batch, outcomes);
+            next = match read {
+                Some(r) => r?,
+                None => reading.await?,
+            };
+            batch += 1;
+        }
+    })
+}
+
+async fn apply<W: BatchWrite>(
+    pool: &deadpool_postgres::Pool,
+    ws: WorkspaceId,
+    rows: &[(usize, W::Row)],
+) -> Result<Vec<(usize, W::Outcome)>, Status> {
+    if rows.is_empty() {
+        return Ok(vec![]);
+    }
+    let mut session = db::Session::get(pool).await?;
+    let applied = W::apply(session.client(), ws, rows).await;
+    session.finish();
+    Ok(applied?)
+}
+
+/// A request message's row count, and the field that holds its rows.
+pub trait Rows {
+    /// Rows in the message.
+    fn rows(&self) -> usize;
+    /// The repeated field, for errors.
+    fn field(&self) -> &'static str;
+}
+
+impl Rows for pb::BatchUpsertContactsRequest {
+    fn rows(&self) -> usize {
+        self.contacts.len()
+    }
+    fn field(&self) -> &'static str {
+        "contacts"
+    }
+}
+
+impl Rows for pb::RecordEventsRequest {
+    fn rows(&self) -> usize {
+        self.events.len()
+    }
+    fn field(&self) -> &'static str {
+        "events"
+    }
+}
+
+impl Rows for pb::BatchUpsertDealsRequest {
+    fn rows(&self) -> usize {
+        self.deals.len()
+    }
+    fn field(&self) -> &'static str {
+        "deals"
+    }
+}
+
+/// Converts a message's items, keeping the index of each; an item that
+/// does not convert becomes a bounded (field, reason) failure.
+#[allow(clippy::type_complexity)]
+fn split<T, R>(
+    items: Vec<T>,
+    convert: impl Fn(T) -> Result<R, Vec<Violation>>,
+) -> (Vec<(usize, R)>, Vec<(usize, (String, String))>) {
+    let mut rows = Vec::with_capacity(items.len());
+    let mut failures = Vec::new();
+    for (i, item) in items.into_iter().enumerate() {
+        match convert(item) {
+            Ok(r) => rows.push((i, r)),
+            Err(v) => failures.push((i, row_failure(v))),
+        }
+    }
+    (rows, failures)
+}
+
+/// A failure reported by the database layer, bounded like validation ones.
+fn bounded(field: &str, error: &str) -> (String, String) {
+    (clip(field, 80), clip(error, MAX_DESCRIPTION))
+}
+
+/// BatchUpsertContacts, with its running totals.
+#[derive(Debug, Default)]
+pub struct ContactImport(pb::BatchUpsertContactsResponse);
+
+impl BatchWrite for ContactImport {
+    type Request = pb::BatchUpsertContactsRequest;
+    type Response = pb::BatchUpsertContactsResponse;
+    type Row = Contact;
+    type Outcome = RowResult;
+
+    fn rows(msg: Self::Request) -> (Vec<(usize, Contact)>, Vec<(usize, RowResult)>) {
+        let (rows, failures) = split(msg.contacts, |p| {
+            let c = cc::from_proto(p)?;
+            if c.external_id.is_none() && c.email.is_none() {
+                return Err(vec![Violation::new(
+                    "external_id",
+                    "an imported contact needs an external_id or an email",
+                )]);
+            }
+            Ok(c)
+        });
+        let failures = failures
+            .into_iter()
+            .map(|(i, (field, error))| (i, RowResult::Failed { field, error }))
+            .collect();
+        (rows, failures)
+    }
+
+    async fn apply(
+        client: &mut db::Conn,
+        ws: WorkspaceId,
+        rows: &[(usize, Contact)],
+    ) -> Result<Vec<(usize, RowResult)>> {
+        db::import::upsert_batch(client, ws, rows).await
+    }
+
+    fn ack(&mut self, batch: usize, outcomes: Vec<(usize, RowResult)>) -> Self::Response {
+        let totals = &mut self.0;
+        let results = outcomes
+            .into_iter()
+            .map(|(i, r)| {
+                let mut row = pb::ContactRowResult {
+                    batch_index: batch as i32,
+                    row_index: i as i32,
+                    ..Default::default()
+                };
+                let (outcome, id) = match r {
+                    RowResult::Created(id) => {
+                        totals.created += 1;
+                        (pb::RowOutcome::Created, id)
+                    }
+                    RowResult::Updated(id) => {
+                        totals.updated += 1;
+                        (pb::RowOutcome::Updated, id)
+                    }
+                    RowResult::Unchanged(id) => {
+                        totals.unchanged += 1;
+                        (pb::RowOutcome::Unchanged, id)
+                    }
+                    RowResult::Failed { field, error } => {
+                        totals.failed += 1;
+                        (row.field, row.error) = bounded(&field, &error);
+                        (pb::RowOutcome::Failed, 0)
+                    }
+                };
+                (row.outcome, row.contact_id) = (outcome as i32, id);
+                row
+            })
+            .collect();
+        pb::BatchUpsertContactsResponse {
+            results,
+            batch_index: batch as i32,
+            ..totals.clone()
+        }
+    }
+}
+
+/// RecordEvents, with its running totals.
+#[derive(Debug, Default)]
+pub struct EventRecording(pb::RecordEventsResponse);
+
+impl BatchWrite for EventRecording {
+    type Request = pb::RecordEventsRequest;
+    type Response = pb::RecordEventsResponse;
+    type Row = NewEvent;
+    type Outcome = EventResult;
+
+    fn rows(msg: Self::Request) -> (Vec<(usize, NewEvent)>, Vec<(usize, EventResult)>) {
+        let (rows, failures) = split(msg.events, |p| activity::event_from_proto(&p));
+        let failures = failures
+            .into_iter()
+            .map(|(i, (field, error))| (i, EventResult::Failed { field, error }))
+            .collect();
+        (rows, failures)
+    }
+
+    async fn apply(
+        client: &mut db::Conn,
+        ws: WorkspaceId,
+        rows: &[(usize, NewEvent)],
+    ) -> Result<Vec<(usize, EventResult)>> {
+        db::events::record_batch(client, ws, rows).await
+    }
+
+    fn ack(&mut self, batch: usize, outcomes: Vec<(usize, EventResult)>) -> Self::Response {
+        let totals = &mut self.0;
+        let results = outcomes
+            .into_iter()
+            .map(|(i, r)| {
+                let mut row = pb::EventRowResult {
+                    batch_index: batch as i32,
+                    row_index: i as i32,
+                    ..Default::default()
+                };
+                row.outcome = match r {
+                    EventResult::Recorded => {
+                        totals.recorded += 1;
+                        pb::EventOutcome::Recorded
+                    }
+                    EventResult::Duplicate => {
+                        totals.duplicates += 1;
+                        pb::EventOutcome::Duplicate
+                    }
+                    EventResult::Failed { field, error } => {
+                        totals.failed += 1;
+                        (row.field, row.error) = bounded(&field, &error);
+                        pb::EventOutcome::Failed
+                    }
+                } as i32;
+                row
+            })
+            .collect();
+        pb::RecordEventsResponse {
+            results,
+            batch_index: batch as i32,
+            ..totals.clone()
+        }
+    }
+}
+
+/// BatchUpsertDeals, with its running totals.
+#[derive(Debug, Default)]
+pub struct DealImport(pb::BatchUpsertDealsResponse);
+
+impl BatchWrite for DealImport {
+    type Request = pb::BatchUpsertDealsRequest;
+    type Response = pb::BatchUpsertDealsResponse;
+    type Row = DealInput;
+    type Outcome = RowResult;
+
+    fn rows(msg: Self::Request) -> (Vec<(usize, DealInput)>, Vec<(usize, RowResult)>) {
+        let (rows, failures) = split(msg.deals, |p| activity::deal_from_proto(&p));
+        let failures = failures
+            .into_iter()
+            .map(|(i, (field, error))| (i, RowResult::Failed { field, error }))
+            .collect();
+        (rows, failures)
+    }
+
+    async fn apply(
+        client: &mut db::Conn,
+        ws: WorkspaceId,
+        rows: &[(usize, DealInput)],
+    ) -> Result<Vec<(usize, RowResult)>> {
+        db::deals::upsert_batch(client, ws, rows).await
+    }
+
+    fn ack(&mut self, batch: usize, outcomes: Vec<(usize, RowResult)>) -> Self::Response {
+        let totals = &mut self.0;
+        let results = outcomes
+            .into_iter()
+            .map(|(i, r)| {
+                let mut row = pb::DealRowResult {
+                    batch_index: batch as i32,
+                    row_index: i as i32,
+                    ..Default::default()
+                };
+                let (outcome, id) = match r {
+                    RowResult::Created(id) => {
+                        totals.created += 1;
+                        (pb::RowOutcome::Created, id)
+                    }
+                    RowResult::Updated(id) | RowResult::Unchanged(id) => {
+                        totals.updated += 1;
+                        (pb::RowOutcome::Updated, id)
+                    }
+                    RowResult::Failed { field, error } => {
+                        totals.failed += 1;
+                        (row.field, row.error) = bounded(&field, &error);
+                        (pb::RowOutcome::Failed, 0)
+                    }
+                };
+                (row.outcome, row.deal_id) = (outcome as i32, id);
+                row
+            })
+            .collect();
+        pb::BatchUpsertDealsResponse {
+            results,
+            batch_index: batch as i32,
+            ..totals.clone()
+        }
+    }
+}
