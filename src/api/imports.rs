@@ -27,6 +27,10 @@ use crate::proto as pb;
 /// about 20 bytes, a failed row's at most about 300.
 pub const MAX_BATCH_ROWS: usize = 10_000;
 
+/// A message's rows by index: the valid ones, and the outcomes of those
+/// that failed validation.
+pub type Split<R, O> = (Vec<(usize, R)>, Vec<(usize, O)>);
+
 /// A stream of acknowledgements.
 pub type Acks<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
@@ -43,8 +47,7 @@ pub trait BatchWrite: Send + 'static {
 
     /// The rows of a request message: valid rows, and outcomes of the rows
     /// that failed validation (both by row index).
-    #[allow(clippy::type_complexity)]
-    fn rows(msg: Self::Request) -> (Vec<(usize, Self::Row)>, Vec<(usize, Self::Outcome)>);
+    fn rows(msg: Self::Request) -> Split<Self::Row, Self::Outcome>;
 
     /// Applies valid rows atomically on `client`.
     fn apply(
@@ -155,21 +158,65 @@ impl Rows for pb::BatchUpsertDealsRequest {
 }
 
 /// Converts a message's items, keeping the index of each; an item that
-/// does not convert becomes a bounded (field, reason) failure.
-#[allow(clippy::type_complexity)]
-fn split<T, R>(
+/// does not convert becomes a failure outcome made by `failed` from its
+/// bounded (field, reason).
+fn split<T, R, O>(
     items: Vec<T>,
     convert: impl Fn(T) -> Result<R, Vec<Violation>>,
-) -> (Vec<(usize, R)>, Vec<(usize, (String, String))>) {
+    failed: impl Fn(String, String) -> O,
+) -> Split<R, O> {
     let mut rows = Vec::with_capacity(items.len());
     let mut failures = Vec::new();
     for (i, item) in items.into_iter().enumerate() {
         match convert(item) {
             Ok(r) => rows.push((i, r)),
-            Err(v) => failures.push((i, row_failure(v))),
+            Err(v) => {
+                let (field, error) = row_failure(v);
+                failures.push((i, failed(field, error)));
+            }
         }
     }
     (rows, failures)
+}
+
+fn row_failed(field: String, error: String) -> RowResult {
+    RowResult::Failed { field, error }
+}
+
+/// Running totals of rows with [`RowResult`] outcomes.
+#[derive(Debug, Default, Clone, Copy)]
+struct Tally {
+    created: i64,
+    updated: i64,
+    unchanged: i64,
+    failed: i64,
+}
+
+impl Tally {
+    /// Counts an outcome: its proto outcome, the row's id, and for a
+    /// failure, the bounded field and reason.
+    fn count(&mut self, r: RowResult) -> (pb::RowOutcome, i64, String, String) {
+        let none = String::new;
+        match r {
+            RowResult::Created(id) => {
+                self.created += 1;
+                (pb::RowOutcome::Created, id, none(), none())
+            }
+            RowResult::Updated(id) => {
+                self.updated += 1;
+                (pb::RowOutcome::Updated, id, none(), none())
+            }
+            RowResult::Unchanged(id) => {
+                self.unchanged += 1;
+                (pb::RowOutcome::Unchanged, id, none(), none())
+            }
+            RowResult::Failed { field, error } => {
+                self.failed += 1;
+                let (field, error) = bounded(&field, &error);
+                (pb::RowOutcome::Failed, 0, field, error)
+            }
+        }
+    }
 }
 
 /// A failure reported by the database layer, bounded like validation ones.
@@ -179,7 +226,7 @@ fn bounded(field: &str, error: &str) -> (String, String) {
 
 /// BatchUpsertContacts, with its running totals.
 #[derive(Debug, Default)]
-pub struct ContactImport(pb::BatchUpsertContactsResponse);
+pub struct ContactImport(Tally);
 
 impl BatchWrite for ContactImport {
     type Request = pb::BatchUpsertContactsRequest;
@@ -187,8 +234,8 @@ impl BatchWrite for ContactImport {
     type Row = Contact;
     type Outcome = RowResult;
 
-    fn rows(msg: Self::Request) -> (Vec<(usize, Contact)>, Vec<(usize, RowResult)>) {
-        let (rows, failures) = split(msg.contacts, |p| {
+    fn rows(msg: Self::Request) -> Split<Contact, RowResult> {
+        let convert = |p| {
             let c = cc::from_proto(p)?;
             if c.external_id.is_none() && c.email.is_none() {
                 return Err(vec![Violation::new(
@@ -197,12 +244,8 @@ impl BatchWrite for ContactImport {
                 )]);
             }
             Ok(c)
-        });
-        let failures = failures
-            .into_iter()
-            .map(|(i, (field, error))| (i, RowResult::Failed { field, error }))
-            .collect();
-        (rows, failures)
+        };
+        split(msg.contacts, convert, row_failed)
     }
 
     async fn apply(
@@ -214,42 +257,28 @@ impl BatchWrite for ContactImport {
     }
 
     fn ack(&mut self, batch: usize, outcomes: Vec<(usize, RowResult)>) -> Self::Response {
-        let totals = &mut self.0;
         let results = outcomes
             .into_iter()
             .map(|(i, r)| {
-                let mut row = pb::ContactRowResult {
+                let (outcome, contact_id, field, error) = self.0.count(r);
+                pb::ContactRowResult {
                     batch_index: batch as i32,
                     row_index: i as i32,
-                    ..Default::default()
-                };
-                let (outcome, id) = match r {
-                    RowResult::Created(id) => {
-                        totals.created += 1;
-                        (pb::RowOutcome::Created, id)
-                    }
-                    RowResult::Updated(id) => {
-                        totals.updated += 1;
-                        (pb::RowOutcome::Updated, id)
-                    }
-                    RowResult::Unchanged(id) => {
-                        totals.unchanged += 1;
-                        (pb::RowOutcome::Unchanged, id)
-                    }
-                    RowResult::Failed { field, error } => {
-                        totals.failed += 1;
-                        (row.field, row.error) = bounded(&field, &error);
-                        (pb::RowOutcome::Failed, 0)
-                    }
-                };
-                (row.outcome, row.contact_id) = (outcome as i32, id);
-                row
+                    outcome: outcome as i32,
+                    contact_id,
+                    field,
+                    error,
+                }
             })
             .collect();
+        let t = self.0;
         pb::BatchUpsertContactsResponse {
             results,
+            created: t.created,
+            updated: t.updated,
+            unchanged: t.unchanged,
+            failed: t.failed,
             batch_index: batch as i32,
-            ..totals.clone()
         }
     }
 }
@@ -264,13 +293,12 @@ impl BatchWrite for EventRecording {
     type Row = NewEvent;
     type Outcome = EventResult;
 
-    fn rows(msg: Self::Request) -> (Vec<(usize, NewEvent)>, Vec<(usize, EventResult)>) {
-        let (rows, failures) = split(msg.events, |p| activity::event_from_proto(&p));
-        let failures = failures
-            .into_iter()
-            .map(|(i, (field, error))| (i, EventResult::Failed { field, error }))
-            .collect();
-        (rows, failures)
+    fn rows(msg: Self::Request) -> Split<NewEvent, EventResult> {
+        split(
+            msg.events,
+            |p| activity::event_from_proto(&p),
+            |field, error| EventResult::Failed { field, error },
+        )
     }
 
     async fn apply(
@@ -319,7 +347,7 @@ impl BatchWrite for EventRecording {
 
 /// BatchUpsertDeals, with its running totals.
 #[derive(Debug, Default)]
-pub struct DealImport(pb::BatchUpsertDealsResponse);
+pub struct DealImport(Tally);
 
 impl BatchWrite for DealImport {
     type Request = pb::BatchUpsertDealsRequest;
@@ -327,13 +355,8 @@ impl BatchWrite for DealImport {
     type Row = DealInput;
     type Outcome = RowResult;
 
-    fn rows(msg: Self::Request) -> (Vec<(usize, DealInput)>, Vec<(usize, RowResult)>) {
-        let (rows, failures) = split(msg.deals, |p| activity::deal_from_proto(&p));
-        let failures = failures
-            .into_iter()
-            .map(|(i, (field, error))| (i, RowResult::Failed { field, error }))
-            .collect();
-        (rows, failures)
+    fn rows(msg: Self::Request) -> Split<DealInput, RowResult> {
+        split(msg.deals, |p| activity::deal_from_proto(&p), row_failed)
     }
 
     async fn apply(
@@ -345,38 +368,27 @@ impl BatchWrite for DealImport {
     }
 
     fn ack(&mut self, batch: usize, outcomes: Vec<(usize, RowResult)>) -> Self::Response {
-        let totals = &mut self.0;
         let results = outcomes
             .into_iter()
             .map(|(i, r)| {
-                let mut row = pb::DealRowResult {
+                let (outcome, deal_id, field, error) = self.0.count(r);
+                pb::DealRowResult {
                     batch_index: batch as i32,
                     row_index: i as i32,
-                    ..Default::default()
-                };
-                let (outcome, id) = match r {
-                    RowResult::Created(id) => {
-                        totals.created += 1;
-                        (pb::RowOutcome::Created, id)
-                    }
-                    RowResult::Updated(id) | RowResult::Unchanged(id) => {
-                        totals.updated += 1;
-                        (pb::RowOutcome::Updated, id)
-                    }
-                    RowResult::Failed { field, error } => {
-                        totals.failed += 1;
-                        (row.field, row.error) = bounded(&field, &error);
-                        (pb::RowOutcome::Failed, 0)
-                    }
-                };
-                (row.outcome, row.deal_id) = (outcome as i32, id);
-                row
+                    outcome: outcome as i32,
+                    deal_id,
+                    field,
+                    error,
+                }
             })
             .collect();
+        let t = self.0;
         pb::BatchUpsertDealsResponse {
-            results,
             batch_index: batch as i32,
-            ..totals.clone()
+            results,
+            created: t.created,
+            updated: t.updated + t.unchanged,
+            failed: t.failed,
         }
     }
 }

@@ -64,7 +64,7 @@ pub async fn record_batch(
     let mut retry = super::Retry::default();
     loop {
         match try_record(client, ws, rows).await {
-            Err(e) if retry.again(&e, |e| matches!(e, Error::Aborted(_))).await => {}
+            Err(e) if retry.again(&e, super::conflicted).await => {}
             other => return other,
         }
     }

@@ -97,12 +97,7 @@ pub async fn upsert_batch(
     let mut retry = super::Retry::default();
     loop {
         match try_batch(client, ws, rows).await {
-            Err(e)
-                if retry
-                    .again(&e, |e| {
-                        matches!(e, Error::AlreadyExists(_) | Error::Aborted(_))
-                    })
-                    .await => {}
+            Err(e) if retry.again(&e, super::lost_race).await => {}
             other => return other,
         }
     }

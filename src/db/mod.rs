@@ -111,6 +111,17 @@ impl Retry {
     }
 }
 
+/// A deadlock or serialization failure: the transaction can run again.
+pub fn conflicted(e: &Error) -> bool {
+    matches!(e, Error::Aborted(_))
+}
+
+/// A conflict, or a key taken by a concurrent writer between a lookup and
+/// a write: an upsert can run again and find it.
+pub fn lost_race(e: &Error) -> bool {
+    matches!(e, Error::AlreadyExists(_) | Error::Aborted(_))
+}
+
 /// How long a cancel request for an abandoned call may take.
 const CANCEL_TIMEOUT: Duration = Duration::from_secs(5);
 

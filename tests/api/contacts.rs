@@ -5,7 +5,7 @@ use prost_types::{FieldMask, Timestamp};
 use segd::proto::{self as pb, contact_ref::Key, contact_service_client::ContactServiceClient};
 use tonic::{Code, transport::Channel};
 
-use crate::helpers::{TestApp, import_all, record_all, req, violations};
+use crate::helpers::{TestApp, define_field, import_all, record_all, req, violations};
 
 type Client = ContactServiceClient<Channel>;
 
@@ -40,21 +40,6 @@ async fn get(c: &mut Client, ws: &str, key: Key) -> Result<pb::Contact, tonic::S
     ))
     .await
     .map(|r| r.into_inner().contact.unwrap())
-}
-
-async fn define_field(c: &mut Client, ws: &str, key: &str, t: pb::CustomFieldType) {
-    c.define_custom_field(req(
-        ws,
-        pb::DefineCustomFieldRequest {
-            field: Some(pb::CustomField {
-                key: key.into(),
-                r#type: t as i32,
-                ..Default::default()
-            }),
-        },
-    ))
-    .await
-    .expect("define field");
 }
 
 fn custom(kind: pb::custom_value::Kind) -> pb::CustomValue {

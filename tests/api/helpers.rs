@@ -449,9 +449,80 @@ pub async fn create_segment(
     .map(|r| r.into_inner().segment.unwrap())
 }
 
-/// Imports contact batches through BatchUpsertContacts and folds the
-/// acknowledgements into one: every row's result, in order, and the final
-/// totals. Each batch must be acknowledged once, in order.
+/// Defines a custom field.
+pub async fn define_field(
+    c: &mut ContactServiceClient<Channel>,
+    ws: &str,
+    key: &str,
+    t: segd::proto::CustomFieldType,
+) {
+    c.define_custom_field(req(
+        ws,
+        segd::proto::DefineCustomFieldRequest {
+            field: Some(segd::proto::CustomField {
+                key: key.into(),
+                r#type: t as i32,
+                ..Default::default()
+            }),
+        },
+    ))
+    .await
+    .expect("define field");
+}
+
+/// An acknowledgement of a streamed write, for [`fold_acks`].
+pub trait Ack: Sized {
+    /// The acknowledged batch.
+    fn batch(&self) -> i32;
+    /// This acknowledgement's totals with the results of both.
+    fn after(self, earlier: Self) -> Self;
+}
+
+impl Ack for segd::proto::BatchUpsertContactsResponse {
+    fn batch(&self) -> i32 {
+        self.batch_index
+    }
+    fn after(mut self, mut earlier: Self) -> Self {
+        earlier.results.append(&mut self.results);
+        Self {
+            results: earlier.results,
+            ..self
+        }
+    }
+}
+
+impl Ack for segd::proto::RecordEventsResponse {
+    fn batch(&self) -> i32 {
+        self.batch_index
+    }
+    fn after(mut self, mut earlier: Self) -> Self {
+        earlier.results.append(&mut self.results);
+        Self {
+            results: earlier.results,
+            ..self
+        }
+    }
+}
+
+/// Reads every acknowledgement of a streamed write of `n` batches and
+/// folds them into one: every row's result in order, and the final totals.
+/// Each batch must be acknowledged once, in order.
+pub async fn fold_acks<A: Ack + Default>(
+    mut acks: tonic::Streaming<A>,
+    n: usize,
+) -> Result<A, tonic::Status> {
+    let mut all = A::default();
+    let mut seen = 0;
+    while let Some(ack) = acks.message().await? {
+        assert_eq!(ack.batch(), seen, "acknowledged in order");
+        seen += 1;
+        all = ack.after(all);
+    }
+    assert_eq!(seen as usize, n, "every batch acknowledged");
+    Ok(all)
+}
+
+/// Imports contact batches through BatchUpsertContacts; see [`fold_acks`].
 pub async fn import_all(
     c: &mut ContactServiceClient<Channel>,
     ws: &str,
@@ -462,25 +533,14 @@ pub async fn import_all(
         .map(|contacts| segd::proto::BatchUpsertContactsRequest { contacts })
         .collect();
     let n = msgs.len();
-    let mut acks = c
+    let acks = c
         .batch_upsert_contacts(req(ws, tokio_stream::iter(msgs)))
         .await?
         .into_inner();
-    let mut all = segd::proto::BatchUpsertContactsResponse::default();
-    let mut seen = 0;
-    while let Some(ack) = acks.message().await? {
-        assert_eq!(ack.batch_index, seen, "acknowledged in order");
-        seen += 1;
-        let mut results = std::mem::take(&mut all.results);
-        results.extend(ack.results.iter().cloned());
-        all = segd::proto::BatchUpsertContactsResponse { results, ..ack };
-    }
-    assert_eq!(seen as usize, n, "every batch acknowledged");
-    Ok(all)
+    fold_acks(acks, n).await
 }
 
-/// Records event batches through RecordEvents, folding the
-/// acknowledgements like [`import_all`].
+/// Records event batches through RecordEvents; see [`fold_acks`].
 pub async fn record_all(
     c: &mut ContactServiceClient<Channel>,
     ws: &str,
@@ -491,19 +551,9 @@ pub async fn record_all(
         .map(|events| segd::proto::RecordEventsRequest { events })
         .collect();
     let n = msgs.len();
-    let mut acks = c
+    let acks = c
         .record_events(req(ws, tokio_stream::iter(msgs)))
         .await?
         .into_inner();
-    let mut all = segd::proto::RecordEventsResponse::default();
-    let mut seen = 0;
-    while let Some(ack) = acks.message().await? {
-        assert_eq!(ack.batch_index, seen, "acknowledged in order");
-        seen += 1;
-        let mut results = std::mem::take(&mut all.results);
-        results.extend(ack.results.iter().cloned());
-        all = segd::proto::RecordEventsResponse { results, ..ack };
-    }
-    assert_eq!(seen as usize, n, "every batch acknowledged");
-    Ok(all)
+    fold_acks(acks, n).await
 }

@@ -11,7 +11,7 @@ use segd::proto::{self as pb, query_service_client::QueryServiceClient};
 use tonic::Code;
 use tonic_types::StatusExt;
 
-use crate::helpers::{TestApp, inline, req};
+use crate::helpers::{TestApp, define_field, inline, req};
 
 /// Contacts cover three countries, so this definition selects everyone.
 const EVERYONE: &str = "country IN (\"US\", \"CA\", \"DE\")";
@@ -202,18 +202,7 @@ async fn a_terminated_contact_stream_fails_with_its_last_token() {
 async fn a_definition_failing_at_run_time_fails_the_stream() {
     let app = TestApp::spawn().await;
     let mut c = app.contacts().await;
-    c.define_custom_field(req(
-        "w",
-        pb::DefineCustomFieldRequest {
-            field: Some(pb::CustomField {
-                key: "day".into(),
-                r#type: pb::CustomFieldType::Date as i32,
-                ..Default::default()
-            }),
-        },
-    ))
-    .await
-    .unwrap();
+    define_field(&mut c, "w", "day", pb::CustomFieldType::Date).await;
     let ids = app.bulk_contacts("w", 20_000).await;
     let db = app.db().await;
     db.execute(

@@ -11,7 +11,7 @@ use segd::proto::{self as pb, contact_service_client::ContactServiceClient};
 use tonic::Code;
 use tonic::transport::Channel;
 
-use crate::helpers::{TestApp, filter, import_all, record_all, req, violations};
+use crate::helpers::{TestApp, define_field, filter, import_all, record_all, req, violations};
 
 type Client = ContactServiceClient<Channel>;
 
@@ -295,18 +295,7 @@ async fn events_racing_merges_never_fail_a_batch_or_vanish() {
 async fn out_of_range_dates_are_refused_everywhere() {
     let app = TestApp::spawn().await;
     let mut c = app.contacts().await;
-    c.define_custom_field(req(
-        "w",
-        pb::DefineCustomFieldRequest {
-            field: Some(pb::CustomField {
-                key: "day".into(),
-                r#type: pb::CustomFieldType::Date as i32,
-                ..Default::default()
-            }),
-        },
-    ))
-    .await
-    .unwrap();
+    define_field(&mut c, "w", "day", pb::CustomFieldType::Date).await;
     let err = c
         .create_contact(req(
             "w",
