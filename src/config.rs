@@ -38,6 +38,9 @@ pub enum BenchCommand {
     Stream(StreamBench),
     /// Compiled segment SQL against hand-written SQL, by EXPLAIN ANALYZE.
     Sql(SqlBench),
+    /// Imports and segment queries on a workspace newer than the planner's
+    /// statistics, against the same on one they describe.
+    Fresh(FreshBench),
 }
 
 /// Options of `segd bench import`.
@@ -77,6 +80,23 @@ pub struct SqlBench {
     /// Keep the generated database afterwards, to study plans by hand.
     #[arg(long)]
     pub keep: bool,
+}
+
+/// Options of `segd bench fresh`.
+#[derive(Debug, Clone, Args)]
+pub struct FreshBench {
+    /// Contacts of the workspace the statistics describe (about 5 events each).
+    #[arg(long, default_value_t = 300_000)]
+    pub analyzed_contacts: usize,
+    /// Contacts imported into each workspace (about 3 events each).
+    #[arg(long, default_value_t = 20_000)]
+    pub contacts: usize,
+    /// Timed runs of each count (the median is shown).
+    #[arg(long, default_value_t = 3)]
+    pub rounds: usize,
+    /// Give up on a count after this long.
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    pub timeout: Duration,
 }
 
 /// Log output format.
@@ -150,6 +170,17 @@ pub struct Config {
     /// Member streams running at once; each holds its own PostgreSQL session.
     #[arg(long, env = "SEGD_MAX_STREAMS", default_value_t = 32, global = true)]
     pub max_streams: usize,
+
+    /// segd analyzes a table it writes to once a workspace has gained this
+    /// many rows in it and at least half as many as the planner believes the
+    /// workspace has (0 turns this off and leaves statistics to autovacuum).
+    #[arg(
+        long,
+        env = "SEGD_ANALYZE_MIN_ROWS",
+        default_value_t = 1_000,
+        global = true
+    )]
+    pub analyze_min_rows: u64,
 
     /// Largest gRPC request message accepted, in bytes.
     #[arg(long, env = "SEGD_MAX_MESSAGE_BYTES", default_value_t = 16 * 1024 * 1024, global = true)]

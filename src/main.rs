@@ -55,6 +55,10 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         stream_connect_timeout: config.stream_connect_timeout,
         max_query_cost: config.max_query_cost,
         max_streams: config.max_streams,
+        statistics: segd::service::stats::Thresholds {
+            min_rows: config.analyze_min_rows,
+            ..Default::default()
+        },
         ..api::Limits::default()
     };
     let stream_db = segd::db::session_config(&db.url, config.statement_timeout)?;

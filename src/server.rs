@@ -90,6 +90,14 @@ pub async fn serve(
         .max_decoding_message_size(max)
         .max_encoding_message_size(max);
 
+    // Keeps planner statistics fresh for what this server writes.
+    tokio::spawn(
+        state
+            .statistics
+            .clone()
+            .run(state.pool.clone(), state.shutdown.clone()),
+    );
+
     let token = state.shutdown.clone();
     let signal = async move {
         shutdown.await;

@@ -9,6 +9,7 @@ use super::imports::{Acks, ContactImport, DealImport, EventRecording, acknowledg
 use crate::db;
 use crate::error::Violation;
 use crate::proto::{self as pb, contact_service_server::ContactService};
+use crate::service::stats::Table;
 
 /// Most duplicates in one merge.
 const MAX_MERGE: usize = 100;
@@ -37,6 +38,7 @@ impl ContactService for Contacts {
         let c = checked("contact", cc::from_proto(p))?;
         let mut client = self.state.conn().await?;
         let created = db::contacts::create(&mut client, ws, &c).await?;
+        self.state.statistics.inserted(Table::Contacts, ws, 1);
         Ok(Response::new(pb::CreateContactResponse {
             contact: Some(cc::to_proto(&created)),
         }))
@@ -141,7 +143,7 @@ impl ContactService for Contacts {
         Ok(Response::new(acknowledged(
             ContactImport::default(),
             req.into_inner(),
-            self.state.pool.clone(),
+            &self.state,
             ws,
         )))
     }
@@ -156,7 +158,7 @@ impl ContactService for Contacts {
         Ok(Response::new(acknowledged(
             EventRecording::default(),
             req.into_inner(),
-            self.state.pool.clone(),
+            &self.state,
             ws,
         )))
     }
@@ -171,7 +173,7 @@ impl ContactService for Contacts {
         Ok(Response::new(acknowledged(
             DealImport::default(),
             req.into_inner(),
-            self.state.pool.clone(),
+            &self.state,
             ws,
         )))
     }
@@ -217,6 +219,9 @@ impl ContactService for Contacts {
         )?;
         let mut client = self.state.conn().await?;
         let (d, created) = db::deals::upsert(&mut client, ws, &deal).await?;
+        self.state
+            .statistics
+            .inserted(Table::Deals, ws, u64::from(created));
         Ok(Response::new(pb::UpsertDealResponse {
             deal: Some(activity::deal_to_proto(&d)),
             created,

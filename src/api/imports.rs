@@ -12,6 +12,7 @@ use std::pin::Pin;
 use futures::Stream;
 use tonic::{Status, Streaming};
 
+use super::AppState;
 use super::convert::{activity, contact as cc};
 use super::error::{MAX_DESCRIPTION, invalid, row_failure};
 use crate::db::{self, events::EventResult, import::RowResult};
@@ -21,6 +22,7 @@ use crate::model::contact::Contact;
 use crate::model::deal::DealInput;
 use crate::model::event::NewEvent;
 use crate::proto as pb;
+use crate::service::stats::Table;
 
 /// Most rows in one batch (request message). Acknowledgements stay well
 /// under the 4 MB default message limit of gRPC clients: a row's outcome is
@@ -44,6 +46,11 @@ pub trait BatchWrite: Send + 'static {
     type Row: Send + Sync + 'static;
     /// A row's outcome.
     type Outcome: Send + 'static;
+    /// The table new rows go into.
+    const TABLE: Table;
+
+    /// Whether an outcome is a new row (for fresh planner statistics).
+    fn is_new(outcome: &Self::Outcome) -> bool;
 
     /// The rows of a request message: valid rows, and outcomes of the rows
     /// that failed validation (both by row index).
@@ -65,12 +72,14 @@ pub trait BatchWrite: Send + 'static {
 pub fn acknowledged<W: BatchWrite>(
     mut writer: W,
     mut requests: Streaming<W::Request>,
-    pool: deadpool_postgres::Pool,
+    state: &AppState,
     ws: WorkspaceId,
 ) -> Acks<W::Response>
 where
     W::Request: Rows,
 {
+    let pool = state.pool.clone();
+    let statistics = state.statistics.clone();
     Box::pin(async_stream::try_stream! {
         let mut batch = 0usize;
         let mut next = requests.message().await?;
@@ -96,7 +105,10 @@ where
                     r = &mut reading, if read.is_none() => read = Some(r),
                 }
             };
-            outcomes.extend(applied?);
+            let applied = applied?;
+            let new = applied.iter().filter(|(_, o)| W::is_new(o)).count();
+            statistics.inserted(W::TABLE, ws, new as u64);
+            outcomes.extend(applied);
             outcomes.sort_by_key(|(i, _)| *i);
             yield writer.ack(batch, outcomes);
             next = match read {
@@ -233,6 +245,11 @@ impl BatchWrite for ContactImport {
     type Response = pb::BatchUpsertContactsResponse;
     type Row = Contact;
     type Outcome = RowResult;
+    const TABLE: Table = Table::Contacts;
+
+    fn is_new(o: &RowResult) -> bool {
+        matches!(o, RowResult::Created(_))
+    }
 
     fn rows(msg: Self::Request) -> Split<Contact, RowResult> {
         let convert = |p| {
@@ -292,6 +309,11 @@ impl BatchWrite for EventRecording {
     type Response = pb::RecordEventsResponse;
     type Row = NewEvent;
     type Outcome = EventResult;
+    const TABLE: Table = Table::Events;
+
+    fn is_new(o: &EventResult) -> bool {
+        matches!(o, EventResult::Recorded)
+    }
 
     fn rows(msg: Self::Request) -> Split<NewEvent, EventResult> {
         split(
@@ -354,6 +376,11 @@ impl BatchWrite for DealImport {
     type Response = pb::BatchUpsertDealsResponse;
     type Row = DealInput;
     type Outcome = RowResult;
+    const TABLE: Table = Table::Deals;
+
+    fn is_new(o: &RowResult) -> bool {
+        matches!(o, RowResult::Created(_))
+    }
 
     fn rows(msg: Self::Request) -> Split<DealInput, RowResult> {
         split(msg.deals, |p| activity::deal_from_proto(&p), row_failed)

@@ -32,6 +32,8 @@ pub struct Limits {
     /// Receive buffer asked for stream sessions' sockets, in bytes: a deep
     /// one lets PostgreSQL keep writing while segd is off the CPU.
     pub stream_socket_buffer: u32,
+    /// When segd analyzes a table it writes to (see `service::stats`).
+    pub statistics: crate::service::stats::Thresholds,
     /// EXPLAIN cost above which inline definitions need `allow_expensive`.
     pub max_query_cost: f64,
     /// Member streams running at once, each on its own session.
@@ -46,6 +48,7 @@ impl Default for Limits {
             stream_stall_timeout: Duration::from_secs(60),
             stream_connect_timeout: Duration::from_secs(10),
             stream_socket_buffer: crate::db::stream_conn::RECV_BUFFER,
+            statistics: crate::service::stats::Thresholds::default(),
             max_query_cost: 50_000_000.0,
             max_streams: 32,
         }
@@ -65,6 +68,8 @@ pub struct AppState {
     pub workspaces: Arc<Workspaces>,
     /// Cancelled when the server shuts down; streams stop on it.
     pub shutdown: CancellationToken,
+    /// Rows written per table and workspace, for fresh planner statistics.
+    pub statistics: Arc<crate::service::stats::Statistics>,
     /// Limits and timeouts.
     pub limits: Limits,
 }
@@ -80,6 +85,7 @@ impl AppState {
                 limits.stream_socket_buffer,
             )),
             workspaces: Arc::new(Workspaces::new(pool.clone())),
+            statistics: crate::service::stats::Statistics::new(limits.statistics),
             stream_slots: Arc::new(tokio::sync::Semaphore::new(limits.max_streams)),
             pool,
             shutdown: CancellationToken::new(),

@@ -3,6 +3,7 @@
 //! cluster, always in a fresh database that is dropped afterwards.
 
 pub mod data;
+pub mod fresh;
 pub mod import;
 pub mod literal;
 pub mod sql;
@@ -33,6 +34,7 @@ pub async fn run(cmd: BenchCommand, config: Config) -> anyhow::Result<()> {
         BenchCommand::Import(o) => import::run(&env, &o).await,
         BenchCommand::Stream(o) => stream::run(&env, &o).await,
         BenchCommand::Sql(o) => sql::run(&env, &o).await,
+        BenchCommand::Fresh(o) => fresh::run(&env, &o).await,
     };
     env.stop(keep).await;
     result
@@ -104,10 +106,17 @@ impl BenchEnv {
                 .context("starting segd serve")?;
             Server::Child(child)
         } else {
+            let limits = Limits {
+                statistics: crate::service::stats::Thresholds {
+                    min_rows: config.analyze_min_rows,
+                    ..Default::default()
+                },
+                ..Limits::default()
+            };
             let state = AppState::new(
                 pool.clone(),
                 db::session_config(&url, Duration::ZERO)?,
-                Limits::default(),
+                limits,
             );
             let (tx, rx) = tokio::sync::oneshot::channel::<()>();
             let task = tokio::spawn(server::serve(

@@ -4,4 +4,5 @@
 
 pub mod query;
 pub mod segments;
+pub mod stats;
 pub mod stream;

@@ -5,6 +5,7 @@ mod contacts;
 mod differential;
 mod grpcurl;
 mod helpers;
+mod plans;
 mod polyglot;
 mod query;
 mod readme;
