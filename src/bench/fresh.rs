@@ -244,10 +244,17 @@ fn person(prefix: &str, i: usize) -> pb::Contact {
         external_id: format!("{prefix}{i}"),
         email: format!("{prefix}{i}@example.com"),
         country: ["US", "CA", "DE"][i % 3].into(),
-        labels: vec![if i % 4 == 0 { "customer" } else { "lead" }.into()],
+        labels: vec![
+            if i.is_multiple_of(4) {
+                "customer"
+            } else {
+                "lead"
+            }
+            .into(),
+        ],
         subscriptions: vec![pb::Subscription {
             channel: pb::SubscriptionChannel::Email as i32,
-            status: if i % 2 == 0 {
+            status: if i.is_multiple_of(2) {
                 pb::SubscriptionStatus::Subscribed
             } else {
                 pb::SubscriptionStatus::Unsubscribed
