@@ -240,6 +240,49 @@ impl Drop for LocalCluster {
     }
 }
 
+/// The default data directory, relative to the working directory.
+pub const DEFAULT_DATA_DIR: &str = ".segd";
+
+/// Where the private cluster lives: `explicit` if given (an unusable one is
+/// an error later, naming it), else `.segd` in `here` (the working
+/// directory). Running as root, PostgreSQL
+/// runs as `postgres`, which cannot reach a checkout under a private home
+/// (`/root` is 0700); then the cluster lives in a directory of its own for
+/// this checkout under `/var/tmp`, and the log says where.
+///
+pub fn data_dir(explicit: Option<&Path>, here: &Path) -> PathBuf {
+    if let Some(dir) = explicit {
+        return dir.to_path_buf();
+    }
+    let default = here.join(DEFAULT_DATA_DIR);
+    if unsafe { libc::geteuid() } != 0 || postgres_can_reach(here) {
+        return default;
+    }
+    // FNV-1a of the checkout's path: the same checkout finds its cluster
+    // again, another checkout gets its own.
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in default.to_string_lossy().bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    let fallback = PathBuf::from(format!("/var/tmp/segd-{h:016x}"));
+    tracing::warn!(
+        default = %default.display(),
+        using = %fallback.display(),
+        "running as root, the postgres user cannot reach the default data directory (a parent directory is private); using a directory for this checkout instead"
+    );
+    fallback
+}
+
+/// Whether the `postgres` user can traverse to `dir`.
+fn postgres_can_reach(dir: &Path) -> bool {
+    Command::new("runuser")
+        .args(["-u", "postgres", "--", "test", "-x"])
+        .arg(dir)
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
 /// Finds the directory holding `initdb`, `pg_ctl` and `postgres`.
 ///
 /// # Errors
@@ -307,7 +350,8 @@ fn prepare_for_postgres_user(dir: &Path) -> Result<()> {
     if !ok.success() {
         bail!(
             "running as root, PostgreSQL runs as the `postgres` user, which cannot reach {} \
-             (a parent directory is not traversable); use --data-dir under /var/tmp or /tmp",
+             (a parent directory is not traversable); choose a --data-dir under /var/tmp or /tmp, \
+             or leave --data-dir unset to let segd pick one",
             dir.display()
         );
     }

@@ -125,9 +125,11 @@ pub struct Config {
     #[arg(long, env = "DATABASE_URL", global = true)]
     pub database_url: Option<Secret>,
 
-    /// Where the private PostgreSQL cluster lives when DATABASE_URL is unset.
-    #[arg(long, env = "SEGD_DATA_DIR", default_value = ".segd", global = true)]
-    pub data_dir: PathBuf,
+    /// Where the private PostgreSQL cluster lives when DATABASE_URL is unset
+    /// [default: ./.segd, or, when running as root where the `postgres` user
+    /// cannot reach ./.segd, a directory for this checkout under /var/tmp].
+    #[arg(long, env = "SEGD_DATA_DIR", global = true)]
+    pub data_dir: Option<PathBuf>,
 
     /// Maximum PostgreSQL connections in the pool.
     #[arg(long, env = "SEGD_POOL_SIZE", default_value_t = 16, global = true)]

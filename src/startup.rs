@@ -30,7 +30,8 @@ pub async fn database(config: &Config) -> anyhow::Result<Database> {
     let (url, cluster) = match &config.database_url {
         Some(url) => (url.expose().to_string(), None),
         None => {
-            let dir = config.data_dir.clone();
+            let dir =
+                crate::cluster::data_dir(config.data_dir.as_deref(), &std::env::current_dir()?);
             let cluster = tokio::task::spawn_blocking(move || {
                 LocalCluster::start(&dir, ClusterOptions { durable: true })
             })

@@ -70,7 +70,8 @@ impl BenchEnv {
         let (admin_url, cluster) = match &config.database_url {
             Some(u) => (u.expose().to_string(), None),
             None => {
-                let dir = config.data_dir.clone();
+                let dir =
+                    crate::cluster::data_dir(config.data_dir.as_deref(), &std::env::current_dir()?);
                 let c = tokio::task::spawn_blocking(move || {
                     LocalCluster::start(&dir, ClusterOptions { durable: false })
                 })

@@ -5,6 +5,7 @@ mod contacts;
 mod differential;
 mod grpcurl;
 mod helpers;
+mod newcomer;
 mod plans;
 mod polyglot;
 mod query;
