@@ -117,6 +117,44 @@ const CASES: &[Case] = &[
                  AND d.value > 10000",
     },
     Case {
+        name: "no activity in 90 days (any event type)",
+        rule: "NOT event(*, last 90d)",
+        hand: "SELECT count(*) FROM contacts c WHERE c.workspace_id = {ws}
+               AND NOT EXISTS (SELECT 1 FROM events e WHERE e.workspace_id = {ws}
+                 AND e.contact_id = c.id AND e.occurred_at >= {ago 90})",
+    },
+    Case {
+        name: "opened or clicked an email in 30 days (type list)",
+        rule: "event(email_open|email_click, last 30d)",
+        hand: "SELECT count(DISTINCT e.contact_id) FROM events e
+               WHERE e.workspace_id = {ws} AND e.type IN ('email_open', 'email_click')
+                 AND e.occurred_at >= {ago 30}",
+    },
+    Case {
+        name: "engaged by email, not a recent buyer (segment AND NOT segment)",
+        rule: r#"segment("newsletter-engaged") AND NOT segment("recent-buyers")"#,
+        hand: "SELECT count(*) FROM (SELECT DISTINCT e.contact_id FROM events e
+               WHERE e.workspace_id = {ws} AND e.type = 'email_open' AND e.occurred_at >= {ago 30}) a
+               WHERE NOT EXISTS (SELECT 1 FROM events p WHERE p.workspace_id = {ws}
+                 AND p.contact_id = a.contact_id AND p.type = 'purchase' AND p.occurred_at >= {ago 30})",
+    },
+    Case {
+        name: "two aggregates of purchases in 30 days (count and sum)",
+        rule: "event(purchase, last 30d).count >= 2 AND event(purchase, last 30d).sum(value) > 300",
+        hand: "SELECT count(*) FROM (SELECT e.contact_id FROM events e
+               WHERE e.workspace_id = {ws} AND e.type = 'purchase' AND e.occurred_at >= {ago 30}
+               GROUP BY e.contact_id HAVING count(*) >= 2 AND sum(e.value) > 300) m",
+    },
+    Case {
+        name: "opened 2+ emails and clicked one in 30 days",
+        rule: "event(email_open, last 30d).count >= 2 AND event(email_click, last 30d)",
+        hand: "SELECT count(*) FROM (SELECT e.contact_id FROM events e
+               WHERE e.workspace_id = {ws} AND e.type IN ('email_open', 'email_click') AND e.occurred_at >= {ago 30}
+               GROUP BY e.contact_id
+               HAVING count(*) FILTER (WHERE e.type = 'email_open') >= 2
+                  AND count(*) FILTER (WHERE e.type = 'email_click') >= 1) m",
+    },
+    Case {
         name: "2 or more won deals",
         rule: "deal(status = won).count >= 2",
         hand: "SELECT count(*) FROM (SELECT d.contact_id FROM deals d
@@ -135,21 +173,22 @@ pub async fn run(env: &BenchEnv, o: &SqlBench) -> anyhow::Result<()> {
     let ws = data::generate(env, WS, &data::Shape::sql(o.contacts)).await?;
     println!("generated in {:.1}s", started.elapsed().as_secs_f64());
     let mut client = env.pool.get().await?;
-    create(
-        &mut client,
-        ws,
-        crate::model::segment::SegmentKind::Dynamic,
-        Changes {
-            name: Some("newsletter-engaged".into()),
-            rule: Some(Definition::request(
-                parse("event(email_open, last 30d)")?,
-                "",
-                true,
-            )),
-            ..Default::default()
-        },
-    )
-    .await?;
+    for (name, rule) in [
+        ("newsletter-engaged", "event(email_open, last 30d)"),
+        ("recent-buyers", "event(purchase, last 30d)"),
+    ] {
+        create(
+            &mut client,
+            ws,
+            crate::model::segment::SegmentKind::Dynamic,
+            Changes {
+                name: Some(name.into()),
+                rule: Some(Definition::request(parse(rule)?, "", true)),
+                ..Default::default()
+            },
+        )
+        .await?;
+    }
 
     let now = Utc::now();
     let x = Ctx { ws: ws.0, now };

@@ -295,6 +295,11 @@ impl StreamSessions {
     /// buffer of `recv_buffer` bytes (0: the system default).
     pub fn new(mut cfg: tokio_postgres::Config, max_idle: usize, recv_buffer: u32) -> Self {
         cfg.application_name("segd-stream");
+        // A stream reads a plain scan in id order. Past `jit_above_cost`
+        // (large workspaces), PostgreSQL would first spend 50-100 ms
+        // compiling it, all of it before the first row: no JIT here.
+        let options = format!("{} -c jit=off", cfg.get_options().unwrap_or_default());
+        cfg.options(options.trim());
         Self {
             cfg,
             idle: Mutex::new(Vec::new()),

@@ -218,11 +218,27 @@ pub struct Aggregate {
     pub cmp: Cmp,
 }
 
+/// Which events a condition reads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EventTypes {
+    /// Events of any type: `event(*)`.
+    Any,
+    /// Events of these types: `event(purchase)`, `event(email_open|email_click)`.
+    Of(Vec<String>),
+}
+
+impl EventTypes {
+    /// Events of one type.
+    pub fn one(t: impl Into<String>) -> Self {
+        EventTypes::Of(vec![t.into()])
+    }
+}
+
 /// A condition on events: `event(purchase, last 90d).count >= 2`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct EventCond {
-    /// The event type.
-    pub event_type: String,
+    /// The event types read.
+    pub types: EventTypes,
     /// Which events count by time; all when absent.
     pub window: Option<Window>,
     /// Conditions every counted event meets (`value`, `currency`,

@@ -20,6 +20,8 @@ use crate::model::validate;
 pub const MAX_VALUES: usize = 1000;
 /// Most nodes in a definition, referenced segments included.
 pub const MAX_NODES: usize = 2000;
+/// Most event types one condition names.
+pub const MAX_EVENT_TYPES: usize = 50;
 /// Deepest chain of segment references.
 pub const MAX_REF_DEPTH: usize = 16;
 
@@ -494,8 +496,35 @@ impl Checker<'_> {
         (values.len() == s.values.len()).then_some(Pred::Set(target, s.matching, values))
     }
 
+    /// Event types as the IR has them: sorted and distinct, `None` for any.
+    fn event_types(&mut self, types: &EventTypes, path: &str) -> Option<Option<Vec<String>>> {
+        let EventTypes::Of(list) = types else {
+            return Some(None);
+        };
+        if list.is_empty() || list.len() > MAX_EVENT_TYPES {
+            return self.bad(
+                &join_path(path, "types"),
+                format!("give 1 to {MAX_EVENT_TYPES} event types, or `*` for any"),
+            );
+        }
+        let mut out = Vec::with_capacity(list.len());
+        for (i, t) in list.iter().enumerate() {
+            // One type is the tree's `type`; several are its `types`.
+            let at = if list.len() == 1 {
+                join_path(path, "type")
+            } else {
+                join_path(path, &format!("types[{i}]"))
+            };
+            out.push(self.identifier(t, &at));
+        }
+        let mut out: Vec<String> = out.into_iter().collect::<Option<_>>()?;
+        out.sort();
+        out.dedup();
+        Some(Some(out))
+    }
+
     fn event(&mut self, e: &EventCond, path: &str) -> Option<Pred> {
-        let event_type = self.identifier(&e.event_type, &join_path(path, "type"));
+        let types = self.event_types(&e.types, path);
         let window = match &e.window {
             None => Some(None),
             Some(w) => self.window(w, &join_path(path, "window")).map(Some),
@@ -534,10 +563,10 @@ impl Checker<'_> {
                 other => Some((EventField::Prop(prop_key(other).to_string()), true)),
             },
         );
-        let (event_type, window, agg) = (event_type?, window?, agg?);
+        let (types, window, agg) = (types?, window?, agg?);
         (filters.len() == e.filters.len()).then(|| {
             Pred::Event(Box::new(ir::EventAgg {
-                event_type,
+                types,
                 window,
                 filters,
                 agg,

@@ -296,7 +296,7 @@ fn event(x: &EventAgg, events: &[StoredEvent], now: DateTime<Utc>) -> bool {
     };
     let matching: Vec<&StoredEvent> = events
         .iter()
-        .filter(|e| e.event_type == x.event_type)
+        .filter(|e| x.types.as_ref().is_none_or(|ts| ts.contains(&e.event_type)))
         .filter(|e| match &x.window {
             None => true,
             Some(Window::Last(s)) => e.occurred_at >= time::back(now, *s),

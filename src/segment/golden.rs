@@ -430,6 +430,41 @@ fn events_group_once_per_condition() {
 }
 
 #[test]
+fn any_event_type_and_type_lists() {
+    // "No activity in 90 days": one anti-join over events of every type.
+    assert_golden(
+        "NOT event(*, last 90d)",
+        "",
+        "NOT EXISTS (SELECT 1 FROM events e WHERE e.workspace_id = $1 AND e.contact_id = c.id AND e.occurred_at >= $2)",
+        vec![ts(2025, 12, 15, 12)],
+    );
+    // Several types are one source, bound as one array, sorted.
+    assert_golden(
+        "event(email_open|email_click, last 30d).count >= 3",
+        " LEFT JOIN (SELECT e.contact_id, count(*) AS v FROM events e WHERE e.workspace_id = $1 AND e.type = ANY($2) AND e.occurred_at >= $3 GROUP BY e.contact_id) ev1 ON ev1.contact_id = c.id",
+        "ev1.v >= $4",
+        vec![
+            Param::TextArray(vec!["email_click".into(), "email_open".into()]),
+            ts(2026, 2, 13, 12),
+            Param::Float8(3.0),
+        ],
+    );
+    assert_eq!(
+        ids_body("event(email_open|email_click, last 30d)").as_deref(),
+        Some(
+            "FROM (SELECT DISTINCT e.contact_id AS id FROM events e WHERE e.workspace_id = $1 AND e.type = ANY($2) AND e.occurred_at >= $3) c WHERE TRUE"
+        )
+    );
+    // Any type, with filters and an aggregate.
+    assert_golden(
+        "event(*, value > 10).sum(value) > 100",
+        " LEFT JOIN (SELECT e.contact_id, sum(e.value) AS v FROM events e WHERE e.workspace_id = $1 AND (e.value > $2) GROUP BY e.contact_id) ev1 ON ev1.contact_id = c.id",
+        "ev1.v > $3",
+        vec![Param::Float8(10.0), Param::Float8(100.0)],
+    );
+}
+
+#[test]
 fn deals_and_segments() {
     assert_golden(
         r#"deal(status = "open", stage = "Negotiation", value > 10000)"#,

@@ -189,11 +189,11 @@ pub struct Agg<F> {
     pub test: Test,
 }
 
-/// Events of one type, filtered, aggregated, tested.
+/// Events of some types, filtered, aggregated, tested.
 #[derive(Debug, Clone, PartialEq)]
 pub struct EventAgg {
-    /// The type.
-    pub event_type: String,
+    /// The types, sorted and distinct; `None` for every type.
+    pub types: Option<Vec<String>>,
     /// The time window.
     pub window: Option<Window>,
     /// Tests every counted event passes.

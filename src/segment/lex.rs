@@ -43,6 +43,10 @@ pub enum Tok {
     Lt,
     /// `<=`
     Lte,
+    /// `*` (any event type)
+    Star,
+    /// `|` (between event types)
+    Pipe,
     /// End of input.
     Eof,
 }
@@ -67,6 +71,8 @@ impl fmt::Display for Tok {
             Tok::Gte => f.write_str("`>=`"),
             Tok::Lt => f.write_str("`<`"),
             Tok::Lte => f.write_str("`<=`"),
+            Tok::Star => f.write_str("`*`"),
+            Tok::Pipe => f.write_str("`|`"),
             Tok::Eof => f.write_str("end of input"),
         }
     }
@@ -164,6 +170,8 @@ pub fn lex(src: &str) -> Result<Vec<Token>, SyntaxError> {
                 '=' => Some((Tok::Eq, 1)),
                 '>' => Some((Tok::Gt, 1)),
                 '<' => Some((Tok::Lt, 1)),
+                '*' => Some((Tok::Star, 1)),
+                '|' => Some((Tok::Pipe, 1)),
                 _ => None,
             },
         };

@@ -766,7 +766,12 @@ impl Lowerer {
         let value = self.event_value(e);
         let open = matches!(e.window, None | Some(Window::Last(_) | Window::After(_)))
             && e.filters.is_empty();
-        let last_of = open.then_some(e.event_type.as_str());
+        // The driver's own latest time answers "since the last X" only when
+        // it holds every X event: one type, unfiltered, open to now.
+        let last_of = match (&e.types, open) {
+            (Some(ts), true) if ts.len() == 1 => Some(ts[0].as_str()),
+            _ => None,
+        };
         let g = Grouped {
             key: "e.contact_id",
             value: &value,
@@ -782,9 +787,19 @@ impl Lowerer {
     /// contact by a scalar subquery (for `NOT EXISTS`, probed per contact)
     /// instead of a grouped join over all contacts.
     fn event_scope(&mut self, e: &EventAgg, correlated: bool) -> (String, Vec<String>) {
-        let t = self.bind(Param::Text(e.event_type.clone()));
         let mut from = String::from("events e");
-        let mut conds = vec!["e.workspace_id = $1".to_string(), format!("e.type = {t}")];
+        let mut conds = vec!["e.workspace_id = $1".to_string()];
+        match e.types.as_deref() {
+            None => {}
+            Some([t]) => {
+                let t = self.bind(Param::Text(t.clone()));
+                conds.push(format!("e.type = {t}"));
+            }
+            Some(ts) => {
+                let t = self.bind(Param::TextArray(ts.to_vec()));
+                conds.push(format!("e.type = ANY({t})"));
+            }
+        }
         match &e.window {
             None => {}
             Some(Window::Last(s)) => {

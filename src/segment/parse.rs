@@ -8,7 +8,8 @@
 //!           | "tags" ":" word | "label" ":" word
 //!           | "subscription" "(" channel "," status ")"
 //!           | "segment" "(" string | integer ")"
-//!           | "event" "(" type ("," window | "," filter)* ")" ["." aggregate]
+//!           | "event" "(" types ("," window | "," filter)* ")" ["." aggregate]
+//! types     := "*" | type ("|" type)*
 //!           | "deal" "(" [filter ("," filter)*] ")" ["." aggregate]
 //!           | path ("HAS_ANY" | "HAS_ALL" | "HAS_NONE") "(" words ")"
 //!           | path cmp
@@ -323,7 +324,15 @@ impl Parser {
     }
 
     fn event(&mut self) -> Result<Rule, SyntaxError> {
-        let event_type = self.word("an event type")?;
+        let types = if self.eat(&Tok::Star) {
+            EventTypes::Any
+        } else {
+            let mut types = vec![self.word("an event type or `*`")?];
+            while self.eat(&Tok::Pipe) {
+                types.push(self.word("an event type")?);
+            }
+            EventTypes::Of(types)
+        };
         let mut window = None;
         let mut filters = Vec::new();
         while self.eat(&Tok::Comma) {
@@ -344,7 +353,7 @@ impl Parser {
         self.expect(&Tok::RParen)?;
         let aggregate = self.aggregate()?;
         Ok(Rule::Event(EventCond {
-            event_type,
+            types,
             window,
             filters,
             aggregate,
@@ -618,6 +627,21 @@ AND event(purchase, last 90d).count >= 2 AND segment("newsletter-engaged")"#;
         };
         let Rule::Event(e) = &**inner else { panic!() };
         assert_eq!(e.window, Some(Window::SinceLast("cart_abandoned".into())));
+        let r =
+            parse("NOT event(*, last 90d) AND event(email_open|email_click, last 30d)").unwrap();
+        let Rule::All(items) = r else { panic!() };
+        let Rule::Not(inner) = &items[0] else {
+            panic!()
+        };
+        let Rule::Event(any) = &**inner else { panic!() };
+        assert_eq!(any.types, EventTypes::Any);
+        let Rule::Event(two) = &items[1] else {
+            panic!()
+        };
+        assert_eq!(
+            two.types,
+            EventTypes::Of(vec!["email_open".into(), "email_click".into()])
+        );
         let r = parse(r#"event(page_view, url STARTS_WITH "/pricing", between 2024-01-01 and 2024-02-01).distinct(properties.url) >= 3"#).unwrap();
         let Rule::Event(e) = r else { panic!() };
         assert_eq!(e.filters[0].field, "url");

@@ -98,7 +98,17 @@ fn paren(out: &mut String, group: bool, r: &Rule) {
 
 fn event(out: &mut String, e: &EventCond) {
     out.push_str("event(");
-    word(out, &e.event_type, &[]);
+    match &e.types {
+        EventTypes::Any => out.push('*'),
+        EventTypes::Of(types) => {
+            for (i, t) in types.iter().enumerate() {
+                if i > 0 {
+                    out.push('|');
+                }
+                word(out, t, &[]);
+            }
+        }
+    }
     if let Some(w) = &e.window {
         out.push_str(", ");
         match w {

@@ -163,14 +163,17 @@ fn leaf() -> impl Strategy<Value = Rule> {
         )
             .prop_map(|(channel, status)| Rule::Subscription(SubscriptionCond { channel, status })),
         (
-            text(),
+            prop_oneof![
+                1 => Just(EventTypes::Any),
+                4 => prop::collection::vec(text(), 1..4).prop_map(EventTypes::Of),
+            ],
             prop::option::of(window()),
             prop::collection::vec(field_cond(), 0..3),
             aggregate()
         )
             .prop_map(
-                |(event_type, window, filters, aggregate)| Rule::Event(EventCond {
-                    event_type,
+                |(types, window, filters, aggregate)| Rule::Event(EventCond {
+                    types,
                     window,
                     filters,
                     aggregate

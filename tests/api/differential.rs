@@ -745,15 +745,21 @@ fn event_condition() -> BoxedStrategy<Rule> {
                 cmp
             }),
     ];
+    // One type mostly; sometimes any type, or two or three of them.
+    let types = prop_oneof![
+        6 => s(TYPES).prop_map(EventTypes::one),
+        1 => Just(EventTypes::Any),
+        2 => prop::collection::vec(s(TYPES), 2..4).prop_map(EventTypes::Of),
+    ];
     (
-        s(TYPES),
+        types,
         prop::option::of(window),
         prop::collection::vec(filter, 0..3),
         prop::option::of(aggregate),
     )
-        .prop_map(|(event_type, window, filters, aggregate)| {
+        .prop_map(|(types, window, filters, aggregate)| {
             Rule::Event(EventCond {
-                event_type,
+                types,
                 window,
                 filters,
                 aggregate,

@@ -134,8 +134,17 @@ fn from_proto(r: &pb::Rule, path: &str, depth: u32, v: &mut Violations) -> Rule 
         }
         Some(Kind::Event(e)) => {
             let p = at("event");
+            let types = match (e.r#type.as_str(), e.types.is_empty()) {
+                ("*", true) => EventTypes::Any,
+                (t, true) => EventTypes::one(t),
+                ("", false) => EventTypes::Of(e.types.clone()),
+                (_, false) => {
+                    v.add(join_path(&p, "types"), "set type or types, not both");
+                    EventTypes::Of(e.types.clone())
+                }
+            };
             Rule::Event(EventCond {
-                event_type: e.r#type.clone(),
+                types,
                 window: e
                     .window
                     .as_ref()
@@ -376,7 +385,15 @@ pub fn to_proto(r: &Rule) -> pb::Rule {
             status: sub_status(s.status) as i32,
         }),
         Rule::Event(e) => Kind::Event(pb::EventCondition {
-            r#type: e.event_type.clone(),
+            r#type: match &e.types {
+                EventTypes::Any => "*".into(),
+                EventTypes::Of(ts) if ts.len() == 1 => ts[0].clone(),
+                EventTypes::Of(_) => String::new(),
+            },
+            types: match &e.types {
+                EventTypes::Of(ts) if ts.len() > 1 => ts.clone(),
+                _ => vec![],
+            },
             window: e.window.as_ref().map(window_to),
             filters: e.filters.iter().map(field_to).collect(),
             aggregate: e.aggregate.as_ref().map(aggregate_to),
@@ -470,7 +487,7 @@ mod tests {
 
     #[test]
     fn text_and_tree_agree() {
-        let src = r#"label:lead AND NOT (event(purchase, last 90d, properties.sku IN ("a", "b")).sum(value) > 10 OR deal(status = won).first WITHIN_LAST 2w) AND birth_date ANNIVERSARY_WITHIN 7d AND segment("x") AND subscription(email, subscribed)"#;
+        let src = r#"label:lead AND NOT (event(purchase, last 90d, properties.sku IN ("a", "b")).sum(value) > 10 OR deal(status = won).first WITHIN_LAST 2w) AND birth_date ANNIVERSARY_WITHIN 7d AND segment("x") AND subscription(email, subscribed) AND NOT event(*, last 90d) AND event(email_open|email_click).count >= 2"#;
         let ast = parse(src).unwrap();
         let d = pb::Definition {
             kind: Some(pb::definition::Kind::Rule(to_proto(&ast))),
