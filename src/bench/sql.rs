@@ -100,7 +100,7 @@ const CASES: &[Case] = &[
         rule: r#"event(page_view, last 30d, url STARTS_WITH "/pricing")"#,
         hand: "SELECT count(DISTINCT e.contact_id) FROM events e
                WHERE e.workspace_id = {ws} AND e.type = 'page_view' AND e.occurred_at >= {ago 30}
-                 AND e.properties ->> 'url' LIKE '/pricing%'",
+                 AND e.properties ->> 'url' ILIKE '/pricing%'",
     },
     Case {
         name: "bought product p1, p2 or p3",

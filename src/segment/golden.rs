@@ -350,7 +350,7 @@ fn events_group_once_per_condition() {
         &ev(
             1,
             "count(DISTINCT e.properties ->> $8)",
-            "e.type = $2 AND e.occurred_at >= $3 AND e.occurred_at < $4 AND ((e.properties ->> $5) ILIKE $6) AND jsonb_typeof(e.properties -> $5) = 'string' AND ((CASE WHEN jsonb_typeof(e.properties -> $7) = 'number' THEN (e.properties -> $7)::float8 END) > $8)",
+            "e.type = $2 AND e.occurred_at >= $3 AND e.occurred_at < $4 AND ((e.properties ->> $5) ILIKE $6) AND ((CASE WHEN jsonb_typeof(e.properties -> $7) = 'number' THEN (e.properties -> $7)::float8 END) > $8)",
         )
         .replace("->> $8)", "->> $9)"),
         "ev1.v >= $10",
@@ -493,18 +493,46 @@ fn deals_and_segments() {
 
 #[test]
 fn text_properties_compare_as_json_strings() {
+    // No JSON number, boolean, null, object or array has the text "a" or
+    // "b": comparing the `->>` text is exact.
     assert_golden(
         r#"event(purchase, properties.sku IN ("a", "b"))"#,
+        &ev_join(
+            "count(*)",
+            "e.type = $2 AND ((e.properties ->> $3) = ANY($4))",
+        ),
+        "ev1.v >= $5",
+        vec![
+            t("purchase"),
+            t("sku"),
+            Param::TextArray(vec!["a".into(), "b".into()]),
+            Param::Float8(1.0),
+        ],
+    );
+    // "1" is also the text of the number 1: containment checks the type.
+    assert_golden(
+        r#"event(purchase, properties.sku IN ("a", "1"))"#,
         &ev_join("count(*)", "e.type = $2 AND (e.properties @> ANY($3))"),
         "ev1.v >= $4",
         vec![
             t("purchase"),
             Param::JsonArray(vec![
                 serde_json::json!({"sku": "a"}),
-                serde_json::json!({"sku": "b"}),
+                serde_json::json!({"sku": "1"}),
             ]),
             Param::Float8(1.0),
         ],
+    );
+    // A prefix only strings can have needs no type check; one a number's
+    // text could start with does.
+    assert_golden(
+        r#"event(page_view, url STARTS_WITH "1")"#,
+        &ev_join(
+            "count(*)",
+            "e.type = $2 AND ((e.properties ->> $3) ILIKE $4) AND jsonb_typeof(e.properties -> $3) = 'string'",
+        ),
+        "ev1.v >= $5",
+        vec![t("page_view"), t("url"), t("1%"), Param::Float8(1.0)],
     );
 }
 

@@ -880,9 +880,11 @@ impl Lowerer {
         }
     }
 
-    /// `properties.k = "text"` and `IN ("a", "b")` as jsonb containment of
-    /// `{"k": "text"}`: only a JSON string matches, no value is extracted,
-    /// and key and values stay bound parameters.
+    /// `properties.k = "text"` and `IN ("a", "b")`, matching JSON strings
+    /// only. When no literal could be the text of another JSON type (a
+    /// number, `true`, `null`, an object...), comparing the `->>` text is
+    /// exact and the cheapest form; otherwise jsonb containment of
+    /// `{"k": "text"}` checks the type too. Key and values stay bound.
     fn prop_is_text(&mut self, f: &EventField, t: &Test) -> Option<String> {
         let EventField::Prop(k) = f else {
             return None;
@@ -892,13 +894,32 @@ impl Lowerer {
             Test::In(ls) => ls.iter().collect(),
             _ => return None,
         };
-        let values = texts
+        let texts = texts
             .iter()
             .map(|l| match l {
-                Lit::Text(s) => Some(serde_json::json!({ k.as_str(): s })),
+                Lit::Text(s) => Some(s.as_str()),
                 _ => None,
             })
-            .collect::<Option<Vec<_>>>()?;
+            .collect::<Option<Vec<&str>>>()?;
+        if texts.iter().all(|s| !could_be_non_string(s)) {
+            let k = self.bind(Param::Text(k.clone()));
+            return Some(match texts.as_slice() {
+                [one] => {
+                    let v = self.bind(Param::Text((*one).to_string()));
+                    format!("((e.properties ->> {k}) = {v})")
+                }
+                many => {
+                    let v = self.bind(Param::TextArray(
+                        many.iter().map(|s| (*s).to_string()).collect(),
+                    ));
+                    format!("((e.properties ->> {k}) = ANY({v}))")
+                }
+            });
+        }
+        let values = texts
+            .iter()
+            .map(|s| serde_json::json!({ k.as_str(): s }))
+            .collect();
         let v = self.bind(Param::JsonArray(values));
         Some(format!("(e.properties @> ANY({v}))"))
     }
@@ -935,10 +956,13 @@ impl Lowerer {
                     }
                     _ => {
                         let k = self.bind(Param::Text(k.clone()));
-                        (
-                            format!("(e.properties ->> {k})"),
-                            Some(format!("jsonb_typeof(e.properties -> {k}) = 'string'")),
-                        )
+                        // A prefix no JSON number, boolean, null, object or
+                        // array text starts with needs no type check.
+                        let only_strings = matches!(t, Test::Like(Like::StartsWith, p)
+                            if p.chars().next().is_some_and(|c| !"0123456789-tfn{[".contains(c.to_ascii_lowercase())));
+                        let guard = (!only_strings)
+                            .then(|| format!("jsonb_typeof(e.properties -> {k}) = 'string'"));
+                        (format!("(e.properties ->> {k})"), guard)
                     }
                 }
             }
@@ -1005,6 +1029,12 @@ impl Lowerer {
         let (sql, nullable) = self.test(&col, t, Clock::Time, false);
         (sql, nullable && !zero)
     }
+}
+
+/// Whether `s` could be the `->>` text of a JSON value that is not a
+/// string: a number, `true`, `false`, `null`, an object or an array.
+fn could_be_non_string(s: &str) -> bool {
+    serde_json::from_str::<serde_json::Value>(s).is_ok_and(|v| !v.is_string())
 }
 
 fn ord(o: Ord) -> &'static str {

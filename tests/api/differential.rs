@@ -36,7 +36,9 @@ const PLANS: &[&str] = &["free", "pro", "team"];
 const PETS: &[&str] = &["cat", "dog", "fish"];
 const TYPES: &[&str] = &["purchase", "page_view", "email_open", "cart_abandoned"];
 const URLS: &[&str] = &["/pricing", "/pricing/team", "/blog", "/docs"];
-const SKUS: &[&str] = &["A-1", "B-2", "C-3"];
+/// "7" and "true" are also the texts of a JSON number and boolean, which
+/// some events hold under `sku`: only strings may match a text literal.
+const SKUS: &[&str] = &["A-1", "B-2", "C-3", "7", "true"];
 const STAGES: &[&str] = &["qualification", "negotiation", "closing"];
 const OWNERS: &[&str] = &["ana", "bo"];
 
@@ -217,11 +219,14 @@ impl World {
                         prost_types::value::Kind::StringValue(pick(&mut rng, URLS).into()),
                     );
                 }
-                if rng.random_bool(0.5) {
-                    put(
+                match rng.random_range(0..10) {
+                    0..5 => put(
                         "sku",
                         prost_types::value::Kind::StringValue(pick(&mut rng, SKUS).into()),
-                    );
+                    ),
+                    5 => put("sku", prost_types::value::Kind::NumberValue(7.0)),
+                    6 => put("sku", prost_types::value::Kind::BoolValue(true)),
+                    _ => {}
                 }
                 if rng.random_bool(0.4) {
                     put(
