@@ -76,11 +76,12 @@ pub async fn create_database(admin_url: &str, name: &str) -> anyhow::Result<()> 
         .is_some();
     if !exists {
         // Identifiers cannot be parameters; `name` is ours, quote it anyway.
+        let quoted: String = name
+            .chars()
+            .flat_map(|c| if c == '"' { vec!['"', '"'] } else { vec![c] })
+            .collect();
         client
-            .batch_execute(&format!(
-                "CREATE DATABASE \"{}\"",
-                name.replace('"', "\"\"")
-            ))
+            .batch_execute(&format!("CREATE DATABASE \"{quoted}\""))
             .await?;
     }
     drop(client);

@@ -273,11 +273,8 @@ impl QueryService for Query {
             )
             .await?
         };
-        let mut compiled = t.compiled;
-        if let Some(s) = &sample {
-            q::apply_sample(&mut compiled, s);
-        }
-        let fp = stream::fingerprint(&compiled, !paths.is_empty());
+        let compiled = t.compiled;
+        let fp = stream::fingerprint(&compiled, sample.as_ref(), !paths.is_empty());
         if cursor.as_ref().is_some_and(|c| c.fp != fp) {
             return Err(Status::failed_precondition(
                 "the resume token belongs to another query, or the segment's definition changed since",
@@ -306,9 +303,10 @@ impl QueryService for Query {
         } else {
             start.token()
         };
-        let plan = stream::Plan {
+        let plan = stream::Job {
             ws,
             compiled,
+            sample,
             contacts: !paths.is_empty(),
             limit,
             start,

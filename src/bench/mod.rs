@@ -5,7 +5,6 @@
 pub mod data;
 pub mod fresh;
 pub mod import;
-pub mod literal;
 pub mod sql;
 pub mod stream;
 

@@ -16,8 +16,10 @@ use super::{BenchEnv, data};
 use crate::config::SqlBench;
 use crate::model::WorkspaceId;
 use crate::model::segment::Definition;
-use crate::segment::lower::Compiled;
+use crate::segment::lower::Param;
 use crate::segment::parse::parse;
+use crate::segment::plan::Plan;
+use crate::segment::render::{Query, Rendered, Select};
 use crate::service::segments::{Changes, Target, compile, create};
 
 const WS: &str = "bench";
@@ -33,13 +35,47 @@ impl Ctx {
     /// timestamptz N days before now, `{born N}` the latest birth date of
     /// someone N years old today.
     fn fill(&self, template: &str) -> String {
-        let mut out = template.replace("{ws}", &self.ws.to_string());
-        for days in [7, 30, 60, 90] {
-            let t = (self.now - Duration::days(days)).format("%Y-%m-%dT%H:%M:%S%.6f+00:00");
-            out = out.replace(&format!("{{ago {days}}}"), &format!("'{t}'::timestamptz"));
+        let mut out = String::with_capacity(template.len());
+        let mut rest = template;
+        while let Some(open) = rest.find('{') {
+            let close = rest[open..].find('}').map(|c| open + c);
+            let value = close.and_then(|c| self.value(&rest[open + 1..c]));
+            match (close, value) {
+                (Some(c), Some(v)) => {
+                    out.push_str(&rest[..open]);
+                    out.push_str(&v);
+                    rest = &rest[c + 1..];
+                }
+                // Not a placeholder (a literal such as '{lead}'): as is.
+                _ => {
+                    out.push_str(&rest[..=open]);
+                    rest = &rest[open + 1..];
+                }
+            }
         }
-        let born = crate::segment::time::years_before(self.now.date_naive(), 25);
-        out.replace("{born 25}", &format!("'{born}'"))
+        out.push_str(rest);
+        out
+    }
+
+    /// The value of placeholder `name`, if it is one.
+    fn value(&self, name: &str) -> Option<String> {
+        let mut words = name.split(' ');
+        match (words.next()?, words.next(), words.next()) {
+            ("ws", None, _) => Some(self.ws.to_string()),
+            ("ago", Some(days), None) => {
+                let t = self.now - Duration::days(days.parse().ok()?);
+                Some(format!(
+                    "'{}'::timestamptz",
+                    t.format("%Y-%m-%dT%H:%M:%S%.6f+00:00")
+                ))
+            }
+            ("born", Some(years), None) => {
+                let born =
+                    crate::segment::time::years_before(self.now.date_naive(), years.parse().ok()?);
+                Some(format!("'{born}'"))
+            }
+            _ => None,
+        }
     }
 }
 
@@ -198,10 +234,12 @@ pub async fn run(env: &BenchEnv, o: &SqlBench) -> anyhow::Result<()> {
     );
     let mut worst: f64 = 0.0;
     for case in CASES {
-        let c = compiled(&client, ws, case.rule, now).await?;
-        let compiled_sql = format!("SELECT count(*) {}", c.ids_from());
+        let c = compiled(&client, ws, case.rule, now)
+            .await?
+            .render(&Query::of(Select::Count));
+        let compiled_sql = c.sql.clone();
         let hand_sql = x.fill(case.hand);
-        let members: i64 = client.query_typed(&compiled_sql, &c.typed_params()).await?[0].get(0);
+        let members: i64 = client.query_typed(&compiled_sql, &c.typed()).await?[0].get(0);
         let by_hand: i64 = client.query_one(&hand_sql, &[]).await?.get(0);
         anyhow::ensure!(
             members == by_hand,
@@ -210,7 +248,10 @@ pub async fn run(env: &BenchEnv, o: &SqlBench) -> anyhow::Result<()> {
         );
         let (mut a, mut b) = (Vec::new(), Vec::new());
         for round in 0..o.rounds {
-            let empty = Compiled::new(String::new(), vec![]);
+            let empty = Rendered {
+                sql: String::new(),
+                params: Vec::<Param>::new(),
+            };
             if round % 2 == 0 {
                 a.push(analyze(&client, &compiled_sql, &c).await?);
                 b.push(analyze(&client, &hand_sql, &empty).await?);
@@ -242,7 +283,7 @@ async fn compiled(
     ws: WorkspaceId,
     rule: &str,
     now: DateTime<Utc>,
-) -> anyhow::Result<Compiled> {
+) -> anyhow::Result<Plan> {
     let def = Definition::request(parse(rule)?, "", true);
     let t = compile(client, ws, &Target::Inline(def), now, true).await?;
     Ok(t.compiled)
@@ -250,11 +291,11 @@ async fn compiled(
 
 /// Planning plus execution time in milliseconds, from `EXPLAIN (ANALYZE,
 /// TIMING OFF)` (per-node timing would tax the plan with more nodes).
-async fn analyze(client: &tokio_postgres::Client, sql: &str, c: &Compiled) -> anyhow::Result<f64> {
+async fn analyze(client: &tokio_postgres::Client, sql: &str, c: &Rendered) -> anyhow::Result<f64> {
     let rows = client
         .query_typed(
             &format!("EXPLAIN (ANALYZE, TIMING OFF, FORMAT JSON) {sql}"),
-            &c.typed_params(),
+            &c.typed(),
         )
         .await?;
     let plan: serde_json::Value = rows[0].get(0);

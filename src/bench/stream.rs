@@ -5,13 +5,14 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 
-use super::{BenchEnv, data, literal};
+use super::{BenchEnv, data};
 use crate::config::StreamBench;
 use crate::proto::{
     self as pb, query_service_client::QueryServiceClient,
     segment_service_client::SegmentServiceClient,
 };
 use crate::segment::ast::SegmentRef;
+use crate::segment::render::{Order, Query, Select};
 use crate::service::segments::{Target, compile};
 
 const WS: &str = "bench";
@@ -56,8 +57,14 @@ pub async fn run(env: &BenchEnv, o: &StreamBench) -> anyhow::Result<()> {
         true,
     )
     .await?;
-    let sql = format!("SELECT c.id {} ORDER BY c.id", t.compiled.ids_from());
-    let copy_sql = format!("COPY ({}) TO STDOUT", literal::inline(&sql, &t.compiled));
+    // The very query the stream runs, with its values as literals (COPY
+    // takes no bind parameters).
+    let ids = Query {
+        order: Order::Id,
+        ..Query::of(Select::Ids)
+    };
+    let sql = t.compiled.render(&ids).sql;
+    let copy_sql = format!("COPY ({}) TO STDOUT", t.compiled.render_literals(&ids));
     println!("segment: {DEFINITION}\nsql: {sql}");
 
     let mut query =

@@ -5,6 +5,7 @@ use chrono::{DateTime, TimeZone, Utc};
 use super::check::{Catalog, SegmentInfo, check};
 use super::lower::{Param, lower};
 use super::parse::parse;
+use super::render::{Query, Select};
 use crate::model::WorkspaceId;
 use crate::model::contact::CustomFieldType;
 use crate::model::schema::Schema;
@@ -58,12 +59,13 @@ pub(crate) fn compile(src: &str) -> (String, Vec<Param>) {
         },
     )
     .unwrap_or_else(|e| panic!("{src}: {e:?}"));
-    let c = lower(&checked.pred, WorkspaceId(7), now());
-    (format!("SELECT c.id {}", c.body), c.params)
+    let r =
+        lower(&checked.pred, WorkspaceId(7), now()).render(&Query::of(Select::Contacts("c.id")));
+    (r.sql, r.params)
 }
 
-/// The ids-only body of `src`, if it has one.
-fn ids_body(src: &str) -> Option<String> {
+/// The plan of `src` in the fixture workspace, without segments.
+fn plan(src: &str) -> crate::segment::plan::Plan {
     let s = schema();
     let checked = check(
         &parse(src).unwrap(),
@@ -74,7 +76,19 @@ fn ids_body(src: &str) -> Option<String> {
         },
     )
     .unwrap_or_else(|e| panic!("{src}: {e:?}"));
-    lower(&checked.pred, WorkspaceId(7), now()).ids_body
+    lower(&checked.pred, WorkspaceId(7), now())
+}
+
+/// The ids-only body of `src`, if it has one.
+fn ids_body(src: &str) -> Option<String> {
+    let plan = plan(src);
+    plan.driver?;
+    let ids = plan.render(&Query::of(Select::Ids)).sql;
+    Some(
+        ids.strip_prefix("SELECT c.id ")
+            .expect("an ids query")
+            .to_string(),
+    )
 }
 
 fn t(s: &str) -> Param {
@@ -349,12 +363,21 @@ fn events_group_once_per_condition() {
         r#"event(page_view, between 2026-01-01 and 2026-02-01, url STARTS_WITH "/pricing", properties.n > 2).distinct(url) >= 3"#,
         &ev(
             1,
-            "count(DISTINCT e.properties ->> $8)",
+            "count(DISTINCT e.properties ->> $9)",
             "e.type = $2 AND e.occurred_at >= $3 AND e.occurred_at < $4 AND ((e.properties ->> $5) ILIKE $6) AND ((CASE WHEN jsonb_typeof(e.properties -> $7) = 'number' THEN (e.properties -> $7)::float8 END) > $8)",
-        )
-        .replace("->> $8)", "->> $9)"),
+        ),
         "ev1.v >= $10",
-        vec![t("page_view"), ts(2026, 1, 1, 0), ts(2026, 2, 1, 0), t("url"), t("/pricing%"), t("n"), Param::Float8(2.0), t("url"), Param::Float8(3.0)],
+        vec![
+            t("page_view"),
+            ts(2026, 1, 1, 0),
+            ts(2026, 2, 1, 0),
+            t("url"),
+            t("/pricing%"),
+            t("n"),
+            Param::Float8(2.0),
+            t("url"),
+            Param::Float8(3.0),
+        ],
     );
     assert_golden(
         "event(purchase).last OLDER_THAN 60d",
@@ -461,6 +484,45 @@ fn any_event_type_and_type_lists() {
         " LEFT JOIN (SELECT e.contact_id, sum(e.value) AS v FROM events e WHERE e.workspace_id = $1 AND (e.value > $2) GROUP BY e.contact_id) ev1 ON ev1.contact_id = c.id",
         "ev1.v > $3",
         vec![Param::Float8(10.0), Param::Float8(100.0)],
+    );
+}
+
+#[test]
+fn conditions_on_the_same_events_share_one_source() {
+    // Two aggregates of purchases in one window: one grouped pass with two
+    // values, not two joins.
+    let src = "event(purchase, last 30d).count >= 2 AND event(purchase, last 30d).sum(value) > 300";
+    assert_golden(
+        src,
+        " LEFT JOIN (SELECT e.contact_id, count(*) AS v1, sum(e.value) AS v2 FROM events e WHERE e.workspace_id = $1 AND e.type = $2 AND e.occurred_at >= $3 GROUP BY e.contact_id) ev1 ON ev1.contact_id = c.id",
+        "(ev1.v1 >= $4) AND (ev1.v2 > $5)",
+        vec![
+            t("purchase"),
+            ts(2026, 2, 13, 12),
+            Param::Float8(2.0),
+            Param::Float8(300.0),
+        ],
+    );
+    // Its members: one HAVING with both tests.
+    assert_eq!(
+        ids_body(src).as_deref(),
+        Some(
+            "FROM (SELECT e.contact_id AS id FROM events e WHERE e.workspace_id = $1 AND e.type = $2 AND e.occurred_at >= $3 GROUP BY e.contact_id HAVING (count(*) >= $4) AND (sum(e.value) > $5)) c WHERE TRUE"
+        )
+    );
+}
+
+#[test]
+fn counting_a_bare_driver_counts_its_distinct_contacts() {
+    let count = |src: &str| plan(src).render(&Query::of(Select::Count)).sql;
+    assert_eq!(
+        count("event(email_open|email_click, last 30d)"),
+        "SELECT count(DISTINCT e.contact_id) FROM events e WHERE e.workspace_id = $1 AND e.type = ANY($2) AND e.occurred_at >= $3"
+    );
+    // With anything else to test, the ids-only body is counted.
+    assert!(
+        count("event(email_open, last 30d) AND NOT event(purchase)")
+            .starts_with("SELECT count(*) FROM (SELECT DISTINCT e.contact_id AS id FROM events e")
     );
 }
 

@@ -29,6 +29,7 @@ use tokio_postgres::types::{IsNull, ToSql, Type, to_sql_checked};
 
 use super::ast::{AggFunc, SetMatch, Window};
 use super::ir::*;
+use super::plan::{Columns, Conjunct, Grouped, Plan, Source, hole};
 use super::{counts, time};
 use crate::model::WorkspaceId;
 use crate::model::contact::{Channel, CustomFieldType};
@@ -130,63 +131,6 @@ impl ToSql for Param {
     to_sql_checked!();
 }
 
-/// A compiled segment: the `FROM ... WHERE ...` body selecting its members
-/// as rows of `contacts c`, and its parameters (`$1` is the workspace).
-#[derive(Debug, Clone, PartialEq)]
-pub struct Compiled {
-    /// `FROM contacts c ... WHERE c.workspace_id = $1 AND (...)`.
-    pub body: String,
-    /// The parameters, in order.
-    pub params: Vec<Param>,
-    /// A body for callers that need only `c.id` (ids, counts), when the
-    /// definition tests no contact column and one top-level event or deal
-    /// condition fails for contacts without matches: then `c` is that
-    /// condition's grouped subquery (`id` only), and the contacts table,
-    /// which foreign keys make redundant, is not read at all.
-    pub ids_body: Option<String>,
-}
-
-impl Compiled {
-    /// A body without the ids-only form.
-    pub fn new(body: String, params: Vec<Param>) -> Self {
-        Self {
-            body,
-            params,
-            ids_body: None,
-        }
-    }
-
-    /// The body for selecting `c.id` only: `SELECT c.id <ids_from>`.
-    pub fn ids_from(&self) -> &str {
-        self.ids_body.as_deref().unwrap_or(&self.body)
-    }
-
-    /// `SELECT c.id <ids_from>`: the member ids, unordered.
-    pub fn select_ids(&self) -> String {
-        format!("SELECT c.id {}", self.ids_from())
-    }
-
-    /// Adds a condition on `c.id` (and parameters bound before) to both
-    /// bodies; both end in a WHERE clause.
-    pub fn and_id(&mut self, cond: &str) {
-        let _ = write!(self.body, " AND {cond}");
-        if let Some(b) = &mut self.ids_body {
-            let _ = write!(b, " AND {cond}");
-        }
-    }
-
-    /// Adds a parameter and returns its placeholder.
-    pub fn bind(&mut self, p: Param) -> String {
-        self.params.push(p);
-        format!("${}", self.params.len())
-    }
-
-    /// The parameters paired with their types, for `query_typed`.
-    pub fn typed_params(&self) -> Vec<(&(dyn ToSql + Sync), Type)> {
-        typed(&self.params)
-    }
-}
-
 /// Parameters paired with their types, for `query_typed`.
 pub fn typed(params: &[Param]) -> Vec<(&(dyn ToSql + Sync), Type)> {
     params
@@ -195,94 +139,98 @@ pub fn typed(params: &[Param]) -> Vec<(&(dyn ToSql + Sync), Type)> {
         .collect()
 }
 
-/// Several predicates over one scan of the workspace's contacts: each
-/// condition is a boolean column expression over `from`.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Columns {
-    /// `FROM contacts c <joins>` (no WHERE).
-    pub from: String,
-    /// One two-valued boolean expression per predicate.
-    pub conds: Vec<String>,
-    /// The parameters, `$1` the workspace.
-    pub params: Vec<Param>,
-}
-
-impl Columns {
-    /// Adds a parameter and returns its placeholder.
-    pub fn bind(&mut self, p: Param) -> String {
-        self.params.push(p);
-        format!("${}", self.params.len())
-    }
-}
-
 /// Lowers `pred` for workspace `ws`, resolving relative times against `now`.
-pub fn lower(pred: &Pred, ws: WorkspaceId, now: DateTime<Utc>) -> Compiled {
+pub fn lower(pred: &Pred, ws: WorkspaceId, now: DateTime<Utc>) -> Plan {
     let mut l = Lowerer::new(ws, now);
-    // Top-level conjuncts may take shapes that only hold there.
-    let top: Vec<&Pred> = match pred {
-        Pred::All(items) if !items.is_empty() => items.iter().collect(),
-        p => vec![p],
-    };
-    let mut parts = Vec::with_capacity(top.len());
-    let mut driver = None;
+    // Top-level conjuncts may take shapes that only hold there; nested ANDs
+    // are top-level too.
+    let mut top: Vec<&Pred> = Vec::new();
+    flatten(pred, &mut top);
+    if top.is_empty() {
+        top.push(pred);
+    }
+    let mut conjuncts: Vec<Conjunct> = Vec::with_capacity(top.len());
+    // Top-level event conditions over the same events (types, window,
+    // filters) share one grouped source, with a value per aggregate.
+    let mut shared: Vec<(&EventAgg, usize)> = Vec::new();
     for p in &top {
-        let before = l.aggs.len();
-        let sql = l.conjunct(p);
-        let new = l.aggs.len() == before + 1 && matches!(p, Pred::Event(_) | Pred::Deal(_));
-        if driver.is_none() && new && l.aggs[before].strict {
-            driver = Some((parts.len(), before));
-        }
-        parts.push(sql);
-    }
-    let ids_body = match driver {
-        Some((part, agg)) if !touches_contact(pred) => {
-            let d = &l.aggs[agg];
-            let joins = l.joins.replacen(&d.join, "", 1);
-            let mut rest: Vec<String> = parts
-                .iter()
-                .enumerate()
-                .filter(|(i, _)| *i != part)
-                .map(|(_, s)| format!("({s})"))
-                .collect();
-            // "Since the last X", with the driver's rows being every X
-            // event up to now: the driver already knows when that was.
-            let mut ids = &d.ids;
-            if let Some((ty, with_last)) = &d.ids_with_last {
-                for (_, bound) in l.sinces.iter().filter(|(x, _)| x == ty) {
-                    for r in &mut rest {
-                        if r.contains(bound.as_str()) {
-                            *r = r.replace(bound.as_str(), "c.t");
-                            ids = with_last;
-                        }
-                    }
-                }
+        if let Pred::Event(e) = p
+            && !l.is_absence(p)
+        {
+            if let Some((_, s)) = shared.iter().find(|(x, _)| same_events(x, e)) {
+                let (sql, strict) = l.event_into(*s, e);
+                conjuncts.push(Conjunct {
+                    sql,
+                    tests: strict.then_some(*s),
+                    some: false,
+                });
+                continue;
             }
-            let rest = if rest.is_empty() {
-                "TRUE".to_string()
-            } else {
-                rest.join(" AND ")
-            };
-            Some(format!("FROM {ids} c{joins} WHERE {rest}"))
+            let before = l.sources.len();
+            let (sql, strict) = l.event(e);
+            shared.push((e, before));
+            conjuncts.push(Conjunct {
+                sql,
+                tests: strict.then_some(before),
+                some: e.agg.func == AggFunc::Count && counts::means_some(&e.agg.test),
+            });
+            continue;
         }
-        _ => None,
-    };
-    let cond = if parts.len() == 1 {
-        parts.into_iter().next().expect("one")
-    } else {
-        parts
-            .iter()
-            .map(|s| format!("({s})"))
-            .collect::<Vec<_>>()
-            .join(" AND ")
-    };
-    let mut body = String::from("FROM contacts c");
-    body.push_str(&l.joins);
-    let _ = write!(body, " WHERE c.workspace_id = $1 AND ({cond})");
-    Compiled {
-        body,
-        params: l.params,
-        ids_body,
+        if let Pred::Deal(d) = p
+            && !l.is_absence(p)
+        {
+            let before = l.sources.len();
+            let (sql, strict) = l.deal(d);
+            conjuncts.push(Conjunct {
+                sql,
+                tests: strict.then_some(before),
+                some: d.agg.func == AggFunc::Count && counts::means_some(&d.agg.test),
+            });
+            continue;
+        }
+        let sql = l.conjunct(p);
+        conjuncts.push(Conjunct {
+            sql,
+            tests: None,
+            some: false,
+        });
     }
+    // A source joined only for its own tests can drive the ids-only body
+    // when nothing reads a contact column.
+    let driver = if touches_contact(pred) {
+        None
+    } else {
+        conjuncts.iter().find_map(|c| c.tests)
+    };
+    // A source with tests that cannot drive (not strict) stays joined; a
+    // merged source is "some" only with one test.
+    for c in &mut conjuncts {
+        if let Some(s) = c.tests
+            && shared.iter().filter(|(_, x)| *x == s).count() == 1
+            && l.values_of(s) > 1
+        {
+            c.some = false;
+        }
+    }
+    Plan {
+        params: l.params,
+        sources: l.sources,
+        conjuncts,
+        driver,
+    }
+}
+
+/// The top-level conjuncts of `p`: nested ANDs flattened.
+fn flatten<'a>(p: &'a Pred, out: &mut Vec<&'a Pred>) {
+    match p {
+        Pred::All(items) if !items.is_empty() => items.iter().for_each(|x| flatten(x, out)),
+        other => out.push(other),
+    }
+}
+
+/// Whether two event conditions read the same events.
+fn same_events(a: &EventAgg, b: &EventAgg) -> bool {
+    a.types == b.types && a.window == b.window && a.filters == b.filters
 }
 
 /// Whether a predicate reads any column of the contact besides its id.
@@ -307,46 +255,17 @@ pub fn lower_columns(preds: &[&Pred], ws: WorkspaceId, now: DateTime<Utc>) -> Co
         })
         .collect();
     Columns {
-        from: format!("FROM contacts c{}", l.joins),
-        conds,
         params: l.params,
+        sources: l.sources,
+        conds,
     }
 }
 
 struct Lowerer {
     params: Vec<Param>,
-    joins: String,
+    sources: Vec<Source>,
     next_alias: usize,
     now: DateTime<Utc>,
-    /// Every grouped event or deal join, in order.
-    aggs: Vec<AggJoin>,
-    /// "Since the last X" bounds of anti-joins: X and the bound's SQL.
-    sinces: Vec<(String, String)>,
-}
-
-/// The parts of a grouped subquery: `SELECT <key>, <value> FROM <from>
-/// WHERE <conds> GROUP BY <key>`.
-struct Grouped<'a> {
-    key: &'a str,
-    value: &'a str,
-    from: &'a str,
-    conds: &'a [String],
-    /// The event type when the rows are every event of it up to now.
-    last_of: Option<&'a str>,
-}
-
-/// A grouped event or deal subquery joined to the contacts.
-struct AggJoin {
-    /// The `LEFT JOIN ...` text added to the joins.
-    join: String,
-    /// The contacts passing the test, as `(SELECT <contact_id> AS id ...)`.
-    ids: String,
-    /// When the rows are every event of one type up to now (unfiltered, in
-    /// a window open towards the future): that type, and `ids` also
-    /// yielding `t`, their latest time, which is the contact's last of all.
-    ids_with_last: Option<(String, String)>,
-    /// Whether contacts without matching rows fail the test.
-    strict: bool,
 }
 
 /// Whether a column holds a date or an instant (for relative tests).
@@ -365,61 +284,77 @@ enum Absent<'a> {
     Deal(&'a DealAgg),
 }
 
+/// A condition ANDed at the top of the tree that says "did not" ("not at
+/// least one", or "exactly none"): lowered as `NOT EXISTS`, which the
+/// planner pulls up into an anti-join (it would not under OR or NOT).
+fn absence(p: &Pred) -> Option<Absent<'_>> {
+    let (inner, negated) = match p {
+        Pred::Not(inner) => (&**inner, true),
+        p => (p, false),
+    };
+    let zero_only = |func: AggFunc, t: &Test| {
+        func == AggFunc::Count
+            && if negated {
+                counts::means_some(t)
+            } else {
+                counts::means_none(t)
+            }
+    };
+    match inner {
+        Pred::Event(e) if zero_only(e.agg.func, &e.agg.test) => Some(Absent::Event(e)),
+        Pred::Deal(d) if zero_only(d.agg.func, &d.agg.test) => Some(Absent::Deal(d)),
+        _ => None,
+    }
+}
+
 impl Lowerer {
     fn new(ws: WorkspaceId, now: DateTime<Utc>) -> Self {
         Self {
             params: vec![Param::Int8(ws.0)],
-            joins: String::new(),
+            sources: Vec::new(),
             next_alias: 1,
             now,
-            aggs: Vec::new(),
-            sinces: Vec::new(),
         }
     }
 
-    /// Joins a grouped subquery `SELECT <key>, <value> AS v FROM <from> WHERE
-    /// <conds> GROUP BY <key>` as `alias`, and tests its value.
-    fn join_agg(&mut self, alias: &str, g: Grouped<'_>, agg: (AggFunc, &Test)) -> Expr {
-        let Grouped {
-            key,
-            value,
-            from,
-            conds,
-            last_of,
-        } = g;
-        let conds = conds.join(" AND ");
-        let join = format!(
-            " LEFT JOIN (SELECT {key}, {value} AS v FROM {from} WHERE {conds} GROUP BY {key}) {alias} ON {alias}.contact_id = c.id"
-        );
-        self.joins.push_str(&join);
-        let (sql, strict) = self.agg_test(alias, agg.0, agg.1);
-        let having = sql.replace(&format!("{alias}.v"), value);
-        // "At least one" needs no count: DISTINCT lets the planner pick a
-        // sort-based, parallel-friendly plan as well as a hash.
-        let ids = if agg.0 == AggFunc::Count && counts::means_some(agg.1) {
-            format!("(SELECT DISTINCT {key} AS id FROM {from} WHERE {conds})")
-        } else {
-            format!("(SELECT {key} AS id FROM {from} WHERE {conds} GROUP BY {key} HAVING {having})")
+    /// Joins grouped source `g` as a new source named `<prefix><n>`, and
+    /// tests its (single) value.
+    fn join_agg(&mut self, prefix: &str, g: Grouped, agg: (AggFunc, &Test)) -> Expr {
+        let alias = self.alias(prefix);
+        self.sources.push(Source::Grouped(alias, g));
+        let s = self.sources.len() - 1;
+        self.agg_test(&hole::value(s, 0), agg.0, agg.1)
+    }
+
+    /// Adds a top-level event condition to grouped source `s`, which reads
+    /// the same events: one more value, and its test.
+    fn event_into(&mut self, s: usize, e: &EventAgg) -> Expr {
+        let value = self.event_value(e);
+        let Source::Grouped(_, g) = &mut self.sources[s] else {
+            unreachable!("events share grouped sources only")
         };
-        self.aggs.push(AggJoin {
-            join,
-            ids,
-            ids_with_last: last_of.map(|ty| {
-                (
-                    ty.to_string(),
-                    format!(
-                        "(SELECT {key} AS id, max(e.occurred_at) AS t FROM {from} WHERE {conds} GROUP BY {key} HAVING {having})"
-                    ),
-                )
-            }),
-            strict,
-        });
-        (sql, strict)
+        g.values.push(value);
+        let k = g.values.len() - 1;
+        self.agg_test(&hole::value(s, k), e.agg.func, &e.agg.test)
+    }
+
+    /// How many values grouped source `s` has.
+    fn values_of(&self, s: usize) -> usize {
+        match &self.sources[s] {
+            Source::Grouped(_, g) => g.values.len(),
+            Source::Rows(..) => 0,
+        }
+    }
+
+    /// Whether a top-level condition lowers as an anti-join (see
+    /// [`Lowerer::conjunct`]).
+    fn is_absence(&self, p: &Pred) -> bool {
+        absence(p).is_some()
     }
 
     fn bind(&mut self, p: Param) -> String {
         self.params.push(p);
-        format!("${}", self.params.len())
+        hole::param(self.params.len() - 1)
     }
 
     fn alias(&mut self, prefix: &str) -> String {
@@ -478,11 +413,13 @@ impl Lowerer {
             Pred::Member(id) => {
                 let a = self.alias("sm");
                 let seg = self.bind(Param::Int8(*id));
-                let _ = write!(
-                    self.joins,
-                    " LEFT JOIN (SELECT m.contact_id FROM segment_members m WHERE m.workspace_id = $1 AND m.segment_id = {seg}) {a} ON {a}.contact_id = c.id"
+                let sub = format!(
+                    "SELECT m.contact_id FROM segment_members m WHERE m.workspace_id = {} AND m.segment_id = {seg}",
+                    hole::param(0)
                 );
-                (format!("{a}.contact_id IS NOT NULL"), false)
+                let test = format!("{a}.contact_id IS NOT NULL");
+                self.sources.push(Source::Rows(a, sub));
+                (test, false)
             }
             Pred::Event(e) => self.event(e),
             Pred::Deal(d) => self.deal(d),
@@ -576,10 +513,7 @@ impl Lowerer {
                 (format!("{col} <> ALL({v})"), true)
             }
             Test::Like(how, s) => {
-                let esc = s
-                    .replace('\\', "\\\\")
-                    .replace('%', "\\%")
-                    .replace('_', "\\_");
+                let esc = like_literal(s);
                 let pattern = match how {
                     Like::Contains => format!("%{esc}%"),
                     Like::StartsWith => format!("{esc}%"),
@@ -721,25 +655,7 @@ impl Lowerer {
     /// `NOT EXISTS`, which the planner pulls up into an anti-join (it would
     /// not under OR or NOT); everything else lowers as anywhere.
     fn conjunct(&mut self, p: &Pred) -> String {
-        // "Not at least one", or "exactly none".
-        let (inner, negated) = match p {
-            Pred::Not(inner) => (&**inner, true),
-            p => (p, false),
-        };
-        let zero_only = |func: AggFunc, t: &Test| {
-            func == AggFunc::Count
-                && if negated {
-                    counts::means_some(t)
-                } else {
-                    counts::means_none(t)
-                }
-        };
-        let none = match inner {
-            Pred::Event(e) if zero_only(e.agg.func, &e.agg.test) => Some(Absent::Event(e)),
-            Pred::Deal(d) if zero_only(d.agg.func, &d.agg.test) => Some(Absent::Deal(d)),
-            _ => None,
-        };
-        match none {
+        match absence(p) {
             Some(Absent::Event(e)) => {
                 let (from, mut conds) = self.event_scope(e, true);
                 conds.insert(1, "e.contact_id = c.id".into());
@@ -756,12 +672,14 @@ impl Lowerer {
                     conds.join(" AND ")
                 )
             }
-            None => self.pred(p).0,
+            None => {
+                let (sql, _) = self.pred(p);
+                sql
+            }
         }
     }
 
     fn event(&mut self, e: &EventAgg) -> Expr {
-        let a = self.alias("ev");
         let (from, conds) = self.event_scope(e, false);
         let value = self.event_value(e);
         let open = matches!(e.window, None | Some(Window::Last(_) | Window::After(_)))
@@ -769,17 +687,17 @@ impl Lowerer {
         // The driver's own latest time answers "since the last X" only when
         // it holds every X event: one type, unfiltered, open to now.
         let last_of = match (&e.types, open) {
-            (Some(ts), true) if ts.len() == 1 => Some(ts[0].as_str()),
+            (Some(ts), true) if ts.len() == 1 => Some(ts[0].clone()),
             _ => None,
         };
         let g = Grouped {
             key: "e.contact_id",
-            value: &value,
-            from: &from,
-            conds: &conds,
+            from,
+            conds,
+            values: vec![value],
             last_of,
         };
-        self.join_agg(&a, g, (e.agg.func, &e.agg.test))
+        self.join_agg("ev", g, (e.agg.func, &e.agg.test))
     }
 
     /// The events an event condition aggregates: `FROM` and `WHERE` parts
@@ -788,7 +706,7 @@ impl Lowerer {
     /// instead of a grouped join over all contacts.
     fn event_scope(&mut self, e: &EventAgg, correlated: bool) -> (String, Vec<String>) {
         let mut from = String::from("events e");
-        let mut conds = vec!["e.workspace_id = $1".to_string()];
+        let mut conds = vec![format!("e.workspace_id = {}", hole::param(0))];
         match e.types.as_deref() {
             None => {}
             Some([t]) => {
@@ -823,21 +741,19 @@ impl Lowerer {
                 conds.push(format!("e.occurred_at >= {t}"));
             }
             Some(Window::SinceLast(u)) if correlated => {
-                let ty = u.clone();
-                let u = self.bind(Param::Text(ty.clone()));
                 // Tied to the outer contact, the bound is computed once per
-                // contact and becomes an index condition.
-                let last = format!(
-                    "coalesce((SELECT max(s.occurred_at) FROM events s WHERE s.workspace_id = $1 AND s.contact_id = c.id AND s.type = {u}), '-infinity')"
-                );
+                // contact and becomes an index condition (the renderer
+                // writes it, or reads it off a driver that has it).
+                self.params.push(Param::Text(u.clone()));
+                let last = hole::last_of(self.params.len() - 1);
                 conds.push(format!("e.occurred_at > {last}"));
-                self.sinces.push((ty, last));
             }
             Some(Window::SinceLast(u)) => {
                 let u = self.bind(Param::Text(u.clone()));
                 let _ = write!(
                     from,
-                    " LEFT JOIN (SELECT s.contact_id, max(s.occurred_at) AS t FROM events s WHERE s.workspace_id = $1 AND s.type = {u} GROUP BY s.contact_id) s ON s.contact_id = e.contact_id"
+                    " LEFT JOIN (SELECT s.contact_id, max(s.occurred_at) AS t FROM events s WHERE s.workspace_id = {} AND s.type = {u} GROUP BY s.contact_id) s ON s.contact_id = e.contact_id",
+                    hole::param(0)
                 );
                 conds.push("(s.t IS NULL OR e.occurred_at > s.t)".into());
             }
@@ -958,8 +874,7 @@ impl Lowerer {
                         let k = self.bind(Param::Text(k.clone()));
                         // A prefix no JSON number, boolean, null, object or
                         // array text starts with needs no type check.
-                        let only_strings = matches!(t, Test::Like(Like::StartsWith, p)
-                            if p.chars().next().is_some_and(|c| !"0123456789-tfn{[".contains(c.to_ascii_lowercase())));
+                        let only_strings = matches!(t, Test::Like(Like::StartsWith, p) if only_strings_start_with(p));
                         let guard = (!only_strings)
                             .then(|| format!("jsonb_typeof(e.properties -> {k}) = 'string'"));
                         (format!("(e.properties ->> {k})"), guard)
@@ -983,7 +898,7 @@ impl Lowerer {
 
     /// The `WHERE` parts over `deals d` selecting a deal condition's deals.
     fn deal_scope(&mut self, d: &DealAgg) -> Vec<String> {
-        let mut conds = vec!["d.workspace_id = $1".to_string()];
+        let mut conds = vec![format!("d.workspace_id = {}", hole::param(0))];
         for (f, test) in &d.filters {
             let (sql, _) = self.test(deal_col(*f), test, Clock::Time, false);
             conds.push(format!("({sql})"));
@@ -992,7 +907,6 @@ impl Lowerer {
     }
 
     fn deal(&mut self, d: &DealAgg) -> Expr {
-        let a = self.alias("dl");
         let conds = self.deal_scope(d);
         let value = match (d.agg.func, d.agg.arg) {
             (AggFunc::First, _) => "min(d.created_at)".to_string(),
@@ -1003,37 +917,59 @@ impl Lowerer {
         };
         let g = Grouped {
             key: "d.contact_id",
-            value: &value,
-            from: "deals d",
-            conds: &conds,
+            from: "deals d".into(),
+            conds,
+            values: vec![value],
             last_of: None,
         };
-        self.join_agg(&a, g, (d.agg.func, &d.agg.test))
+        self.join_agg("dl", g, (d.agg.func, &d.agg.test))
     }
 
     /// Tests an aggregate column. Contacts without matches have no row:
     /// their count, sum and distinct count are 0, the rest are missing.
-    fn agg_test(&mut self, alias: &str, func: AggFunc, t: &Test) -> Expr {
+    fn agg_test(&mut self, value: &str, func: AggFunc, t: &Test) -> Expr {
         let zero = matches!(func, AggFunc::Count | AggFunc::Sum | AggFunc::Distinct);
         if zero && counts::zero_fails(t) {
             // Contacts without a row fail the test either way; comparing the
             // column itself keeps the condition strict, so at the top level
             // the planner turns the outer join into an inner one.
-            return self.test(&format!("{alias}.v"), t, Clock::Time, false);
+            return self.test(value, t, Clock::Time, false);
         }
         let col = if zero {
-            format!("coalesce({alias}.v, 0)")
+            format!("coalesce({value}, 0)")
         } else {
-            format!("{alias}.v")
+            value.to_string()
         };
         let (sql, nullable) = self.test(&col, t, Clock::Time, false);
         (sql, nullable && !zero)
     }
 }
 
+/// `s` as a LIKE pattern that matches it literally: `\`, `%` and `_`
+/// escaped (the pattern is a bound value).
+fn like_literal(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if matches!(c, '\\' | '%' | '_') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// Whether no JSON number, boolean, null, object or array has a text that
+/// starts with `prefix` (case-insensitively).
+pub(crate) fn only_strings_start_with(prefix: &str) -> bool {
+    prefix
+        .chars()
+        .next()
+        .is_some_and(|c| !"0123456789-tfn{[".contains(c.to_ascii_lowercase()))
+}
+
 /// Whether `s` could be the `->>` text of a JSON value that is not a
 /// string: a number, `true`, `false`, `null`, an object or an array.
-fn could_be_non_string(s: &str) -> bool {
+pub(crate) fn could_be_non_string(s: &str) -> bool {
     serde_json::from_str::<serde_json::Value>(s).is_ok_and(|v| !v.is_string())
 }
 

@@ -14,20 +14,11 @@ use crate::error::{Error, Result, Violation};
 use crate::model::WorkspaceId;
 use crate::model::contact::{Contact, ContactKey};
 use crate::segment::eval::{ContactData, NodeResult, explain};
-use crate::segment::lower::{Compiled, Param, lower_columns, typed};
+use crate::segment::lower::lower_columns;
+use crate::segment::plan::Plan;
+use crate::segment::render::{GroupKey, Order, Query, Select};
 
-/// A deterministic sample or split, hashed on the contact id with a salt.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Sample {
-    /// About this fraction of members, in (0, 1].
-    Fraction(f64, String),
-    /// Bucket `index` of `count`.
-    Bucket {
-        index: i32,
-        count: i32,
-        salt: String,
-    },
-}
+pub use crate::segment::render::Sample;
 
 /// Runs membership queries, each in its own transaction with the query
 /// class's statement timeout, compiling inline definitions under the cost
@@ -73,11 +64,7 @@ impl Reader<'_> {
     ) -> Result<i64> {
         self.within(async |tx| {
             let t = compile_guarded(tx, ws, target, now, self.max_cost, allow_expensive).await?;
-            let mut c = t.compiled;
-            if let Some(s) = sample {
-                apply_sample(&mut c, s);
-            }
-            count(tx, &c).await
+            count(tx, &t.compiled, sample).await
         })
         .await
     }
@@ -152,27 +139,6 @@ impl Reader<'_> {
     }
 }
 
-/// Resolution of the fraction hash.
-const SAMPLE_SCALE: i64 = 1_000_000;
-
-/// Narrows a compiled query to a sample: appends a hash test on `c.id`.
-pub fn apply_sample(c: &mut Compiled, s: &Sample) {
-    let (salt, n, keep) = match s {
-        Sample::Fraction(f, salt) => (salt, SAMPLE_SCALE, (f * SAMPLE_SCALE as f64).round() as i64),
-        Sample::Bucket { index, count, salt } => (salt, i64::from(*count), i64::from(*index)),
-    };
-    let salt = c.bind(Param::Text(format!("{salt}:")));
-    let n_p = c.bind(Param::Int8(n));
-    let k = c.bind(Param::Int8(keep));
-    let bucket =
-        format!("mod(mod(hashtextextended({salt} || c.id::text, 0), {n_p}) + {n_p}, {n_p})");
-    let test = match s {
-        Sample::Fraction(..) => format!("{bucket} < {k}"),
-        Sample::Bucket { .. } => format!("{bucket} = {k}"),
-    };
-    c.and_id(&test);
-}
-
 /// Sets a statement timeout for the rest of the transaction (zero: none).
 ///
 /// # Errors
@@ -213,13 +179,16 @@ pub async fn compile_guarded(
     Ok(t)
 }
 
-/// The exact number of members.
+/// The exact number of members, optionally of a sample.
 ///
 /// # Errors
 /// The database is unavailable or the statement timed out.
-pub async fn count(client: &impl GenericClient, c: &Compiled) -> Result<i64> {
-    let sql = format!("SELECT count(*) {}", c.ids_from());
-    let row = client.query_typed(&sql, &c.typed_params()).await?;
+pub async fn count(client: &impl GenericClient, c: &Plan, sample: Option<&Sample>) -> Result<i64> {
+    let q = c.render(&Query {
+        sample,
+        ..Query::of(Select::Count)
+    });
+    let row = client.query_typed(&q.sql, &q.typed()).await?;
     Ok(row[0].get(0))
 }
 
@@ -245,20 +214,18 @@ pub struct Preview {
 pub async fn preview(
     client: &impl GenericClient,
     ws: WorkspaceId,
-    c: &Compiled,
+    c: &Plan,
     n: i64,
 ) -> Result<Preview> {
     let e = segs::explain(client, c, false).await?;
     let started = Instant::now();
-    let count = count(client, c).await?;
-    let mut s = c.clone();
-    let limit = s.bind(Param::Int8(n));
-    let sql = format!(
-        "SELECT {} {} ORDER BY hashtextextended(c.id::text, 0), c.id LIMIT {limit}",
-        *db::contacts::SELECT_COLUMNS,
-        s.body
-    );
-    let rows = client.query_typed(&sql, &s.typed_params()).await?;
+    let count = count(client, c, None).await?;
+    let q = c.render(&Query {
+        order: Order::Hash,
+        limit: Some(n),
+        ..Query::of(Select::Contacts(&db::contacts::SELECT_COLUMNS))
+    });
+    let rows = client.query_typed(&q.sql, &q.typed()).await?;
     let schema = db::definitions::schema(client, ws).await?;
     let sample = rows
         .iter()
@@ -336,17 +303,12 @@ pub async fn check_membership(
         checked.push(v);
     }
     let preds: Vec<_> = checked.iter().map(|v| &v.checked.pred).collect();
-    let mut cols = lower_columns(&preds, ws, now);
-    let id = cols.bind(Param::Int8(contact.id));
+    let cols = lower_columns(&preds, ws, now);
     let answers: Vec<bool> = if cols.conds.is_empty() {
         vec![]
     } else {
-        let sql = format!(
-            "SELECT {} {} WHERE c.workspace_id = $1 AND c.id = {id}",
-            cols.conds.join(", "),
-            cols.from
-        );
-        let row = client.query_typed(&sql, &typed(&cols.params)).await?;
+        let q = cols.render_for(contact.id);
+        let row = client.query_typed(&q.sql, &q.typed()).await?;
         let row = row
             .first()
             .ok_or_else(|| Error::NotFound(format!("contact {}", contact.id)))?;
@@ -456,22 +418,18 @@ pub struct Breakdown {
     pub total: i64,
 }
 
-/// The SQL expression (and whether it is a set to unnest) for a field.
-fn group_expr(
-    field: &str,
-    c: &mut Compiled,
-    schema: &crate::model::schema::Schema,
-) -> Result<(String, bool)> {
+/// The breakdown key for a field.
+fn group_key(field: &str, schema: &crate::model::schema::Schema) -> Result<GroupKey> {
     use crate::model::contact::{CustomFieldType, TextField};
     if let Some(f) = TextField::from_name(field) {
-        return Ok((format!("c.{}", f.name()), false));
+        return Ok(GroupKey::Column(f.name()));
     }
     Ok(match field {
-        "source_channel" => ("c.source_channel".into(), false),
-        "lead_score" => ("c.lead_score::text".into(), false),
-        "birth_date" => ("c.birth_date::text".into(), false),
-        "labels" | "label" => ("c.labels".into(), true),
-        "tags" | "tag" => ("c.tags".into(), true),
+        "source_channel" => GroupKey::Column("source_channel"),
+        "lead_score" => GroupKey::Expr("c.lead_score::text"),
+        "birth_date" => GroupKey::Expr("c.birth_date::text"),
+        "labels" | "label" => GroupKey::Set("labels"),
+        "tags" | "tag" => GroupKey::Set("tags"),
         other => {
             let key = other
                 .strip_prefix("custom.")
@@ -479,13 +437,9 @@ fn group_expr(
             let t = schema.custom.get(key).ok_or_else(|| {
                 Error::invalid("group_by", format!("unknown custom field `{key}`"))
             })?;
-            let k = c.bind(Param::Text(key.to_string()));
             match t {
-                CustomFieldType::StringList => (
-                    format!("ARRAY(SELECT jsonb_array_elements_text(c.attrs -> {k}))"),
-                    true,
-                ),
-                _ => (format!("(c.attrs ->> {k})"), false),
+                CustomFieldType::StringList => GroupKey::CustomList(key.to_string()),
+                _ => GroupKey::Custom(key.to_string()),
             }
         }
     })
@@ -500,67 +454,33 @@ fn group_expr(
 pub async fn breakdown(
     client: &impl GenericClient,
     ws: WorkspaceId,
-    compiled: &Compiled,
+    compiled: &Plan,
     fields: &[String],
     n: i64,
 ) -> Result<Breakdown> {
     let schema = db::definitions::schema(client, ws).await?;
-    let mut c = compiled.clone();
-    let mut select = Vec::new();
-    let mut unnest = String::new();
-    for (i, f) in fields.iter().enumerate() {
-        let (expr, set) = group_expr(f, &mut c, &schema).map_err(|e| match e {
-            Error::InvalidArgument(v) => Error::InvalidArgument(
-                v.into_iter()
-                    .map(|x| Violation::new(format!("group_by[{i}]"), x.description))
-                    .collect(),
-            ),
-            other => other,
-        })?;
-        if set {
-            // A contact with an empty set still counts once, with no value.
-            unnest.push_str(&format!(
-                " LEFT JOIN LATERAL unnest({expr}) AS u{i}(v) ON true"
-            ));
-            select.push(format!("u{i}.v"));
-        } else {
-            select.push(expr);
-        }
-    }
-    let limit = c.bind(Param::Int8(n));
-    let keys: Vec<String> = (1..=fields.len()).map(|i| format!("k{i}")).collect();
-    let defs: Vec<String> = select
+    let keys = fields
         .iter()
-        .zip(&keys)
-        .map(|(e, k)| format!("{e} AS {k}"))
-        .collect();
-    let order: Vec<String> = keys.iter().map(|k| format!("{k} NULLS FIRST")).collect();
-    let top: Vec<String> = keys
-        .iter()
-        .map(|k| format!("CASE WHEN rn <= {limit} THEN {k} END"))
-        .collect();
-    let positions: Vec<String> = (1..=fields.len()).map(|i| i.to_string()).collect();
-    let body = c
-        .body
-        .replacen("FROM contacts c", &format!("FROM contacts c{unnest}"), 1);
-    let sql = format!(
-        "WITH g AS (SELECT {defs}, count(*) AS n {body} GROUP BY {keys}),
-              r AS (SELECT g.*, row_number() OVER (ORDER BY n DESC, {order}) AS rn FROM g)
-         SELECT {top}, sum(n)::bigint AS total, rn > {limit} AS other, count(*) AS groups
-         FROM r GROUP BY {positions}, other ORDER BY other, total DESC",
-        defs = defs.join(", "),
-        keys = keys.join(", "),
-        order = order.join(", "),
-        top = top.join(", "),
-        positions = positions.join(", "),
-    );
-    let rows = client.query_typed(&sql, &c.typed_params()).await?;
+        .enumerate()
+        .map(|(i, f)| {
+            group_key(f, &schema).map_err(|e| match e {
+                Error::InvalidArgument(v) => Error::InvalidArgument(
+                    v.into_iter()
+                        .map(|x| Violation::new(format!("group_by[{i}]"), x.description))
+                        .collect(),
+                ),
+                other => other,
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let q = compiled.render(&Query::of(Select::Breakdown(&keys, n)));
+    let rows = client.query_typed(&q.sql, &q.typed()).await?;
     let k = fields.len();
     let mut out = Breakdown {
         groups: vec![],
         other: 0,
         group_count: 0,
-        total: count(client, compiled).await?,
+        total: count(client, compiled, None).await?,
     };
     for r in rows {
         let (sum, other, groups): (i64, bool, i64) = (r.get(k), r.get(k + 1), r.get(k + 2));
@@ -609,19 +529,8 @@ pub async fn overlap(
         checked.push(v);
     }
     let preds: Vec<_> = checked.iter().map(|v| &v.checked.pred).collect();
-    let cols = lower_columns(&preds, ws, now);
-    let flags: Vec<String> = cols
-        .conds
-        .iter()
-        .enumerate()
-        .map(|(i, c)| format!("(CASE WHEN {c} THEN {} ELSE 0 END)", 1 << i))
-        .collect();
-    let sql = format!(
-        "SELECT m, count(*) FROM (SELECT ({}) AS m {} WHERE c.workspace_id = $1) x WHERE m > 0 GROUP BY m",
-        flags.join(" + "),
-        cols.from
-    );
-    let rows = client.query_typed(&sql, &typed(&cols.params)).await?;
+    let q = lower_columns(&preds, ws, now).render_combinations();
+    let rows = client.query_typed(&q.sql, &q.typed()).await?;
     let combos: HashMap<u32, i64> = rows
         .iter()
         .map(|r| (r.get::<_, i32>(0) as u32, r.get::<_, i64>(1)))

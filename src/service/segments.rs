@@ -9,7 +9,9 @@ use crate::model::WorkspaceId;
 use crate::model::segment::{Definition, Segment, SegmentKind};
 use crate::segment::ast::{Rule, SegmentRef};
 use crate::segment::check::{Catalog, Checked, SegmentInfo, check, refs_to_ids, refs_to_names};
-use crate::segment::lower::{Compiled, lower};
+use crate::segment::lower::lower;
+use crate::segment::plan::Plan;
+use crate::segment::render::{Query, Select};
 
 /// The segments of a workspace as the checker sees them.
 pub fn infos(segments: &[Segment]) -> Vec<SegmentInfo> {
@@ -128,8 +130,8 @@ pub enum Target {
 /// A compiled target.
 #[derive(Debug, Clone)]
 pub struct CompiledTarget {
-    /// The query.
-    pub compiled: Compiled,
+    /// The query's plan.
+    pub compiled: Plan,
     /// The checked definition.
     pub checked: Checked,
     /// The saved segment, if the target was one.
@@ -358,13 +360,8 @@ pub async fn snapshot(
         version: 1,
     };
     let created = db::segments::insert(&tx, ws, &s).await?;
-    let mut c = t.compiled.clone();
-    let seg = c.bind(crate::segment::lower::Param::Int8(created.id));
-    let sql = format!(
-        "INSERT INTO segment_members (workspace_id, segment_id, contact_id) SELECT $1, {seg}, c.id {}",
-        c.body
-    );
-    let n = tx.execute_typed(&sql, &c.typed_params()).await?;
+    let insert = t.compiled.render(&Query::of(Select::Snapshot(created.id)));
+    let n = tx.execute_typed(&insert.sql, &insert.typed()).await?;
     tx.commit().await?;
     Ok((created, n))
 }
@@ -388,19 +385,16 @@ pub struct Explained {
 ///
 /// # Errors
 /// The database refused the plan (a bug) or timed out.
-pub async fn explain(
-    client: &impl GenericClient,
-    c: &Compiled,
-    analyze: bool,
-) -> Result<Explained> {
-    let sql = c.select_ids();
+pub async fn explain(client: &impl GenericClient, c: &Plan, analyze: bool) -> Result<Explained> {
+    let r = c.canonical();
+    let sql = r.sql.clone();
     let opts = if analyze {
         "ANALYZE, FORMAT JSON"
     } else {
         "FORMAT JSON"
     };
     let rows = client
-        .query_typed(&format!("EXPLAIN ({opts}) {sql}"), &c.typed_params())
+        .query_typed(&format!("EXPLAIN ({opts}) {sql}"), &r.typed())
         .await?;
     let plan: serde_json::Value = rows
         .first()
@@ -409,7 +403,7 @@ pub async fn explain(
     let top = &plan[0]["Plan"];
     Ok(Explained {
         sql,
-        params: c.params.iter().map(|p| p.to_json().to_string()).collect(),
+        params: r.params.iter().map(|p| p.to_json().to_string()).collect(),
         cost: top["Total Cost"].as_f64().unwrap_or_default(),
         rows: top["Plan Rows"].as_f64().unwrap_or_default(),
         plan_json: plan.to_string(),

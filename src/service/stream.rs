@@ -25,7 +25,8 @@ use crate::db::{self, stream_conn};
 use crate::error::{Error, Result};
 use crate::model::WorkspaceId;
 use crate::model::contact::Contact;
-use crate::segment::lower::{Compiled, Param};
+use crate::segment::plan::Plan;
+use crate::segment::render::{Order, Query, Sample, Select};
 
 /// Ids per message at most; messages start smaller so the first arrives fast.
 pub const MAX_ID_BATCH: usize = 32_768;
@@ -80,8 +81,9 @@ impl Cursor {
     }
 }
 
-/// FNV-1a over the query text and parameters: stable across builds.
-pub fn fingerprint(c: &Compiled, projection: bool) -> String {
+/// FNV-1a over the query text and parameters, sample included: stable
+/// across builds.
+pub fn fingerprint(c: &Plan, sample: Option<&Sample>, projection: bool) -> String {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     let mut feed = |b: &[u8]| {
         for x in b {
@@ -89,8 +91,12 @@ pub fn fingerprint(c: &Compiled, projection: bool) -> String {
             h = h.wrapping_mul(0x0100_0000_01b3);
         }
     };
-    feed(c.body.as_bytes());
-    for p in &c.params {
+    let q = c.render(&Query {
+        sample,
+        ..Query::of(Select::Ids)
+    });
+    feed(q.sql.as_bytes());
+    for p in &q.params {
         feed(p.to_json().to_string().as_bytes());
     }
     feed(&[u8::from(projection)]);
@@ -111,11 +117,13 @@ pub struct Timeouts {
 
 /// What to stream.
 #[derive(Debug, Clone)]
-pub struct Plan {
+pub struct Job {
     /// The workspace (for decoding custom fields).
     pub ws: WorkspaceId,
-    /// The compiled segment, sample applied.
-    pub compiled: Compiled,
+    /// The compiled segment.
+    pub compiled: Plan,
+    /// Only a sample or split of its members.
+    pub sample: Option<Sample>,
     /// Stream whole contacts rather than ids.
     pub contacts: bool,
     /// Stop after this many rows in this call.
@@ -164,7 +172,7 @@ pub struct Members {
 /// permit bounds concurrent streams and is released when the stream ends.
 pub fn spawn(
     sessions: Arc<stream_conn::StreamSessions>,
-    plan: Plan,
+    plan: Job,
     shutdown: CancellationToken,
     permit: OwnedSemaphorePermit,
 ) -> Members {
@@ -231,7 +239,7 @@ type Step<T> = std::result::Result<T, Stop>;
 
 async fn produce(
     sessions: &stream_conn::StreamSessions,
-    plan: &Plan,
+    plan: &Job,
     tx: &mpsc::Sender<Item>,
     shutdown: &CancellationToken,
 ) -> Result<()> {
@@ -280,7 +288,7 @@ async fn produce(
 }
 
 /// Runs the stream on a session; `Ok` once the summary was sent.
-async fn run(session: &stream_conn::StreamSession, plan: &Plan, out: &mut Out<'_>) -> Step<()> {
+async fn run(session: &stream_conn::StreamSession, plan: &Job, out: &mut Out<'_>) -> Step<()> {
     let client = &session.client;
     out.wait(async {
         client
@@ -302,27 +310,24 @@ async fn run(session: &stream_conn::StreamSession, plan: &Plan, out: &mut Out<'_
         })
         .await?;
 
-    let mut c = plan.compiled.clone();
-    if plan.start.after > 0 {
-        let p = c.bind(Param::Int8(plan.start.after));
-        c.and_id(&format!("c.id > {p}"));
-    }
-    let limit = match plan.limit {
-        Some(n) => format!(" LIMIT {}", c.bind(Param::Int8(n))),
-        None => String::new(),
+    let query = |select| Query {
+        select,
+        after: (plan.start.after > 0).then_some(plan.start.after),
+        sample: plan.sample.as_ref(),
+        only: None,
+        order: Order::Id,
+        limit: plan.limit,
     };
 
     if plan.contacts {
         let schema = out.wait(db::definitions::schema(client, plan.ws)).await?;
-        let sql = format!(
-            "SELECT {} {} ORDER BY c.id{limit}",
-            *db::contacts::SELECT_COLUMNS,
-            c.body
-        );
+        let q = plan
+            .compiled
+            .render(&query(Select::Contacts(&db::contacts::SELECT_COLUMNS)));
         let rows = out
             .wait(async {
                 client
-                    .query_typed_raw(&sql, c.params.iter().map(|p| (p, p.pg_type())))
+                    .query_typed_raw(&q.sql, q.params.iter().map(|p| (p, p.pg_type())))
                     .await
                     .map_err(Error::from)
             })
@@ -357,19 +362,16 @@ async fn run(session: &stream_conn::StreamSession, plan: &Plan, out: &mut Out<'_
         // values go into transaction-local settings through bound
         // parameters, and the query reads each one once; caller values never
         // become SQL text.
-        let (set, query) = via_settings(
-            &format!("SELECT c.id {} ORDER BY c.id{limit}", c.ids_from()),
-            &c.params,
-        );
+        let q = plan.compiled.render_with_settings(&query(Select::Ids));
         out.wait(async {
             client
-                .query_typed(&set, &crate::segment::lower::typed(&c.params))
+                .query_typed(&q.set.sql, &q.set.typed())
                 .await
                 .map_err(Error::from)
         })
         .await?;
         let mut raw = session.borrow()?;
-        out.wait(raw.send_query(&format!("COPY ({query}) TO STDOUT")))
+        out.wait(raw.send_query(&format!("COPY ({}) TO STDOUT", q.query)))
             .await?;
         let mut ids: Vec<i64> = Vec::with_capacity(FIRST_ID_BATCH);
         loop {
@@ -460,65 +462,6 @@ impl Out<'_> {
     }
 }
 
-/// The SQL type name of a parameter, for casts.
-fn sql_type(p: &Param) -> &'static str {
-    match p {
-        Param::Int8(_) => "bigint",
-        Param::Float8(_) => "float8",
-        Param::Text(_) => "text",
-        Param::Bool(_) => "boolean",
-        Param::Date(_) => "date",
-        Param::Time(_) => "timestamptz",
-        Param::Int8Array(_) => "bigint[]",
-        Param::Int4Array(_) => "int[]",
-        Param::Float8Array(_) => "float8[]",
-        Param::TextArray(_) => "text[]",
-        Param::DateArray(_) => "date[]",
-        Param::JsonArray(_) => "jsonb[]",
-    }
-}
-
-/// Splits a parameterised query into a statement storing each parameter in
-/// a transaction-local setting (`segd.p<n>`, bound, never inlined) and the
-/// query reading each setting once through an InitPlan.
-pub fn via_settings(sql: &str, params: &[Param]) -> (String, String) {
-    let sets: Vec<String> = params
-        .iter()
-        .enumerate()
-        .map(|(i, p)| {
-            format!(
-                "set_config('segd.p{n}', ${n}::{}::text, true)",
-                sql_type(p),
-                n = i + 1
-            )
-        })
-        .collect();
-    let mut query = sql.to_string();
-    // Highest first, so $1 never clobbers the start of $10.
-    for (i, p) in params.iter().enumerate().rev() {
-        let value = match p {
-            // Numbers, dates and times print from typed values through
-            // Rust's formatters (digits, signs, dots, dashes, colons): they
-            // cannot carry SQL, and as literals the planner sees them.
-            Param::Int8(v) => format!("{v}::bigint"),
-            Param::Float8(v) => format!("'{v}'::float8"),
-            Param::Bool(v) => format!("{v}"),
-            Param::Date(v) => format!("'{v}'::date"),
-            // Truncated to microseconds, as binding it would.
-            Param::Time(v) => format!("'{}'::timestamptz", v.format("%Y-%m-%dT%H:%M:%S%.6f+00:00")),
-            // The outer cast keeps `= ANY(...)` an array comparison rather
-            // than a subquery comparison.
-            _ => format!(
-                "(SELECT current_setting('segd.p{}')::{ty})::{ty}",
-                i + 1,
-                ty = sql_type(p)
-            ),
-        };
-        query = query.replace(&format!("${}", i + 1), &value);
-    }
-    (format!("SELECT {}", sets.join(", ")), query)
-}
-
 /// Parses text COPY rows of one bigint column: digits, then a newline.
 fn text_ids(payload: &[u8], out: &mut Vec<i64>) -> Result<()> {
     let mut v: i64 = 0;
@@ -541,30 +484,6 @@ fn text_ids(payload: &[u8], out: &mut Vec<i64>) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn settings_carry_text_and_literals_carry_only_formatted_values() {
-        let params = vec![
-            Param::Int8(7),
-            Param::Text("'; DROP TABLE contacts; --".into()),
-            Param::Float8(-2.5),
-            Param::TextArray(vec!["$1".into()]),
-        ];
-        let (set, q) = via_settings(
-            "SELECT c.id FROM contacts c WHERE a = $1 AND b = $2 AND x > $3 AND y && $4",
-            &params,
-        );
-        assert_eq!(
-            set,
-            "SELECT set_config('segd.p1', $1::bigint::text, true), set_config('segd.p2', $2::text::text, true), \
-             set_config('segd.p3', $3::float8::text, true), set_config('segd.p4', $4::text[]::text, true)"
-        );
-        assert_eq!(
-            q,
-            "SELECT c.id FROM contacts c WHERE a = 7::bigint AND b = (SELECT current_setting('segd.p2')::text)::text \
-             AND x > '-2.5'::float8 AND y && (SELECT current_setting('segd.p4')::text[])::text[]"
-        );
-    }
 
     fn out<'a>(
         tx: &'a mpsc::Sender<Item>,
@@ -666,11 +585,30 @@ mod tests {
 
     #[test]
     fn fingerprints_change_with_the_query() {
-        let a = Compiled::new("FROM contacts c WHERE x".into(), vec![Param::Int8(1)]);
+        use crate::segment::lower::Param;
+        use crate::segment::plan::{Conjunct, hole};
+        let a = Plan {
+            params: vec![Param::Int8(1), Param::Int8(5)],
+            sources: vec![],
+            conjuncts: vec![Conjunct {
+                sql: format!("c.x > {}", hole::param(1)),
+                tests: None,
+                some: false,
+            }],
+            driver: None,
+        };
         let mut b = a.clone();
-        b.params[0] = Param::Int8(2);
-        assert_ne!(fingerprint(&a, false), fingerprint(&b, false));
-        assert_ne!(fingerprint(&a, false), fingerprint(&a, true));
-        assert_eq!(fingerprint(&a, false), fingerprint(&a.clone(), false));
+        b.params[1] = Param::Int8(6);
+        assert_ne!(fingerprint(&a, None, false), fingerprint(&b, None, false));
+        assert_ne!(fingerprint(&a, None, false), fingerprint(&a, None, true));
+        let half = Sample::Fraction(0.5, String::new());
+        assert_ne!(
+            fingerprint(&a, None, false),
+            fingerprint(&a, Some(&half), false)
+        );
+        assert_eq!(
+            fingerprint(&a, None, false),
+            fingerprint(&a.clone(), None, false)
+        );
     }
 }

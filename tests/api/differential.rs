@@ -21,6 +21,7 @@ use segd::segment::check::{Catalog, check};
 use segd::segment::eval::{ContactData, eval, explain};
 use segd::segment::lower::lower;
 use segd::segment::print::print;
+use segd::segment::render::{Query, Select};
 
 use crate::helpers::{TestApp, req};
 
@@ -415,36 +416,54 @@ impl World {
             },
         )
         .map_err(|e| TestCaseError::fail(format!("generated an invalid tree: {text}\n{e:?}")))?;
-        let compiled = lower(&checked.pred, self.ws, now());
-        let sql = compiled.select_ids();
+        let plan = lower(&checked.pred, self.ws, now());
+        let ids = plan.render(&Query::of(Select::Ids));
+        let sql = ids.sql.clone();
         let rows = client
-            .query_typed(&sql, &compiled.typed_params())
+            .query_typed(&sql, &ids.typed())
             .await
             .map_err(|e| TestCaseError::fail(format!("{text}\nSQL failed: {e:?}\n{sql}")))?;
         let got: BTreeSet<i64> = rows.iter().map(|r| r.get(0)).collect();
         // The full body (read by projections and breakdowns) selects the
         // same contacts as the ids-only body counts and streams use.
-        let full = format!("SELECT c.id {}", compiled.body);
+        let full = plan.render(&Query::of(Select::Contacts("c.id")));
         let rows = client
-            .query_typed(&full, &compiled.typed_params())
+            .query_typed(&full.sql, &full.typed())
             .await
-            .map_err(|e| TestCaseError::fail(format!("{text}\nSQL failed: {e:?}\n{full}")))?;
+            .map_err(|e| TestCaseError::fail(format!("{text}\nSQL failed: {e:?}\n{}", full.sql)))?;
         let by_full: BTreeSet<i64> = rows.iter().map(|r| r.get(0)).collect();
         if by_full != got {
             return Err(TestCaseError::fail(format!(
-                "definition: {text}\nthe ids-only body disagrees with the full body\n{sql}\n{full}"
+                "definition: {text}\nthe ids-only body disagrees with the full body\n{sql}\n{}",
+                full.sql
+            )));
+        }
+        // Counting agrees too (it may count straight off a driver).
+        let count = plan.render(&Query::of(Select::Count));
+        let n: i64 = client
+            .query_typed(&count.sql, &count.typed())
+            .await
+            .map_err(|e| {
+                TestCaseError::fail(format!("{text}\nSQL failed: {e:?}\n{}", count.sql))
+            })?[0]
+            .get(0);
+        if n as usize != got.len() {
+            return Err(TestCaseError::fail(format!(
+                "definition: {text}\ncount {n} but {} members\n{}",
+                got.len(),
+                count.sql
             )));
         }
         // The stream's delivery path (parameters through settings, COPY)
         // returns the same set.
         let mut client = client;
         let txn = client.transaction().await.unwrap();
-        let (set, via) = segd::service::stream::via_settings(&sql, &compiled.params);
-        txn.query_typed(&set, &compiled.typed_params())
+        let via = plan.render_with_settings(&Query::of(Select::Ids));
+        txn.query_typed(&via.set.sql, &via.set.typed())
             .await
             .unwrap();
         let copy = txn
-            .copy_out(&format!("COPY ({via}) TO STDOUT"))
+            .copy_out(&format!("COPY ({}) TO STDOUT", via.query))
             .await
             .unwrap();
         futures::pin_mut!(copy);
@@ -460,7 +479,8 @@ impl World {
             .collect();
         if streamed != got {
             return Err(TestCaseError::fail(format!(
-                "definition: {text}\nthe streaming form disagrees with the query\n{via}"
+                "definition: {text}\nthe streaming form disagrees with the query\n{}",
+                via.query
             )));
         }
         let empty = HashSet::new();
@@ -495,7 +515,7 @@ impl World {
                 .and_then(|id| self.contacts.iter().find(|c| c.id == **id));
             return Err(TestCaseError::fail(format!(
                 "definition: {text}\nSQL: {sql}\nparams: {:?}\nonly in SQL: {only_sql:?}\nonly in reference: {only_ref:?}\nexample contact: {example:#?}\nits events: {:#?}\nits deals: {:#?}",
-                compiled.params,
+                ids.params,
                 example.and_then(|c| self.events.get(&c.id)),
                 example.and_then(|c| self.deals.get(&c.id)),
             )));
@@ -904,12 +924,8 @@ async fn the_differential_data_exercises_both_outcomes() {
             },
         )
         .unwrap();
-        let c = lower(&checked.pred, world.ws, now());
-        let n = client
-            .query_typed(&c.select_ids(), &c.typed_params())
-            .await
-            .unwrap()
-            .len();
+        let c = lower(&checked.pred, world.ws, now()).render(&Query::of(Select::Ids));
+        let n = client.query_typed(&c.sql, &c.typed()).await.unwrap().len();
         assert!(
             n > 0 && n < world.contacts.len(),
             "{src} selects {n} of {}",
