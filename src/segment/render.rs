@@ -240,6 +240,11 @@ struct Writer<'a> {
     params: Vec<Param>,
     style: Style,
     out: String,
+    /// Sources whose one test is "at least one row", written as `EXISTS`
+    /// where they are not the driver: a semi-join the planner may run as
+    /// index probes for the few candidates, instead of grouping every
+    /// contact's rows.
+    semi: Vec<bool>,
 }
 
 impl<'a> Writer<'a> {
@@ -249,6 +254,7 @@ impl<'a> Writer<'a> {
             params: params.to_vec(),
             style,
             out: String::new(),
+            semi: vec![false; sources.len()],
         }
     }
 
@@ -356,10 +362,10 @@ impl<'a> Writer<'a> {
         }
     }
 
-    /// `LEFT JOIN` of every source but `skip`.
+    /// `LEFT JOIN` of every source but `skip` and the semi-joined ones.
     fn joins(&mut self, skip: Option<usize>) {
         for (i, s) in self.sources.iter().enumerate() {
-            if Some(i) == skip {
+            if Some(i) == skip || self.semi[i] {
                 continue;
             }
             match s {
@@ -454,10 +460,39 @@ impl<'a> Writer<'a> {
             if wrap {
                 self.out.push('(');
             }
-            self.template(&c.sql, ctx);
+            self.conjunct(c, ctx);
             if wrap {
                 self.out.push(')');
             }
+        }
+    }
+
+    /// One top-level condition: its template, or for a semi-joined source,
+    /// `EXISTS` over the source's rows of the member.
+    fn conjunct(&mut self, c: &Conjunct, ctx: &Ctx<'_>) {
+        match c.tests {
+            Some(s) if self.semi[s] && ctx.having != Some(s) => {
+                let Source::Grouped(_, g) = &self.sources[s] else {
+                    unreachable!("only grouped sources are semi-joined")
+                };
+                self.out.push_str("EXISTS (SELECT 1 FROM ");
+                self.template(&g.from, &Ctx::default());
+                self.out.push_str(" WHERE ");
+                self.list(&g.conds, " AND ", &Ctx::default());
+                let _ = write!(self.out, " AND {} = c.id)", g.key);
+            }
+            _ => self.template(&c.sql, ctx),
+        }
+    }
+
+    /// Marks the sources that can be semi-joined, all but `driver`.
+    fn semi_joins(&mut self, plan: &Plan, driver: Option<usize>) {
+        for (s, source) in self.sources.iter().enumerate() {
+            let tests = plan.tests_of(s);
+            self.semi[s] = Some(s) != driver
+                && tests.len() == 1
+                && tests[0].some
+                && matches!(source, Source::Grouped(_, g) if !g.from.contains(" JOIN "));
         }
     }
 
@@ -527,7 +562,7 @@ impl<'a> Writer<'a> {
                     self.out.push_str(" AND ");
                 }
                 self.out.push('(');
-                self.template(&c.sql, &ctx);
+                self.conjunct(c, &ctx);
                 self.out.push(')');
             }
         }
@@ -559,6 +594,9 @@ impl<'a> Writer<'a> {
     }
 
     fn statement(mut self, plan: &Plan, q: &Query<'_>) -> Rendered {
+        // Bodies that read contacts have no driver; the ids-only body has.
+        let reads_contacts = matches!(q.select, Select::Contacts(_) | Select::Breakdown(..));
+        self.semi_joins(plan, if reads_contacts { None } else { plan.driver });
         match q.select {
             Select::Ids => {
                 self.out.push_str("SELECT c.id ");
