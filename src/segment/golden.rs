@@ -513,6 +513,31 @@ fn conditions_on_the_same_events_share_one_source() {
 }
 
 #[test]
+fn a_shared_source_keeps_tests_contacts_without_rows_pass() {
+    // The second test holds for contacts without purchases: it still reads
+    // the shared source, which therefore stays joined (no semi-join) and, as
+    // a driver, tests both in its HAVING.
+    let src = "event(purchase, last 30d).count >= 1 AND event(purchase, last 30d).count <= 5";
+    assert_golden(
+        src,
+        " LEFT JOIN (SELECT e.contact_id, count(*) AS v1, count(*) AS v2 FROM events e WHERE e.workspace_id = $1 AND e.type = $2 AND e.occurred_at >= $3 GROUP BY e.contact_id) ev1 ON ev1.contact_id = c.id",
+        "(ev1.v1 >= $4) AND (coalesce(ev1.v2, 0) <= $5)",
+        vec![
+            t("purchase"),
+            ts(2026, 2, 13, 12),
+            Param::Float8(1.0),
+            Param::Float8(5.0),
+        ],
+    );
+    assert_eq!(
+        ids_body(src).as_deref(),
+        Some(
+            "FROM (SELECT e.contact_id AS id FROM events e WHERE e.workspace_id = $1 AND e.type = $2 AND e.occurred_at >= $3 GROUP BY e.contact_id HAVING (count(*) >= $4) AND (coalesce(count(*), 0) <= $5)) c WHERE TRUE"
+        )
+    );
+}
+
+#[test]
 fn counting_a_bare_driver_counts_its_distinct_contacts() {
     let count = |src: &str| plan(src).render(&Query::of(Select::Count)).sql;
     assert_eq!(

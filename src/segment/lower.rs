@@ -157,33 +157,35 @@ pub fn lower(pred: &Pred, ws: WorkspaceId, now: DateTime<Utc>) -> Plan {
         if let Pred::Event(e) = p
             && !l.is_absence(p)
         {
-            if let Some((_, s)) = shared.iter().find(|(x, _)| same_events(x, e)) {
-                let (sql, strict) = l.event_into(*s, e);
-                conjuncts.push(Conjunct {
-                    sql,
-                    tests: strict.then_some(*s),
-                    some: false,
-                });
-                continue;
-            }
-            let before = l.sources.len();
-            let (sql, strict) = l.event(e);
-            shared.push((e, before));
+            let some = e.agg.func == AggFunc::Count && counts::means_some(&e.agg.test);
+            let (sql, strict, source) = match shared.iter().find(|(x, _)| same_events(x, e)) {
+                Some((_, s)) => {
+                    let (sql, strict) = l.event_into(*s, e);
+                    (sql, strict, *s)
+                }
+                None => {
+                    let (sql, strict) = l.event(e);
+                    let s = l.sources.len() - 1;
+                    shared.push((e, s));
+                    (sql, strict, s)
+                }
+            };
             conjuncts.push(Conjunct {
                 sql,
-                tests: strict.then_some(before),
-                some: e.agg.func == AggFunc::Count && counts::means_some(&e.agg.test),
+                tests: Some(source),
+                strict,
+                some,
             });
             continue;
         }
         if let Pred::Deal(d) = p
             && !l.is_absence(p)
         {
-            let before = l.sources.len();
             let (sql, strict) = l.deal(d);
             conjuncts.push(Conjunct {
                 sql,
-                tests: strict.then_some(before),
+                tests: Some(l.sources.len() - 1),
+                strict,
                 some: d.agg.func == AggFunc::Count && counts::means_some(&d.agg.test),
             });
             continue;
@@ -192,26 +194,17 @@ pub fn lower(pred: &Pred, ws: WorkspaceId, now: DateTime<Utc>) -> Plan {
         conjuncts.push(Conjunct {
             sql,
             tests: None,
+            strict: false,
             some: false,
         });
     }
-    // A source joined only for its own tests can drive the ids-only body
-    // when nothing reads a contact column.
+    // A source that contacts without rows fail can drive the ids-only body
+    // when nothing reads a contact column; its tests then go in its HAVING.
     let driver = if touches_contact(pred) {
         None
     } else {
-        conjuncts.iter().find_map(|c| c.tests)
+        conjuncts.iter().find(|c| c.strict).and_then(|c| c.tests)
     };
-    // A source with tests that cannot drive (not strict) stays joined; a
-    // merged source is "some" only with one test.
-    for c in &mut conjuncts {
-        if let Some(s) = c.tests
-            && shared.iter().filter(|(_, x)| *x == s).count() == 1
-            && l.values_of(s) > 1
-        {
-            c.some = false;
-        }
-    }
     Plan {
         params: l.params,
         sources: l.sources,
@@ -336,14 +329,6 @@ impl Lowerer {
         g.values.push(value);
         let k = g.values.len() - 1;
         self.agg_test(&hole::value(s, k), e.agg.func, &e.agg.test)
-    }
-
-    /// How many values grouped source `s` has.
-    fn values_of(&self, s: usize) -> usize {
-        match &self.sources[s] {
-            Source::Grouped(_, g) => g.values.len(),
-            Source::Rows(..) => 0,
-        }
     }
 
     /// Whether a top-level condition lowers as an anti-join (see

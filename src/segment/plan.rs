@@ -123,8 +123,11 @@ pub struct Conjunct {
     /// The condition (template).
     pub sql: String,
     /// The grouped source this condition is a test of, when it is exactly
-    /// that and contacts without rows fail it: such a source can drive.
+    /// a test of one source's values.
     pub tests: Option<usize>,
+    /// Contacts without rows in that source fail the test: the source can
+    /// drive an ids-only body.
+    pub strict: bool,
     /// The test is "count ≥ 1": with no other test, the source's members
     /// are just its distinct keys.
     pub some: bool,

@@ -815,6 +815,7 @@ mod tests {
             conjuncts: vec![Conjunct {
                 sql: cond,
                 tests: None,
+                strict: false,
                 some: false,
             }],
             driver: None,

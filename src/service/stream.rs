@@ -593,6 +593,7 @@ mod tests {
             conjuncts: vec![Conjunct {
                 sql: format!("c.x > {}", hole::param(1)),
                 tests: None,
+                strict: false,
                 some: false,
             }],
             driver: None,

@@ -850,8 +850,30 @@ fn deal_condition() -> BoxedStrategy<Rule> {
         .boxed()
 }
 
+/// Two conditions on the same events with their own aggregates, ANDed: at
+/// the top level they share one grouped source.
+fn same_events_twice() -> BoxedStrategy<Rule> {
+    (event_condition(), event_condition())
+        .prop_map(|(a, b)| match (a, b) {
+            (Rule::Event(a), Rule::Event(b)) => Rule::All(vec![
+                Rule::Event(a.clone()),
+                Rule::Event(EventCond {
+                    aggregate: b.aggregate,
+                    ..a
+                }),
+            ]),
+            (a, _) => a,
+        })
+        .boxed()
+}
+
 fn tree() -> impl Strategy<Value = Rule> {
-    let leaf = prop_oneof![4 => contact_condition(), 2 => event_condition(), 1 => deal_condition()];
+    let leaf = prop_oneof![
+        4 => contact_condition(),
+        2 => event_condition(),
+        1 => deal_condition(),
+        1 => same_events_twice(),
+    ];
     leaf.prop_recursive(3, 16, 4, |inner| {
         prop_oneof![
             prop::collection::vec(inner.clone(), 0..4).prop_map(Rule::All),
