@@ -41,6 +41,23 @@ pub enum BenchCommand {
     /// Imports and segment queries on a workspace newer than the planner's
     /// statistics, against the same on one they describe.
     Fresh(FreshBench),
+    /// Live segments under a sustained write load: write-to-feed latency,
+    /// maintenance cost, lag, catch-up and rebuild times.
+    Live(LiveBench),
+}
+
+/// Options of `segd bench live`.
+#[derive(Debug, Clone, Args)]
+pub struct LiveBench {
+    /// Contacts to generate (about 3 events each).
+    #[arg(long, default_value_t = 1_000_000)]
+    pub contacts: usize,
+    /// Events recorded per second during the load.
+    #[arg(long, default_value_t = 5_000)]
+    pub rate: usize,
+    /// How long the load lasts.
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    pub duration: Duration,
 }
 
 /// Options of `segd bench import`.
@@ -183,6 +200,24 @@ pub struct Config {
         global = true
     )]
     pub analyze_min_rows: u64,
+
+    /// How often live segments that time alone moves (windows, relative
+    /// dates, anniversaries) are evaluated again: no member is later.
+    #[arg(long, env = "SEGD_LIVE_TICK", default_value = "60s", value_parser = parse_duration, global = true)]
+    pub live_tick: Duration,
+
+    /// Changes older than this leave the membership change feed.
+    #[arg(long, env = "SEGD_FEED_RETENTION", default_value = "168h", value_parser = parse_duration, global = true)]
+    pub feed_retention: Duration,
+
+    /// At most this many changes per workspace stay in the change feed.
+    #[arg(
+        long,
+        env = "SEGD_FEED_RETENTION_COUNT",
+        default_value_t = 10_000_000,
+        global = true
+    )]
+    pub feed_retention_count: i64,
 
     /// Largest gRPC request message accepted, in bytes.
     #[arg(long, env = "SEGD_MAX_MESSAGE_BYTES", default_value_t = 16 * 1024 * 1024, global = true)]

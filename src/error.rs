@@ -79,6 +79,12 @@ pub enum Error {
     /// The database cannot be reached; retrying later may succeed.
     #[error("unavailable: {0}")]
     Unavailable(String),
+    /// A position outside what is held (a trimmed feed offset).
+    #[error("out of range: {0}")]
+    OutOfRange(String),
+    /// The caller went away.
+    #[error("cancelled: {0}")]
+    Cancelled(String),
     /// A bug or an unexpected database failure.
     #[error("internal error: {0}")]
     Internal(String),

@@ -59,6 +59,12 @@ async fn serve(config: Config) -> anyhow::Result<()> {
             min_rows: config.analyze_min_rows,
             ..Default::default()
         },
+        live: segd::service::live::Options {
+            tick: config.live_tick,
+            retention_age: config.feed_retention,
+            retention_count: config.feed_retention_count,
+            ..Default::default()
+        },
         ..api::Limits::default()
     };
     let stream_db = segd::db::session_config(&db.url, config.statement_timeout)?;

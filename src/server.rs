@@ -98,6 +98,17 @@ pub async fn serve(
             .run(state.pool.clone(), state.shutdown.clone()),
     );
 
+    // Hears the change feed's notifications for WatchMembership.
+    tokio::spawn(
+        state
+            .feed
+            .clone()
+            .run(state.feed_db.clone(), state.shutdown.clone()),
+    );
+
+    // Keeps live segments' stored memberships current.
+    tokio::spawn(state.live.clone().run(state.shutdown.clone()));
+
     let token = state.shutdown.clone();
     let signal = async move {
         shutdown.await;

@@ -10,6 +10,7 @@ use crate::db;
 use crate::error::Violation;
 use crate::proto::{self as pb, contact_service_server::ContactService};
 use crate::service::stats::Table;
+use crate::service::writes;
 
 /// Most duplicates in one merge.
 const MAX_MERGE: usize = 100;
@@ -37,7 +38,7 @@ impl ContactService for Contacts {
         let p = req.into_inner().contact.unwrap_or_default();
         let c = checked("contact", cc::from_proto(p))?;
         let mut client = self.state.conn().await?;
-        let created = db::contacts::create(&mut client, ws, &c).await?;
+        let created = writes::run(&mut client, ws, &writes::CreateContact(&c)).await?;
         self.state.statistics.inserted(Table::Contacts, ws, 1);
         Ok(Response::new(pb::CreateContactResponse {
             contact: Some(cc::to_proto(&created)),
@@ -73,7 +74,12 @@ impl ContactService for Contacts {
         let (id, expected) = (p.id, parse_etag("contact.etag", &p.etag)?);
         let patch = checked("", cc::patch_from_mask(p, r.update_mask))?;
         let mut client = self.state.conn().await?;
-        let c = db::contacts::update(&mut client, ws, id, expected, &patch).await?;
+        let update = writes::UpdateContact {
+            id,
+            expected,
+            patch: &patch,
+        };
+        let c = writes::run(&mut client, ws, &update).await?;
         Ok(Response::new(pb::UpdateContactResponse {
             contact: Some(cc::to_proto(&c)),
         }))
@@ -89,8 +95,9 @@ impl ContactService for Contacts {
             return Err(invalid(vec![Violation::new("id", "required")]));
         }
         let expected = parse_etag("etag", &r.etag)?;
-        let client = self.state.conn().await?;
-        db::contacts::delete(&**client, ws, r.id, expected).await?;
+        let mut client = self.state.conn().await?;
+        let delete = writes::DeleteContact { id: r.id, expected };
+        writes::run(&mut client, ws, &delete).await?;
         Ok(Response::new(pb::DeleteContactResponse {}))
     }
 
@@ -218,7 +225,7 @@ impl ContactService for Contacts {
             activity::deal_from_proto(&req.into_inner().deal.unwrap_or_default()),
         )?;
         let mut client = self.state.conn().await?;
-        let (d, created) = db::deals::upsert(&mut client, ws, &deal).await?;
+        let (d, created) = writes::upsert_deal(&mut client, ws, &deal).await?;
         self.state
             .statistics
             .inserted(Table::Deals, ws, u64::from(created));
@@ -344,7 +351,11 @@ impl ContactService for Contacts {
             return Err(invalid(v));
         }
         let mut client = self.state.conn().await?;
-        let m = db::merge::merge(&mut client, ws, r.primary_id, &r.duplicate_ids).await?;
+        let merge = writes::MergeContacts {
+            primary: r.primary_id,
+            duplicates: &r.duplicate_ids,
+        };
+        let m = writes::run(&mut client, ws, &merge).await?;
         Ok(Response::new(pb::MergeContactsResponse {
             contact: Some(cc::to_proto(&m.contact)),
             events_moved: m.events_moved as i64,

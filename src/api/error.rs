@@ -33,6 +33,8 @@ impl From<Error> for Status {
             Error::FailedPrecondition(m) => Status::failed_precondition(bounded(m)),
             Error::DeadlineExceeded(m) => Status::deadline_exceeded(bounded(m)),
             Error::Unavailable(m) => Status::unavailable(bounded(m)),
+            Error::OutOfRange(m) => Status::out_of_range(bounded(m)),
+            Error::Cancelled(m) => Status::cancelled(bounded(m)),
             Error::Internal(m) => {
                 tracing::error!(error = %m, "internal error");
                 Status::internal(bounded(m))

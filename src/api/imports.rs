@@ -23,6 +23,7 @@ use crate::model::deal::DealInput;
 use crate::model::event::NewEvent;
 use crate::proto as pb;
 use crate::service::stats::Table;
+use crate::service::writes;
 
 /// Most rows in one batch (request message). Acknowledgements stay well
 /// under the 4 MB default message limit of gRPC clients: a row's outcome is
@@ -270,7 +271,7 @@ impl BatchWrite for ContactImport {
         ws: WorkspaceId,
         rows: &[(usize, Contact)],
     ) -> Result<Vec<(usize, RowResult)>> {
-        db::import::upsert_batch(client, ws, rows).await
+        writes::run(client, ws, &writes::ImportContacts(rows)).await
     }
 
     fn ack(&mut self, batch: usize, outcomes: Vec<(usize, RowResult)>) -> Self::Response {
@@ -328,7 +329,7 @@ impl BatchWrite for EventRecording {
         ws: WorkspaceId,
         rows: &[(usize, NewEvent)],
     ) -> Result<Vec<(usize, EventResult)>> {
-        db::events::record_batch(client, ws, rows).await
+        writes::run(client, ws, &writes::RecordEvents(rows)).await
     }
 
     fn ack(&mut self, batch: usize, outcomes: Vec<(usize, EventResult)>) -> Self::Response {
@@ -391,7 +392,7 @@ impl BatchWrite for DealImport {
         ws: WorkspaceId,
         rows: &[(usize, DealInput)],
     ) -> Result<Vec<(usize, RowResult)>> {
-        db::deals::upsert_batch(client, ws, rows).await
+        writes::run(client, ws, &writes::UpsertDeals(rows)).await
     }
 
     fn ack(&mut self, batch: usize, outcomes: Vec<(usize, RowResult)>) -> Self::Response {

@@ -7,6 +7,7 @@ pub mod error;
 pub mod imports;
 pub mod query;
 pub mod segments;
+pub mod watch;
 pub mod workspace;
 
 use std::sync::Arc;
@@ -38,6 +39,8 @@ pub struct Limits {
     pub max_query_cost: f64,
     /// Member streams running at once, each on its own session.
     pub max_streams: usize,
+    /// How live segments are maintained.
+    pub live: crate::service::live::Options,
 }
 
 impl Default for Limits {
@@ -51,6 +54,7 @@ impl Default for Limits {
             statistics: crate::service::stats::Thresholds::default(),
             max_query_cost: 50_000_000.0,
             max_streams: 32,
+            live: crate::service::live::Options::default(),
         }
     }
 }
@@ -70,6 +74,12 @@ pub struct AppState {
     pub shutdown: CancellationToken,
     /// Rows written per table and workspace, for fresh planner statistics.
     pub statistics: Arc<crate::service::stats::Statistics>,
+    /// Keeps live segments current.
+    pub live: crate::service::live::Maintainer,
+    /// Hears the change feed's notifications.
+    pub feed: Arc<crate::service::feed::Listener>,
+    /// Where the feed listener connects.
+    pub feed_db: tokio_postgres::Config,
     /// Limits and timeouts.
     pub limits: Limits,
 }
@@ -78,6 +88,7 @@ impl AppState {
     /// State over `pool`; member streams open their own sessions with
     /// `stream_db` (see `db::session_config`).
     pub fn new(pool: Pool, stream_db: tokio_postgres::Config, limits: Limits) -> Self {
+        let feed_db = stream_db.clone();
         Self {
             streams: Arc::new(crate::db::stream_conn::StreamSessions::new(
                 stream_db,
@@ -87,6 +98,9 @@ impl AppState {
             workspaces: Arc::new(Workspaces::new(pool.clone())),
             statistics: crate::service::stats::Statistics::new(limits.statistics),
             stream_slots: Arc::new(tokio::sync::Semaphore::new(limits.max_streams)),
+            feed: crate::service::feed::Listener::new(),
+            live: crate::service::live::Maintainer::new(pool.clone(), limits.live),
+            feed_db,
             pool,
             shutdown: CancellationToken::new(),
             limits,

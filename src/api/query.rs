@@ -50,10 +50,14 @@ fn bad(field: &str, msg: impl Into<String>) -> Status {
 
 fn selector(s: Option<&pb::SegmentSelector>) -> Result<Target, Status> {
     use pb::segment_selector::Kind;
+    let saved = |r| match s.is_some_and(|s| s.evaluate) {
+        true => Target::Evaluated(r),
+        false => Target::Saved(r),
+    };
     match s.and_then(|s| s.kind.as_ref()) {
-        Some(Kind::SegmentId(id)) if *id > 0 => Ok(Target::Saved(SegmentRef::Id(*id))),
+        Some(Kind::SegmentId(id)) if *id > 0 => Ok(saved(SegmentRef::Id(*id))),
         Some(Kind::SegmentName(n)) if !n.trim().is_empty() => {
-            Ok(Target::Saved(SegmentRef::Name(n.trim().into())))
+            Ok(saved(SegmentRef::Name(n.trim().into())))
         }
         Some(Kind::Definition(d)) => Ok(Target::Inline(checked(
             "",
@@ -241,6 +245,15 @@ type MemberStream = Pin<Box<dyn Stream<Item = Result<pb::StreamMembersResponse, 
 
 #[tonic::async_trait]
 impl QueryService for Query {
+    type WatchMembershipStream = super::watch::WatchStream;
+
+    async fn watch_membership(
+        &self,
+        req: Request<pb::WatchMembershipRequest>,
+    ) -> Result<Response<Self::WatchMembershipStream>, Status> {
+        super::watch::watch(&self.state, req).await
+    }
+
     type StreamMembersStream = MemberStream;
 
     async fn stream_members(
@@ -334,11 +347,15 @@ impl QueryService for Query {
         let r = req.into_inner();
         let target = selector(r.selector.as_ref())?;
         let sample = sample(r.sample.as_ref())?;
-        let count = self
+        let (count, live) = self
             .reader()
             .count(ws, &target, sample.as_ref(), r.allow_expensive, now_ms())
             .await?;
-        Ok(Response::new(pb::CountMembersResponse { count }))
+        Ok(Response::new(pb::CountMembersResponse {
+            count,
+            from_live: live.is_some(),
+            live_changed_at: live.flatten().map(super::convert::ts),
+        }))
     }
 
     async fn preview_segment(

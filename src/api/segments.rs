@@ -14,6 +14,7 @@ use crate::segment::ast::SegmentRef;
 use crate::segment::check::{SegmentInfo, refs_to_names};
 use crate::segment::print::print;
 use crate::service::segments::{self as svc, Changes, Target};
+use crate::service::writes;
 
 /// Most contacts in one AddSegmentMembers or RemoveSegmentMembers call.
 const MAX_MEMBERS: usize = 10_000;
@@ -77,6 +78,27 @@ pub fn to_proto(s: &Segment, infos: &[SegmentInfo]) -> pb::Segment {
         created_at: Some(ts(s.created_at)),
         updated_at: Some(ts(s.updated_at)),
         etag: format!("v{}", s.version),
+        live: Some(s.live),
+        live_status: s
+            .live_state
+            .as_ref()
+            .filter(|_| s.live)
+            .map(|l| pb::LiveStatus {
+                built: s.stored(),
+                size: l.size,
+                changed_at: l.changed_at.map(ts),
+                lag: Some(duration(l.lag_s)),
+                last_evaluation: l.eval_ms.map(|ms| duration(ms / 1000.0)),
+                last_error: l.last_error.clone().unwrap_or_default(),
+            }),
+    }
+}
+
+fn duration(secs: f64) -> prost_types::Duration {
+    let secs = secs.max(0.0);
+    prost_types::Duration {
+        seconds: secs.trunc() as i64,
+        nanos: (secs.fract() * 1e9) as i32,
     }
 }
 
@@ -148,6 +170,7 @@ impl SegmentService for Segments {
             name: Some(name),
             description: Some(s.description.trim().to_string()),
             enabled: s.enabled,
+            live: s.live,
             rule,
         };
         let mut client = self.state.conn().await?;
@@ -233,6 +256,7 @@ impl SegmentService for Segments {
                 "name" => c.name = Some(checked("", svc::name("segment.name", &s.name))?),
                 "description" => c.description = Some(s.description.trim().to_string()),
                 "enabled" => c.enabled = Some(s.enabled.unwrap_or(true)),
+                "live" => c.live = Some(s.live.unwrap_or(false)),
                 "definition" => {
                     c.rule = Some(checked(
                         "",
@@ -243,7 +267,7 @@ impl SegmentService for Segments {
                     return Err(invalid(vec![Violation::new(
                         format!("update_mask.paths[{i}]"),
                         format!(
-                            "`{other}` cannot be updated; use name, description, enabled or definition"
+                            "`{other}` cannot be updated; use name, description, enabled, live or definition"
                         ),
                     )]));
                 }
@@ -278,8 +302,13 @@ impl SegmentService for Segments {
         let ws = self.state.workspace(&req).await?;
         let r = req.into_inner();
         member_ids(&r.contact_ids)?;
-        let client = self.state.conn().await?;
-        let added = db::segments::add_members(&**client, ws, r.segment_id, &r.contact_ids).await?;
+        let mut client = self.state.conn().await?;
+        let edit = writes::EditMembers {
+            segment: r.segment_id,
+            ids: &r.contact_ids,
+            add: true,
+        };
+        let added = writes::run(&mut client, ws, &edit).await?;
         Ok(Response::new(pb::AddSegmentMembersResponse {
             added: added as i64,
         }))
@@ -292,9 +321,13 @@ impl SegmentService for Segments {
         let ws = self.state.workspace(&req).await?;
         let r = req.into_inner();
         member_ids(&r.contact_ids)?;
-        let client = self.state.conn().await?;
-        let removed =
-            db::segments::remove_members(&**client, ws, r.segment_id, &r.contact_ids).await?;
+        let mut client = self.state.conn().await?;
+        let edit = writes::EditMembers {
+            segment: r.segment_id,
+            ids: &r.contact_ids,
+            add: false,
+        };
+        let removed = writes::run(&mut client, ws, &edit).await?;
         Ok(Response::new(pb::RemoveSegmentMembersResponse {
             removed: removed as i64,
         }))
@@ -339,6 +372,43 @@ impl SegmentService for Segments {
             rule: Some(rules::to_proto(&v.rule)),
             filter: print(&v.display),
             referenced_segment_ids: v.checked.refs,
+        }))
+    }
+
+    async fn rebuild_segment(
+        &self,
+        req: Request<pb::RebuildSegmentRequest>,
+    ) -> Result<Response<pb::RebuildSegmentResponse>, Status> {
+        let ws = self.state.workspace(&req).await?;
+        let id = req.into_inner().segment_id;
+        if id <= 0 {
+            return Err(invalid(vec![Violation::new("segment_id", "required")]));
+        }
+        self.state.live.rebuild(ws, id).await?;
+        let client = self.state.conn().await?;
+        let s = db::segments::get(&**client, ws, &SegmentRef::Id(id)).await?;
+        Ok(Response::new(pb::RebuildSegmentResponse {
+            segment: Self::one(&**client, ws, s).await?,
+        }))
+    }
+
+    async fn verify_segment(
+        &self,
+        req: Request<pb::VerifySegmentRequest>,
+    ) -> Result<Response<pb::VerifySegmentResponse>, Status> {
+        let ws = self.state.workspace(&req).await?;
+        let id = req.into_inner().segment_id;
+        if id <= 0 {
+            return Err(invalid(vec![Violation::new("segment_id", "required")]));
+        }
+        let mut client = self.state.conn().await?;
+        let d = crate::service::live::verify(&mut client, ws, id, Utc::now()).await?;
+        Ok(Response::new(pb::VerifySegmentResponse {
+            missing_count: d.missing,
+            missing_ids: d.missing_ids,
+            extra_count: d.extra,
+            extra_ids: d.extra_ids,
+            pending_writes: d.pending,
         }))
     }
 

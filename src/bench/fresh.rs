@@ -232,7 +232,7 @@ async fn import(
 }
 
 /// A request for `workspace`.
-fn in_workspace<T>(msg: T, workspace: &str) -> anyhow::Result<tonic::Request<T>> {
+pub(crate) fn in_workspace<T>(msg: T, workspace: &str) -> anyhow::Result<tonic::Request<T>> {
     let mut r = tonic::Request::new(msg);
     r.metadata_mut()
         .insert("x-segd-workspace", workspace.parse()?);
@@ -293,6 +293,7 @@ async fn count(
     for _ in 0..o.rounds.max(1) {
         let selector = pb::SegmentSelector {
             kind: Some(pb::segment_selector::Kind::SegmentName(name.into())),
+            evaluate: false,
         };
         let mut r = in_workspace(
             pb::CountMembersRequest {

@@ -5,6 +5,7 @@
 pub mod data;
 pub mod fresh;
 pub mod import;
+pub mod live;
 pub mod sql;
 pub mod stream;
 
@@ -26,7 +27,7 @@ use crate::{db, server, startup};
 /// # Errors
 /// Setup failed (no PostgreSQL) or a call failed.
 pub async fn run(cmd: BenchCommand, config: Config) -> anyhow::Result<()> {
-    let separate = matches!(cmd, BenchCommand::Stream(_));
+    let separate = matches!(cmd, BenchCommand::Stream(_) | BenchCommand::Live(_));
     let keep = matches!(&cmd, BenchCommand::Sql(o) if o.keep);
     let env = BenchEnv::start(&config, separate).await?;
     let result = match cmd {
@@ -34,6 +35,7 @@ pub async fn run(cmd: BenchCommand, config: Config) -> anyhow::Result<()> {
         BenchCommand::Stream(o) => stream::run(&env, &o).await,
         BenchCommand::Sql(o) => sql::run(&env, &o).await,
         BenchCommand::Fresh(o) => fresh::run(&env, &o).await,
+        BenchCommand::Live(o) => live::run(&env, &o).await,
     };
     env.stop(keep).await;
     result

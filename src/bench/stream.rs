@@ -128,7 +128,7 @@ fn median(v: &mut [f64]) -> f64 {
     v[v.len() / 2]
 }
 
-fn cpu_seconds(pid: u32) -> Option<f64> {
+pub(crate) fn cpu_seconds(pid: u32) -> Option<f64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let rest = stat.rsplit_once(')')?.1;
     let f: Vec<&str> = rest.split_whitespace().collect();
@@ -150,6 +150,7 @@ async fn stream_once(
     let mut r = tonic::Request::new(pb::StreamMembersRequest {
         selector: Some(pb::SegmentSelector {
             kind: Some(pb::segment_selector::Kind::SegmentName(SEGMENT.into())),
+            evaluate: false,
         }),
         ..Default::default()
     });

@@ -206,21 +206,14 @@ fn check(schema: &Schema, c: &Contact) -> Result<()> {
 /// `InvalidArgument` for unknown labels or custom fields, `AlreadyExists`
 /// when the external id or email is taken.
 #[tracing::instrument(skip_all, fields(ws = ws.0))]
-pub async fn create(
-    client: &mut tokio_postgres::Client,
-    ws: WorkspaceId,
-    c: &Contact,
-) -> Result<Contact> {
-    let tx = client.transaction().await?;
-    let schema = definitions::schema(&tx, ws).await?;
+pub async fn create(tx: &super::Tx<'_>, ws: WorkspaceId, c: &Contact) -> Result<Contact> {
+    let schema = definitions::schema(&**tx, ws).await?;
     check(&schema, c)?;
     let row = tx
         .query_one(INSERT_SQL.as_str(), &[&ws.0, &rows_param(&[c])])
         .await
         .map_err(|e| taken(e, c))?;
-    let out = from_row(&row, &schema);
-    tx.commit().await?;
-    Ok(out)
+    Ok(from_row(&row, &schema))
 }
 
 /// Explains a unique violation on a contact write in terms of its keys.
@@ -292,22 +285,21 @@ fn select_where(col: &str, suffix: &str) -> String {
 }
 
 /// Applies `patch` to contact `id`, if its version is still `expected`
-/// (when given).
+/// (when given); returns the contact before and after.
 ///
 /// # Errors
 /// `NotFound`, `Aborted` on an etag mismatch, `InvalidArgument` when the
 /// result breaks the schema, `AlreadyExists` when a key is taken.
 #[tracing::instrument(skip_all, fields(ws = ws.0, id))]
 pub async fn update(
-    client: &mut tokio_postgres::Client,
+    tx: &super::Tx<'_>,
     ws: WorkspaceId,
     id: i64,
     expected: Option<i64>,
     patch: &Patch,
-) -> Result<Contact> {
-    let tx = client.transaction().await?;
-    let schema = definitions::schema(&tx, ws).await?;
-    let row = select_by_key(&tx, ws, &ContactKey::Id(id), "FOR UPDATE").await?;
+) -> Result<(Contact, Contact)> {
+    let schema = definitions::schema(&**tx, ws).await?;
+    let row = select_by_key(&**tx, ws, &ContactKey::Id(id), "FOR UPDATE").await?;
     let mut c = from_row(&row, &schema);
     if let Some(v) = expected
         && v != c.version
@@ -320,7 +312,7 @@ pub async fn update(
     let before = c.clone();
     patch.apply(&mut c, Utc::now());
     if c == before {
-        return Ok(before);
+        return Ok((before.clone(), before));
     }
     check(&schema, &c)?;
     let row = tx
@@ -330,9 +322,7 @@ pub async fn update(
         )
         .await
         .map_err(|e| taken(e, &c))?;
-    let out = from_row(&row, &schema);
-    tx.commit().await?;
-    Ok(out)
+    Ok((before, from_row(&row, &schema)))
 }
 
 /// Writes a whole contact over the stored row (used by merge).

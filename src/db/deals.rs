@@ -1,10 +1,11 @@
 //! Deals: upserts (one, or batches) by id or external id, and keyset listing.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::LazyLock;
 
 use tokio_postgres::{GenericClient, Row};
 
+use super::changes::{self, Touched};
 use super::import::RowResult;
 use super::keys::{self, Lock};
 use crate::error::{Error, Result};
@@ -92,37 +93,19 @@ fn row_json(d: &Deal) -> serde_json::Value {
     })
 }
 
-/// Creates or updates one deal (see [`upsert_batch`]) and returns it, and
-/// whether it was created.
+/// One deal by id.
 ///
 /// # Errors
-/// `NotFound` for an unknown deal id or contact; `InvalidArgument` for a
-/// row the batch would fail.
-#[tracing::instrument(skip_all, fields(ws = ws.0))]
-pub async fn upsert(
-    client: &mut super::Conn,
-    ws: WorkspaceId,
-    d: &DealInput,
-) -> Result<(Deal, bool)> {
-    let (_, outcome) = upsert_batch(client, ws, &[(0, d.clone())])
-        .await?
-        .pop()
-        .ok_or_else(|| Error::internal("no outcome for the deal"))?;
-    let (id, created) = match outcome {
-        RowResult::Created(id) => (id, true),
-        RowResult::Updated(id) | RowResult::Unchanged(id) => (id, false),
-        RowResult::Failed { field, error } if field == "contact" || field == "id" => {
-            return Err(Error::NotFound(error));
-        }
-        RowResult::Failed { field, error } => return Err(Error::invalid(field, error)),
-    };
+/// `NotFound`.
+pub async fn get(client: &impl GenericClient, ws: WorkspaceId, id: i64) -> Result<Deal> {
     let row = client
-        .query_one(
+        .query_opt(
             &format!("SELECT {COLUMNS} FROM deals WHERE workspace_id = $1 AND id = $2"),
             &[&ws.0, &id],
         )
-        .await?;
-    Ok((from_row(&row), created))
+        .await?
+        .ok_or_else(|| Error::NotFound(format!("deal {id}")))?;
+    Ok(from_row(&row))
 }
 
 /// Upserts one batch of deals atomically: by id if set (unknown ids fail),
@@ -130,40 +113,26 @@ pub async fn upsert(
 /// without a time closes a deal now; reopening clears its close time. Each
 /// deal's contact is resolved by its key and locked, so a concurrent merge
 /// cannot leave a deal without its contact; rows are written in canonical
-/// order and a lost race is retried.
+/// order. Returns the outcomes and what the batch changed (the contacts
+/// that gain a deal and those a deal moves away from).
 ///
 /// # Errors
 /// Only whole-batch failures; row problems are `RowResult::Failed`.
 #[tracing::instrument(skip_all, fields(ws = ws.0, rows = rows.len()))]
 pub async fn upsert_batch(
-    client: &mut super::Conn,
+    tx: &super::Tx<'_>,
     ws: WorkspaceId,
     rows: &[(usize, DealInput)],
-) -> Result<Vec<(usize, RowResult)>> {
-    let mut retry = super::Retry::default();
-    loop {
-        match try_batch(client, ws, rows).await {
-            Err(e) if retry.again(&e, super::lost_race).await => {}
-            other => return other,
+) -> Result<(Vec<(usize, RowResult)>, Touched)> {
+    fn failed(field: &str, error: impl Into<String>) -> RowResult {
+        RowResult::Failed {
+            field: field.into(),
+            error: error.into(),
         }
     }
-}
 
-fn failed(field: &str, error: impl Into<String>) -> RowResult {
-    RowResult::Failed {
-        field: field.into(),
-        error: error.into(),
-    }
-}
-
-async fn try_batch(
-    client: &mut super::Conn,
-    ws: WorkspaceId,
-    rows: &[(usize, DealInput)],
-) -> Result<Vec<(usize, RowResult)>> {
-    let tx = client.transaction().await?;
     let keys: Vec<&ContactKey> = rows.iter().map(|(_, d)| &d.contact).collect();
-    let contacts = keys::resolve_locked(&*tx, ws, &keys, Lock::KeyShare).await?;
+    let contacts = keys::resolve_locked(&**tx, ws, &keys, Lock::KeyShare).await?;
     let mut out: Vec<(usize, RowResult)> = Vec::with_capacity(rows.len());
     let mut by_id: Vec<(usize, Deal)> = Vec::new();
     let mut upserts: Vec<(usize, Deal)> = Vec::new();
@@ -201,6 +170,7 @@ async fn try_batch(
     // Canonical orders: deals by id, new or external ones by external id.
     by_id.sort_by_key(|(_, d)| d.id);
     upserts.sort_by(|(_, a), (_, b)| a.external_id.cmp(&b.external_id));
+    let touched = touched(tx, ws, &by_id, &upserts).await?;
 
     if !by_id.is_empty() {
         let json = serde_json::Value::Array(by_id.iter().map(|(_, d)| row_json(d)).collect());
@@ -257,9 +227,38 @@ async fn try_batch(
             out.push((i, r));
         }
     }
-    tx.commit().await?;
     out.sort_by_key(|(i, _)| *i);
-    Ok(out)
+    Ok((out, touched))
+}
+
+/// The contacts a batch's deals go to, and those they may leave.
+async fn touched(
+    tx: &super::Tx<'_>,
+    ws: WorkspaceId,
+    by_id: &[(usize, Deal)],
+    upserts: &[(usize, Deal)],
+) -> Result<Touched> {
+    let ids: Vec<i64> = by_id.iter().map(|(_, d)| d.id).collect();
+    let exts: Vec<&str> = upserts
+        .iter()
+        .filter_map(|(_, d)| d.external_id.as_deref())
+        .collect();
+    let mut contacts: BTreeSet<i64> = by_id
+        .iter()
+        .chain(upserts)
+        .map(|(_, d)| d.contact_id)
+        .collect();
+    if !ids.is_empty() || !exts.is_empty() {
+        let before = tx
+            .query(
+                "SELECT contact_id FROM deals WHERE workspace_id = $1 AND id = ANY($2)
+                 UNION SELECT contact_id FROM deals WHERE workspace_id = $1 AND external_id = ANY($3)",
+                &[&ws.0, &ids, &exts],
+            )
+            .await?;
+        contacts.extend(before.iter().map(|r| r.get::<_, i64>(0)));
+    }
+    Ok(Touched::of(contacts, [changes::DEAL.to_string()]))
 }
 
 /// Deals in id order after `after_id`, optionally of one contact.

@@ -5,6 +5,7 @@ use std::collections::{BTreeSet, HashSet};
 use chrono::{DateTime, Utc};
 use tokio_postgres::GenericClient;
 
+use super::changes::{self, Touched};
 use super::keys::{self, Lock};
 use crate::error::{Error, Result};
 use crate::model::WorkspaceId;
@@ -50,45 +51,31 @@ SELECT event_key FROM ins WHERE event_key IS NOT NULL";
 ///
 /// The contacts are resolved and locked (`FOR KEY SHARE`, ascending) before
 /// the insert, so a concurrent merge or delete either finishes first (and
-/// its keys are looked up again) or waits: no batch fails for that race. A
-/// deadlock or serialization failure is retried.
+/// its keys are looked up again) or waits: no batch fails for that race.
+/// Returns the outcomes and what the batch changed.
 ///
 /// # Errors
 /// Only whole-batch failures (database unavailable).
 #[tracing::instrument(skip_all, fields(ws = ws.0, rows = rows.len()))]
 pub async fn record_batch(
-    client: &mut super::Conn,
+    tx: &super::Tx<'_>,
     ws: WorkspaceId,
     rows: &[(usize, NewEvent)],
-) -> Result<Vec<(usize, EventResult)>> {
-    let mut retry = super::Retry::default();
-    loop {
-        match try_record(client, ws, rows).await {
-            Err(e) if retry.again(&e, super::conflicted).await => {}
-            other => return other,
-        }
-    }
-}
-
-async fn try_record(
-    client: &mut super::Conn,
-    ws: WorkspaceId,
-    rows: &[(usize, NewEvent)],
-) -> Result<Vec<(usize, EventResult)>> {
-    let tx = client.transaction().await?;
+) -> Result<(Vec<(usize, EventResult)>, Touched)> {
     let keys: Vec<&ContactKey> = rows.iter().map(|(_, e)| &e.contact).collect();
-    let ids = keys::resolve_locked(&*tx, ws, &keys, Lock::KeyShare).await?;
+    let ids = keys::resolve_locked(&**tx, ws, &keys, Lock::KeyShare).await?;
     // Conversions change contacts: lock them for that, in id order too.
     let buyers: BTreeSet<i64> = rows
         .iter()
         .filter(|(_, e)| e.event_type == CONVERSION_EVENT)
         .filter_map(|(_, e)| ids.get(&e.contact).copied())
         .collect();
-    keys::lock(&*tx, ws, buyers, Lock::NoKeyUpdate).await?;
+    keys::lock(&**tx, ws, buyers, Lock::NoKeyUpdate).await?;
     let mut out = Vec::with_capacity(rows.len());
     let mut json = Vec::with_capacity(rows.len());
     let mut keyed: Vec<(usize, &str)> = Vec::new();
     let mut seen: HashSet<&str> = HashSet::new();
+    let mut touched = Touched::nothing();
     for (i, e) in rows {
         let Some(contact_id) = ids.get(&e.contact) else {
             out.push((
@@ -108,6 +95,12 @@ async fn try_record(
             keyed.push((*i, k));
         } else {
             out.push((*i, EventResult::Recorded));
+        }
+        touched.ids.get_or_insert_default().insert(*contact_id);
+        touched.keys.insert(changes::event(&e.event_type));
+        if e.event_type == CONVERSION_EVENT {
+            touched.keys.insert(changes::column("converted_at"));
+            touched.keys.insert(changes::column("updated_at"));
         }
         json.push(serde_json::json!({
             "contact_id": contact_id,
@@ -138,9 +131,8 @@ async fn try_record(
             out.push((i, r));
         }
     }
-    tx.commit().await?;
     out.sort_by_key(|(i, _)| *i);
-    Ok(out)
+    Ok((out, touched))
 }
 
 /// A contact's events, newest first, after the keyset position `after`

@@ -83,137 +83,123 @@ const ROUNDS: usize = 3;
 /// Rows are written in one canonical order (by key), contacts are locked in
 /// ascending id order, and inserts skip keys a concurrent import inserted
 /// first (those rows are then updated): overlapping imports queue rather
-/// than deadlock. A race that still fails the transaction is retried.
+/// than deadlock. A race that still fails the transaction fails the batch
+/// with `AlreadyExists` or `Aborted`; the caller runs it again.
 ///
 /// # Errors
 /// Only for failures of the whole batch (database unavailable); row-level
 /// problems are reported as `RowResult::Failed`.
 #[tracing::instrument(skip_all, fields(ws = ws.0, rows = rows.len()))]
 pub async fn upsert_batch(
-    client: &mut super::Conn,
+    tx: &super::Tx<'_>,
     ws: WorkspaceId,
     rows: &[(usize, Contact)],
 ) -> Result<Vec<(usize, RowResult)>> {
-    let mut retry = super::Retry::default();
-    loop {
-        match try_batch(client, ws, rows).await {
-            Err(e) if retry.again(&e, super::lost_race).await => {}
-            other => return other,
-        }
+    /// The existing contacts a round's rows name, locked.
+    #[derive(Debug, Default)]
+    struct Existing {
+        by_ext: HashMap<String, i64>,
+        by_email: HashMap<String, (i64, Option<String>)>,
+        tids: HashMap<i64, String>,
     }
-}
 
-/// The existing contacts a round's rows name, locked.
-#[derive(Debug, Default)]
-struct Existing {
-    by_ext: HashMap<String, i64>,
-    by_email: HashMap<String, (i64, Option<String>)>,
-    tids: HashMap<i64, String>,
-}
-
-impl Existing {
-    /// Finds (unlocked) the contacts with the rows' keys, then locks them in
-    /// ascending id order and keeps their keys as they are under the lock.
-    async fn lock(
-        tx: &deadpool_postgres::Transaction<'_>,
-        ws: WorkspaceId,
-        rows: &[&(usize, Contact)],
-    ) -> Result<Self> {
-        let mut wanted: Vec<ContactKey> = Vec::new();
-        for (_, c) in rows {
-            wanted.extend(c.external_id.clone().map(ContactKey::ExternalId));
-            wanted.extend(c.email.clone().map(ContactKey::Email));
-        }
-        wanted.sort();
-        wanted.dedup();
-        let found = keys::probe(&**tx, ws, &wanted.iter().collect::<Vec<_>>()).await?;
-        let mut out = Existing::default();
-        for (f, tid) in keys::lock(&**tx, ws, found.iter().map(|f| f.id), Lock::Update).await? {
-            if let Some(x) = &f.external_id {
-                out.by_ext.insert(x.clone(), f.id);
+    impl Existing {
+        /// Finds (unlocked) the contacts with the rows' keys, then locks them in
+        /// ascending id order and keeps their keys as they are under the lock.
+        async fn lock(
+            tx: &deadpool_postgres::Transaction<'_>,
+            ws: WorkspaceId,
+            rows: &[&(usize, Contact)],
+        ) -> Result<Self> {
+            let mut wanted: Vec<ContactKey> = Vec::new();
+            for (_, c) in rows {
+                wanted.extend(c.external_id.clone().map(ContactKey::ExternalId));
+                wanted.extend(c.email.clone().map(ContactKey::Email));
             }
-            if let Some(e) = f.email {
-                out.by_email.insert(e, (f.id, f.external_id));
+            wanted.sort();
+            wanted.dedup();
+            let found = keys::probe(&**tx, ws, &wanted.iter().collect::<Vec<_>>()).await?;
+            let mut out = Existing::default();
+            for (f, tid) in keys::lock(&**tx, ws, found.iter().map(|f| f.id), Lock::Update).await? {
+                if let Some(x) = &f.external_id {
+                    out.by_ext.insert(x.clone(), f.id);
+                }
+                if let Some(e) = f.email {
+                    out.by_email.insert(e, (f.id, f.external_id));
+                }
+                out.tids.insert(f.id, tid);
             }
-            out.tids.insert(f.id, tid);
+            Ok(out)
         }
-        Ok(out)
-    }
 
-    /// The contact a row updates (`Ok(None)`: a new contact), or why the
-    /// row fails.
-    fn target(&self, c: &Contact) -> std::result::Result<Option<i64>, RowResult> {
-        let by_mail = c.email.as_ref().and_then(|e| self.by_email.get(e));
-        match (
-            c.external_id.as_ref().and_then(|x| self.by_ext.get(x)),
-            by_mail,
-        ) {
-            (Some(t), Some((other, _))) if other != t => Err(failed(
-                "email",
-                format!("email belongs to another contact ({other})"),
-            )),
-            (Some(t), _) => Ok(Some(*t)),
-            (None, Some((id, None))) => Ok(Some(*id)),
-            (None, Some((_, Some(x)))) if c.external_id.is_some() => Err(failed(
-                "email",
-                format!("email belongs to the contact with external id {x:?}"),
-            )),
-            (None, Some((id, Some(_)))) => Ok(Some(*id)),
-            (None, None) => Ok(None),
-        }
-    }
-}
-
-/// Rows that break the schema or repeat a key of an earlier row fail; the
-/// rest are returned in canonical order (by external id, then email).
-fn screen<'a>(
-    rows: &'a [(usize, Contact)],
-    schema: &crate::model::schema::Schema,
-    results: &mut HashMap<usize, RowResult>,
-) -> Vec<&'a (usize, Contact)> {
-    let mut seen: HashMap<(bool, &str), usize> = HashMap::new();
-    let mut live: Vec<&(usize, Contact)> = Vec::new();
-    for row @ (i, c) in rows {
-        if let Some(v) = schema.check_contact(c).into_iter().next() {
-            results.insert(*i, failed(&v.field, v.description));
-            continue;
-        }
-        let keys = [
-            (true, c.external_id.as_deref()),
-            (false, c.email.as_deref()),
-        ];
-        if let Some(first) = keys
-            .iter()
-            .filter_map(|(x, k)| k.and_then(|k| seen.get(&(*x, k))))
-            .next()
-        {
-            results.insert(
-                *i,
-                failed("", format!("same contact as row {first} of this batch")),
-            );
-            continue;
-        }
-        for (x, k) in keys {
-            if let Some(k) = k {
-                seen.insert((x, k), *i);
+        /// The contact a row updates (`Ok(None)`: a new contact), or why the
+        /// row fails.
+        fn target(&self, c: &Contact) -> std::result::Result<Option<i64>, RowResult> {
+            let by_mail = c.email.as_ref().and_then(|e| self.by_email.get(e));
+            match (
+                c.external_id.as_ref().and_then(|x| self.by_ext.get(x)),
+                by_mail,
+            ) {
+                (Some(t), Some((other, _))) if other != t => Err(failed(
+                    "email",
+                    format!("email belongs to another contact ({other})"),
+                )),
+                (Some(t), _) => Ok(Some(*t)),
+                (None, Some((id, None))) => Ok(Some(*id)),
+                (None, Some((_, Some(x)))) if c.external_id.is_some() => Err(failed(
+                    "email",
+                    format!("email belongs to the contact with external id {x:?}"),
+                )),
+                (None, Some((id, Some(_)))) => Ok(Some(*id)),
+                (None, None) => Ok(None),
             }
         }
-        live.push(row);
     }
-    live.sort_by(|(_, a), (_, b)| {
-        (a.external_id.as_deref(), a.email.as_deref())
-            .cmp(&(b.external_id.as_deref(), b.email.as_deref()))
-    });
-    live
-}
 
-async fn try_batch(
-    client: &mut super::Conn,
-    ws: WorkspaceId,
-    rows: &[(usize, Contact)],
-) -> Result<Vec<(usize, RowResult)>> {
-    let tx = client.transaction().await?;
-    let schema = definitions::schema(&*tx, ws).await?;
+    /// Rows that break the schema or repeat a key of an earlier row fail; the
+    /// rest are returned in canonical order (by external id, then email).
+    fn screen<'a>(
+        rows: &'a [(usize, Contact)],
+        schema: &crate::model::schema::Schema,
+        results: &mut HashMap<usize, RowResult>,
+    ) -> Vec<&'a (usize, Contact)> {
+        let mut seen: HashMap<(bool, &str), usize> = HashMap::new();
+        let mut live: Vec<&(usize, Contact)> = Vec::new();
+        for row @ (i, c) in rows {
+            if let Some(v) = schema.check_contact(c).into_iter().next() {
+                results.insert(*i, failed(&v.field, v.description));
+                continue;
+            }
+            let keys = [
+                (true, c.external_id.as_deref()),
+                (false, c.email.as_deref()),
+            ];
+            if let Some(first) = keys
+                .iter()
+                .filter_map(|(x, k)| k.and_then(|k| seen.get(&(*x, k))))
+                .next()
+            {
+                results.insert(
+                    *i,
+                    failed("", format!("same contact as row {first} of this batch")),
+                );
+                continue;
+            }
+            for (x, k) in keys {
+                if let Some(k) = k {
+                    seen.insert((x, k), *i);
+                }
+            }
+            live.push(row);
+        }
+        live.sort_by(|(_, a), (_, b)| {
+            (a.external_id.as_deref(), a.email.as_deref())
+                .cmp(&(b.external_id.as_deref(), b.email.as_deref()))
+        });
+        live
+    }
+
+    let schema = definitions::schema(&**tx, ws).await?;
     let mut results: HashMap<usize, RowResult> = HashMap::new();
     let mut live = screen(rows, &schema, &mut results);
     // The contact each row updates, so two rows never update one contact.
@@ -222,7 +208,7 @@ async fn try_batch(
         if live.is_empty() {
             break;
         }
-        let existing = Existing::lock(&tx, ws, &live).await?;
+        let existing = Existing::lock(tx, ws, &live).await?;
         let mut updates: Vec<(usize, Contact)> = Vec::new();
         let mut inserts: Vec<&(usize, Contact)> = Vec::new();
         for row @ (i, c) in live {
@@ -243,15 +229,14 @@ async fn try_batch(
                 Ok(None) => inserts.push(row),
             }
         }
-        update(&tx, ws, &updates, &existing.tids, &mut results).await?;
-        live = insert(&tx, ws, inserts, &mut results).await?;
+        update(tx, ws, &updates, &existing.tids, &mut results).await?;
+        live = insert(tx, ws, inserts, &mut results).await?;
     }
     if !live.is_empty() {
         return Err(Error::Aborted(
             "the batch's keys kept changing under concurrent imports".into(),
         ));
     }
-    tx.commit().await?;
     let mut out: Vec<(usize, RowResult)> = results.into_iter().collect();
     out.sort_by_key(|(i, _)| *i);
     Ok(out)

@@ -1,7 +1,5 @@
 //! MergeContacts: fold duplicates into a primary contact in one transaction.
 
-use tokio_postgres::Client;
-
 use super::contacts::{SELECT_COLUMNS, from_row, replace};
 use super::definitions;
 use crate::error::{Error, Result};
@@ -27,13 +25,12 @@ pub struct Merged {
 /// `NotFound` naming every missing contact.
 #[tracing::instrument(skip_all, fields(ws = ws.0, primary))]
 pub async fn merge(
-    client: &mut Client,
+    tx: &super::Tx<'_>,
     ws: WorkspaceId,
     primary: i64,
     dups: &[i64],
 ) -> Result<Merged> {
-    let tx = client.transaction().await?;
-    let schema = definitions::schema(&tx, ws).await?;
+    let schema = definitions::schema(&**tx, ws).await?;
     let mut all = vec![primary];
     all.extend_from_slice(dups);
     let rows = tx
@@ -83,8 +80,7 @@ pub async fn merge(
         &[&ws.0, &dups],
     )
     .await?;
-    let contact = replace(&tx, ws, &merged, &schema).await?;
-    tx.commit().await?;
+    let contact = replace(&**tx, ws, &merged, &schema).await?;
     Ok(Merged {
         contact,
         events_moved,

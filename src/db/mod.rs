@@ -1,13 +1,16 @@
 //! The database layer: one module per aggregate, all SQL parameterised,
 //! every statement scoped to one workspace. Nothing here knows about gRPC.
 
+pub mod changes;
 pub mod contacts;
 pub mod deals;
 pub mod definitions;
 pub mod error;
 pub mod events;
+pub mod feed;
 pub mod import;
 pub mod keys;
+pub mod live;
 pub mod merge;
 pub mod migrate;
 pub mod segments;
@@ -22,6 +25,9 @@ use tokio_postgres::NoTls;
 use crate::error::{Error, Result};
 
 pub use deadpool_postgres::Object as Conn;
+
+/// A transaction on a pooled connection; the write service layer owns it.
+pub type Tx<'a> = deadpool_postgres::Transaction<'a>;
 
 /// Builds a connection pool. Sessions run in UTC with the given default
 /// statement timeout.

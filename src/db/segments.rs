@@ -5,14 +5,21 @@ use tokio_postgres::{GenericClient, Row};
 
 use crate::error::{Error, Result};
 use crate::model::WorkspaceId;
-use crate::model::segment::{BUILTIN_SEGMENTS, Segment, SegmentKind};
+use crate::model::segment::{BUILTIN_SEGMENTS, LiveState, Segment, SegmentKind};
 use crate::segment::ast::SegmentRef;
 use crate::segment::parse::parse;
 use crate::segment::print::print;
 
 const COLUMNS: &str = "s.id, s.name, s.description, s.kind, s.enabled, s.builtin, s.definition, \
      s.source_segment_id, s.snapshot_at, s.created_at, s.updated_at, s.version, \
-     ARRAY(SELECT r.ref_id FROM segment_refs r WHERE r.workspace_id = s.workspace_id AND r.segment_id = s.id ORDER BY r.ref_id)";
+     ARRAY(SELECT r.ref_id FROM segment_refs r WHERE r.workspace_id = s.workspace_id AND r.segment_id = s.id ORDER BY r.ref_id), \
+     s.live, l.segment_id IS NOT NULL, l.built_version, l.size, l.changed_at, l.eval_ms, l.last_error, \
+     coalesce(extract(epoch FROM clock_timestamp() - (SELECT min(q.enqueued_at) FROM change_queue q WHERE q.workspace_id = s.workspace_id))::float8, 0), \
+     l.evaluated_at";
+
+/// Segments with their live state.
+const FROM: &str =
+    "segments s LEFT JOIN live_state l ON l.workspace_id = s.workspace_id AND l.segment_id = s.id";
 
 fn from_row(r: &Row) -> Result<Segment> {
     let definition: Option<String> = r.get(6);
@@ -35,6 +42,16 @@ fn from_row(r: &Row) -> Result<Segment> {
         updated_at: r.get(10),
         version: r.get(11),
         refs: r.get(12),
+        live: r.get(13),
+        live_state: r.get::<_, bool>(14).then(|| LiveState {
+            built_version: r.get(15),
+            size: r.get(16),
+            changed_at: r.get(17),
+            eval_ms: r.get(18),
+            last_error: r.get(19),
+            lag_s: r.get(20),
+            evaluated_at: r.get(21),
+        }),
     })
 }
 
@@ -50,8 +67,8 @@ pub async fn ensure_builtins(client: &impl GenericClient, ws: WorkspaceId) -> Re
     let (descriptions, definitions): (Vec<&str>, Vec<&str>) = rest.into_iter().unzip();
     client
         .execute(
-            "INSERT INTO segments (workspace_id, name, description, kind, builtin, definition)
-             SELECT $1, n, d, 'dynamic', true, f FROM unnest($2::text[], $3::text[], $4::text[]) AS t(n, d, f)
+            "INSERT INTO segments (workspace_id, name, description, kind, builtin, definition, live)
+             SELECT $1, n, d, 'dynamic', true, f, true FROM unnest($2::text[], $3::text[], $4::text[]) AS t(n, d, f)
              ON CONFLICT (workspace_id, name) DO NOTHING",
             &[&ws.0, &names, &descriptions, &definitions],
         )
@@ -67,7 +84,7 @@ pub async fn ensure_builtins(client: &impl GenericClient, ws: WorkspaceId) -> Re
 pub async fn all(client: &impl GenericClient, ws: WorkspaceId) -> Result<Vec<Segment>> {
     let rows = client
         .query(
-            &format!("SELECT {COLUMNS} FROM segments s WHERE s.workspace_id = $1 ORDER BY s.id"),
+            &format!("SELECT {COLUMNS} FROM {FROM} WHERE s.workspace_id = $1 ORDER BY s.id"),
             &[&ws.0],
         )
         .await?;
@@ -84,7 +101,7 @@ pub async fn get(client: &impl GenericClient, ws: WorkspaceId, r: &SegmentRef) -
         SegmentRef::Name(n) => (None, Some(n.as_str())),
     };
     let sql = format!(
-        "SELECT {COLUMNS} FROM segments s WHERE s.workspace_id = $1 AND (s.id = $2 OR s.name = $3)"
+        "SELECT {COLUMNS} FROM {FROM} WHERE s.workspace_id = $1 AND (s.id = $2 OR s.name = $3)"
     );
     let row = client.query_opt(&sql, &[&ws.0, &id, &name]).await?;
     match row {
@@ -108,7 +125,7 @@ pub async fn list(
 ) -> Result<Vec<Segment>> {
     let rows = client
         .query(
-            &format!("SELECT {COLUMNS} FROM segments s WHERE s.workspace_id = $1 AND s.id > $2 ORDER BY s.id LIMIT $3"),
+            &format!("SELECT {COLUMNS} FROM {FROM} WHERE s.workspace_id = $1 AND s.id > $2 ORDER BY s.id LIMIT $3"),
             &[&ws.0, &after, &limit],
         )
         .await?;
@@ -124,9 +141,9 @@ pub async fn insert(client: &impl GenericClient, ws: WorkspaceId, s: &Segment) -
     let definition = s.rule.as_ref().map(print);
     let row = client
         .query_one(
-            "INSERT INTO segments (workspace_id, name, description, kind, enabled, definition, source_segment_id, snapshot_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING id",
-            &[&ws.0, &s.name, &s.description, &s.kind.as_str(), &s.enabled, &definition, &s.source_segment_id, &s.snapshot_at],
+            "INSERT INTO segments (workspace_id, name, description, kind, enabled, definition, source_segment_id, snapshot_at, live)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING id",
+            &[&ws.0, &s.name, &s.description, &s.kind.as_str(), &s.enabled, &definition, &s.source_segment_id, &s.snapshot_at, &s.live],
         )
         .await
         .map_err(|e| name_taken(e, &s.name))?;
@@ -149,7 +166,7 @@ pub async fn update(
     let n = client
         .execute(
             "UPDATE segments SET name = $3, description = $4, enabled = $5, definition = $6,
-                 updated_at = now(), version = version + 1
+                 live = $8, updated_at = now(), version = version + 1
              WHERE workspace_id = $1 AND id = $2 AND ($7::bigint IS NULL OR version = $7)",
             &[
                 &ws.0,
@@ -159,6 +176,7 @@ pub async fn update(
                 &s.enabled,
                 &definition,
                 &expected,
+                &s.live,
             ],
         )
         .await

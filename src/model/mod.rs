@@ -3,6 +3,7 @@
 
 pub mod contact;
 pub mod deal;
+pub mod deps;
 pub mod event;
 pub mod validate;
 

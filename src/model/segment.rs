@@ -65,6 +65,43 @@ pub struct Segment {
     pub updated_at: DateTime<Utc>,
     /// Version (the etag).
     pub version: i64,
+    /// Membership is maintained as contacts change (DYNAMIC only).
+    pub live: bool,
+    /// How the stored membership of a live segment stands.
+    pub live_state: Option<LiveState>,
+}
+
+impl Segment {
+    /// Whether queries can read the stored membership: live, enabled, and
+    /// built from the current definition.
+    pub fn stored(&self) -> bool {
+        self.live
+            && self.enabled
+            && self.kind == SegmentKind::Dynamic
+            && self
+                .live_state
+                .as_ref()
+                .is_some_and(|l| l.built_version == Some(self.version))
+    }
+}
+
+/// The maintenance state of a live segment.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct LiveState {
+    /// The definition version the stored membership reflects.
+    pub built_version: Option<i64>,
+    /// Members.
+    pub size: i64,
+    /// The last entry or exit.
+    pub changed_at: Option<DateTime<Utc>>,
+    /// How long the last re-evaluation took, in milliseconds.
+    pub eval_ms: Option<f64>,
+    /// The last maintenance error.
+    pub last_error: Option<String>,
+    /// Age of the workspace's oldest unprocessed change, in seconds.
+    pub lag_s: f64,
+    /// When it was last evaluated over every contact.
+    pub evaluated_at: Option<DateTime<Utc>>,
 }
 
 /// Where a definition being checked came from, so that problems found in

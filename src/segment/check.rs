@@ -38,6 +38,9 @@ pub struct SegmentInfo {
     pub rule: Option<Rule>,
     /// Disabled segments refuse queries, also through references.
     pub enabled: bool,
+    /// A live segment whose stored membership is current: references read
+    /// it instead of evaluating its definition.
+    pub stored: bool,
 }
 
 /// The workspace a definition is checked against.
@@ -703,6 +706,7 @@ impl Checker<'_> {
         self.refs.insert(seg.id);
         self.uses.insert(seg.id);
         match (seg.kind, &seg.rule) {
+            (SegmentKind::Dynamic, Some(_)) if seg.stored => Some(Pred::Live(seg.id)),
             (SegmentKind::Dynamic, Some(rule)) => {
                 if self.stack.len() >= MAX_REF_DEPTH {
                     return self.bad(
@@ -992,6 +996,7 @@ mod tests {
             kind: SegmentKind::Dynamic,
             rule: Some(parse("segment(2)").unwrap()),
             enabled: true,
+            stored: false,
         };
         let b = SegmentInfo {
             id: 2,
@@ -999,6 +1004,7 @@ mod tests {
             kind: SegmentKind::Dynamic,
             rule: Some(parse("label:lead").unwrap()),
             enabled: true,
+            stored: false,
         };
         let s = SegmentInfo {
             id: 3,
@@ -1006,6 +1012,7 @@ mod tests {
             kind: SegmentKind::Static,
             rule: None,
             enabled: true,
+            stored: false,
         };
         let segs = [a, b, s];
         let c = run(r#"segment("a") AND segment(3)"#, &segs, None).unwrap();

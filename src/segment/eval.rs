@@ -48,7 +48,7 @@ pub fn eval(p: &Pred, d: &ContactData<'_>, now: DateTime<Utc>) -> bool {
         Pred::Field(f, t) => test(field(f, d.contact, now.date_naive()).as_ref(), t, now),
         Pred::Set(target, m, values) => set(target, *m, values, d.contact),
         Pred::Subscription(ch, st) => d.contact.subscription(*ch).is_some_and(|s| s.status == *st),
-        Pred::Member(id) => d.member_of.contains(id),
+        Pred::Member(id) | Pred::Live(id) => d.member_of.contains(id),
         Pred::Event(e) => event(e, d.events, now),
         Pred::Deal(x) => deal(x, d.deals, now),
     }

@@ -33,6 +33,14 @@ pub(crate) fn schema() -> Schema {
 
 /// Compiles `src` against the fixture workspace (id 7).
 pub(crate) fn compile(src: &str) -> (String, Vec<Param>) {
+    let r =
+        lower(&checked(src), WorkspaceId(7), now()).render(&Query::of(Select::Contacts("c.id")));
+    (r.sql, r.params)
+}
+
+/// Checks `src` against the fixture workspace: segment 40 is dynamic
+/// (`tags:vip`), 41 static.
+pub(crate) fn checked(src: &str) -> crate::segment::ir::Pred {
     let s = schema();
     let segs = vec![
         SegmentInfo {
@@ -41,6 +49,7 @@ pub(crate) fn compile(src: &str) -> (String, Vec<Param>) {
             kind: SegmentKind::Dynamic,
             rule: Some(parse("tags:vip").unwrap()),
             enabled: true,
+            stored: false,
         },
         SegmentInfo {
             id: 41,
@@ -48,9 +57,10 @@ pub(crate) fn compile(src: &str) -> (String, Vec<Param>) {
             kind: SegmentKind::Static,
             rule: None,
             enabled: true,
+            stored: false,
         },
     ];
-    let checked = check(
+    check(
         &parse(src).unwrap(),
         &Catalog {
             schema: &s,
@@ -58,10 +68,8 @@ pub(crate) fn compile(src: &str) -> (String, Vec<Param>) {
             current: None,
         },
     )
-    .unwrap_or_else(|e| panic!("{src}: {e:?}"));
-    let r =
-        lower(&checked.pred, WorkspaceId(7), now()).render(&Query::of(Select::Contacts("c.id")));
-    (r.sql, r.params)
+    .unwrap_or_else(|e| panic!("{src}: {e:?}"))
+    .pred
 }
 
 /// The plan of `src` in the fixture workspace, without segments.

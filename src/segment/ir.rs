@@ -1,5 +1,6 @@
 //! The checked, typed predicate: fields resolved to columns, literals typed,
-//! dynamic segment references inlined. `lower` and `eval` both consume it.
+//! dynamic segment references inlined (or, for live segments whose stored
+//! membership is current, read from it). `lower` and `eval` both consume it.
 
 use chrono::{DateTime, NaiveDate, Utc};
 
@@ -27,6 +28,8 @@ pub enum Pred {
     Deal(Box<DealAgg>),
     /// Stored membership of a STATIC or SNAPSHOT segment.
     Member(i64),
+    /// Stored membership of a live DYNAMIC segment.
+    Live(i64),
 }
 
 /// A contact field.

@@ -232,7 +232,7 @@ fn touches_contact(p: &Pred) -> bool {
         Pred::All(items) | Pred::Any(items) => items.iter().any(touches_contact),
         Pred::Not(inner) => touches_contact(inner),
         Pred::Field(..) | Pred::Set(..) | Pred::Subscription(..) => true,
-        Pred::Event(_) | Pred::Deal(_) | Pred::Member(_) => false,
+        Pred::Event(_) | Pred::Deal(_) | Pred::Member(_) | Pred::Live(_) => false,
     }
 }
 
@@ -395,11 +395,15 @@ impl Lowerer {
                 let v = self.bind(Param::Text(status.as_str().into()));
                 (format!("{col} = {v}"), true)
             }
-            Pred::Member(id) => {
+            Pred::Member(id) | Pred::Live(id) => {
                 let a = self.alias("sm");
                 let seg = self.bind(Param::Int8(*id));
+                let table = match p {
+                    Pred::Live(_) => "live_members",
+                    _ => "segment_members",
+                };
                 let sub = format!(
-                    "SELECT m.contact_id FROM segment_members m WHERE m.workspace_id = {} AND m.segment_id = {seg}",
+                    "SELECT m.contact_id FROM {table} m WHERE m.workspace_id = {} AND m.segment_id = {seg}",
                     hole::param(0)
                 );
                 let test = format!("{a}.contact_id IS NOT NULL");

@@ -21,6 +21,7 @@
 pub mod ast;
 pub mod check;
 pub mod counts;
+pub mod deps;
 pub mod eval;
 pub mod ir;
 pub mod lex;

@@ -90,6 +90,27 @@ pub enum Select<'a> {
     /// Member counts by keys: the `top` largest groups and the rest
     /// together. Rows: the keys, `total`, `other`, `groups`.
     Breakdown(&'a [GroupKey], i64),
+    /// Differences between segment `id`'s stored membership and the
+    /// members. One row: missing and extra counts, then up to 100 ids of
+    /// each.
+    Drift(i64),
+    /// Brings a live segment's stored membership in line with the members
+    /// (of the `only` contacts, or all), logging each entry and exit to the
+    /// change feed. One row: entries, exits.
+    Refresh(&'a Refresh),
+}
+
+/// A live segment's refresh: see [`Select::Refresh`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct Refresh {
+    /// The live segment.
+    pub segment: i64,
+    /// The feed offset before this refresh; its changes follow it.
+    pub base: i64,
+    /// What caused the changes, for the feed.
+    pub cause: String,
+    /// When, for the feed.
+    pub at: chrono::DateTime<chrono::Utc>,
 }
 
 /// A statement to render.
@@ -245,6 +266,9 @@ struct Writer<'a> {
     /// index probes for the few candidates, instead of grouping every
     /// contact's rows.
     semi: Vec<bool>,
+    /// The parameter holding the `only` ids, once bound: grouped sources
+    /// read only those contacts' rows.
+    only: Option<usize>,
 }
 
 impl<'a> Writer<'a> {
@@ -255,6 +279,7 @@ impl<'a> Writer<'a> {
             style,
             out: String::new(),
             semi: vec![false; sources.len()],
+            only: None,
         }
     }
 
@@ -362,6 +387,16 @@ impl<'a> Writer<'a> {
         }
     }
 
+    /// A grouped source's conditions, and with `only`, its key among them.
+    fn source_conds(&mut self, g: &Grouped) {
+        self.list(&g.conds, " AND ", &Ctx::default());
+        if let Some(p) = self.only {
+            let _ = write!(self.out, " AND {} = ANY(", g.key);
+            self.param(p);
+            self.out.push(')');
+        }
+    }
+
     /// `LEFT JOIN` of every source but `skip` and the semi-joined ones.
     fn joins(&mut self, skip: Option<usize>) {
         for (i, s) in self.sources.iter().enumerate() {
@@ -386,7 +421,7 @@ impl<'a> Writer<'a> {
                     self.out.push_str(" FROM ");
                     self.template(&g.from, &Ctx::default());
                     self.out.push_str(" WHERE ");
-                    self.list(&g.conds, " AND ", &Ctx::default());
+                    self.source_conds(g);
                     let _ = write!(
                         self.out,
                         " GROUP BY {}) {alias} ON {alias}.contact_id = c.id",
@@ -432,8 +467,7 @@ impl<'a> Writer<'a> {
             };
             self.template(&test, ctx);
         }
-        if let Some(ids) = q.only {
-            let p = self.bind(Param::Int8Array(ids.to_vec()));
+        if let Some(p) = self.only {
             self.out.push_str(" AND ");
             self.template(&format!("{} = ANY({})", hole::id(), hole::param(p)), ctx);
         }
@@ -516,7 +550,7 @@ impl<'a> Writer<'a> {
         }
         self.template(&g.from, &Ctx::default());
         self.out.push_str(" WHERE ");
-        self.list(&g.conds, " AND ", &Ctx::default());
+        self.source_conds(g);
         if !some {
             let _ = write!(self.out, " GROUP BY {} HAVING ", g.key);
             let having = Ctx {
@@ -596,6 +630,9 @@ impl<'a> Writer<'a> {
     fn statement(mut self, plan: &Plan, q: &Query<'_>) -> Rendered {
         // Bodies that read contacts have no driver; the ids-only body has.
         let reads_contacts = matches!(q.select, Select::Contacts(_) | Select::Breakdown(..));
+        if let Some(ids) = q.only {
+            self.only = Some(self.bind(Param::Int8Array(ids.to_vec())));
+        }
         self.semi_joins(plan, if reads_contacts { None } else { plan.driver });
         match q.select {
             Select::Ids => {
@@ -621,8 +658,79 @@ impl<'a> Writer<'a> {
                 self.ids_from(plan, q);
             }
             Select::Breakdown(keys, top) => self.breakdown(plan, q, keys, top),
+            Select::Refresh(r) => self.refresh(plan, q, r),
+            Select::Drift(segment) => self.drift(plan, q, segment),
         }
         self.finish()
+    }
+
+    /// Stored membership against the members: counts and samples.
+    fn drift(&mut self, plan: &Plan, q: &Query<'_>, segment: i64) {
+        let seg = self.bind(Param::Int8(segment));
+        self.out.push_str("WITH new AS MATERIALIZED (SELECT c.id ");
+        self.ids_from(plan, q);
+        self.out.push_str("), old AS MATERIALIZED (SELECT m.contact_id AS id FROM live_members m WHERE m.workspace_id = ");
+        self.param(0);
+        self.out.push_str(" AND m.segment_id = ");
+        self.param(seg);
+        self.out.push_str(
+            "), missing AS (SELECT id FROM new EXCEPT SELECT id FROM old), \
+             extra AS (SELECT id FROM old EXCEPT SELECT id FROM new) \
+             SELECT (SELECT count(*) FROM missing), (SELECT count(*) FROM extra), \
+             ARRAY(SELECT id FROM missing ORDER BY id LIMIT 100), ARRAY(SELECT id FROM extra ORDER BY id LIMIT 100)",
+        );
+    }
+
+    /// Stored membership diffed against the members: entries inserted,
+    /// exits deleted, both appended to the feed after offset `base`.
+    fn refresh(&mut self, plan: &Plan, q: &Query<'_>, r: &Refresh) {
+        let seg = self.bind(Param::Int8(r.segment));
+        let base = self.bind(Param::Int8(r.base));
+        let cause = self.bind(Param::Text(r.cause.clone()));
+        let at = self.bind(Param::Time(r.at));
+        self.out.push_str("WITH new AS MATERIALIZED (SELECT c.id ");
+        self.ids_from(plan, q);
+        self.out.push_str("), old AS MATERIALIZED (SELECT m.contact_id AS id FROM live_members m WHERE m.workspace_id = ");
+        self.param(0);
+        self.out.push_str(" AND m.segment_id = ");
+        self.param(seg);
+        if let Some(p) = self.only {
+            self.out.push_str(" AND m.contact_id = ANY(");
+            self.param(p);
+            self.out.push(')');
+        }
+        self.out.push_str(
+            "), ent AS (SELECT id FROM new EXCEPT SELECT id FROM old), \
+             ext AS (SELECT id FROM old EXCEPT SELECT id FROM new), \
+             ins AS (INSERT INTO live_members (workspace_id, segment_id, contact_id) SELECT ",
+        );
+        self.param(0);
+        self.out.push_str(", ");
+        self.param(seg);
+        self.out.push_str(
+            ", id FROM ent), del AS (DELETE FROM live_members m USING ext WHERE m.workspace_id = ",
+        );
+        self.param(0);
+        self.out.push_str(" AND m.segment_id = ");
+        self.param(seg);
+        self.out.push_str(
+            " AND m.contact_id = ext.id), log AS (INSERT INTO membership_changes \
+             (workspace_id, \"offset\", segment_id, contact_id, entered, cause, at) SELECT ",
+        );
+        self.param(0);
+        self.out.push_str(", ");
+        self.param(base);
+        self.out
+            .push_str(" + row_number() OVER (ORDER BY x.id, x.entered), ");
+        self.param(seg);
+        self.out.push_str(", x.id, x.entered, ");
+        self.param(cause);
+        self.out.push_str(", ");
+        self.param(at);
+        self.out.push_str(
+            " FROM (SELECT id, true AS entered FROM ent UNION ALL SELECT id, false FROM ext) x RETURNING entered) \
+             SELECT count(*) FILTER (WHERE entered), count(*) FILTER (WHERE NOT entered) FROM log",
+        );
     }
 
     /// The number of members. A driver that is all there is, "at least one
@@ -873,8 +981,8 @@ mod tests {
         });
         assert_eq!(
             r.sql,
-            "SELECT c.id FROM contacts c WHERE c.workspace_id = $1 AND (c.x > $2) AND c.id > $3 \
-             AND mod(mod(hashtextextended($4 || c.id::text, 0), $5) + $5, $5) = $6 AND c.id = ANY($7) \
+            "SELECT c.id FROM contacts c WHERE c.workspace_id = $1 AND (c.x > $2) AND c.id > $4 \
+             AND mod(mod(hashtextextended($5 || c.id::text, 0), $6) + $6, $6) = $7 AND c.id = ANY($3) \
              ORDER BY c.id LIMIT $8"
         );
         assert_eq!(
@@ -882,11 +990,11 @@ mod tests {
             vec![
                 Param::Int8(7),
                 Param::Int8(3),
+                Param::Int8Array(vec![41, 42]),
                 Param::Int8(40),
                 Param::Text("s:".into()),
                 Param::Int8(2),
                 Param::Int8(1),
-                Param::Int8Array(vec![41, 42]),
                 Param::Int8(10)
             ]
         );

@@ -2,7 +2,10 @@
 //! what it needs, runs the pure phases, and stores the result. API handlers
 //! call exactly one of these.
 
+pub mod feed;
+pub mod live;
 pub mod query;
 pub mod segments;
 pub mod stats;
 pub mod stream;
+pub mod writes;

@@ -61,10 +61,11 @@ impl Reader<'_> {
         sample: Option<&Sample>,
         allow_expensive: bool,
         now: DateTime<Utc>,
-    ) -> Result<i64> {
+    ) -> Result<(i64, Option<Option<DateTime<Utc>>>)> {
         self.within(async |tx| {
             let t = compile_guarded(tx, ws, target, now, self.max_cost, allow_expensive).await?;
-            count(tx, &t.compiled, sample).await
+            let n = count(tx, &t.compiled, sample).await?;
+            Ok((n, t.live()))
         })
         .await
     }

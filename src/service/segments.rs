@@ -23,6 +23,7 @@ pub fn infos(segments: &[Segment]) -> Vec<SegmentInfo> {
             kind: s.kind,
             rule: s.rule.clone(),
             enabled: s.enabled,
+            stored: s.stored(),
         })
         .collect()
 }
@@ -75,6 +76,16 @@ impl Definitions {
         })
     }
 
+    /// The same catalog with every reference inlined, stored live
+    /// memberships ignored: what definitions read, all the way down.
+    pub fn inlined(&self) -> Self {
+        let mut d = self.clone();
+        for s in &mut d.segments {
+            s.stored = false;
+        }
+        d
+    }
+
     /// Checks `def`. `current` is the segment being saved, whose own id
     /// closes reference cycles.
     ///
@@ -121,8 +132,12 @@ pub async fn validate(
 /// What to compile: a saved segment or an inline definition.
 #[derive(Debug, Clone)]
 pub enum Target {
-    /// A saved segment.
+    /// A saved segment; a live one reads its stored membership when that
+    /// is current.
     Saved(SegmentRef),
+    /// A saved segment evaluated from its definition, references included,
+    /// even when it is live.
+    Evaluated(SegmentRef),
     /// An unsaved definition.
     Inline(Definition),
 }
@@ -156,7 +171,7 @@ pub async fn compile(
 ) -> Result<CompiledTarget> {
     let (def, segment) = match target {
         Target::Inline(def) => (def.clone(), None),
-        Target::Saved(r) => {
+        Target::Saved(r) | Target::Evaluated(r) => {
             let s = db::segments::get(client, ws, r).await?;
             if require_enabled && !s.enabled {
                 return Err(Error::FailedPrecondition(format!(
@@ -164,10 +179,18 @@ pub async fn compile(
                     s.name
                 )));
             }
-            (saved_definition(&s), Some(s))
+            let def = match target {
+                Target::Evaluated(_) => evaluated_definition(&s),
+                _ => saved_definition(&s),
+            };
+            (def, Some(s))
         }
     };
-    let v = validate(client, ws, &def, None).await?;
+    let defs = Definitions::load(client, ws).await?;
+    let v = match target {
+        Target::Evaluated(_) => defs.inlined().validate(&def, None)?,
+        _ => defs.validate(&def, None)?,
+    };
     if require_enabled {
         v.require_enabled()?;
     }
@@ -180,9 +203,30 @@ pub async fn compile(
     })
 }
 
-/// A saved segment as a definition: its rule, or for static and snapshot
-/// segments, membership of its list.
+impl CompiledTarget {
+    /// For a target read from a live segment's stored membership: the time
+    /// of its last entry or exit, if any.
+    pub fn live(&self) -> Option<Option<DateTime<Utc>>> {
+        let s = self.segment.as_ref()?;
+        let stored = matches!(self.checked.pred, crate::segment::ir::Pred::Live(id) if id == s.id);
+        stored.then(|| s.live_state.as_ref().and_then(|l| l.changed_at))
+    }
+}
+
+/// A saved segment as a definition: membership of its stored list (static
+/// and snapshot segments, and live ones whose stored membership is
+/// current), or its rule.
 pub fn saved_definition(s: &Segment) -> Definition {
+    let rule = match &s.rule {
+        Some(r) if !s.stored() => r.clone(),
+        _ => Rule::Segment(SegmentRef::Id(s.id)),
+    };
+    Definition::saved(rule, &s.name)
+}
+
+/// A saved segment as a definition evaluated from scratch: its rule, even
+/// when it is live.
+pub fn evaluated_definition(s: &Segment) -> Definition {
     let rule = s
         .rule
         .clone()
@@ -199,6 +243,8 @@ pub struct Changes {
     pub description: Option<String>,
     /// New enabled flag.
     pub enabled: Option<bool>,
+    /// New live flag.
+    pub live: Option<bool>,
     /// New definition.
     pub rule: Option<Definition>,
 }
@@ -242,6 +288,12 @@ pub async fn create(
                 "a dynamic segment needs a definition",
             ));
         }
+        (SegmentKind::Static, None) if c.live == Some(true) => {
+            return Err(Error::invalid(
+                "segment.live",
+                "only dynamic segments are live; a static segment's members are stored already",
+            ));
+        }
         (SegmentKind::Static, None) => (None, vec![]),
         (SegmentKind::Static, Some(_)) => {
             return Err(Error::invalid(
@@ -271,6 +323,8 @@ pub async fn create(
         created_at: now,
         updated_at: now,
         version: 1,
+        live: c.live.unwrap_or(false),
+        live_state: None,
     };
     let out = db::segments::insert(&tx, ws, &s).await?;
     tx.commit().await?;
@@ -319,7 +373,19 @@ pub async fn update(
     if let Some(e) = c.enabled {
         s.enabled = e;
     }
+    if let Some(l) = c.live {
+        if l && s.kind != SegmentKind::Dynamic {
+            return Err(Error::invalid(
+                "segment.live",
+                "only dynamic segments are live; a static segment's members are stored already",
+            ));
+        }
+        s.live = l;
+    }
     let out = db::segments::update(&tx, ws, &s, expected).await?;
+    if !out.live {
+        db::live::forget(&tx, ws, id).await?;
+    }
     tx.commit().await?;
     Ok(out)
 }
@@ -358,6 +424,8 @@ pub async fn snapshot(
         created_at: now,
         updated_at: now,
         version: 1,
+        live: false,
+        live_state: None,
     };
     let created = db::segments::insert(&tx, ws, &s).await?;
     let insert = t.compiled.render(&Query::of(Select::Snapshot(created.id)));

@@ -136,3 +136,34 @@ async fn grpcurl_validates_explains_and_saves_the_issue_example() {
     assert_eq!(s["segment"]["name"], "example");
     assert_eq!(s["segment"]["filter"], v["filter"]);
 }
+
+#[tokio::test]
+async fn grpcurl_watches_a_live_segment() {
+    let app = TestApp::spawn().await;
+    let ws = "x-segd-workspace: grpcurl-watch";
+    let body = r#"{"contact": {"email": "lead@example.com", "labels": ["lead"]}}"#;
+    run(
+        &app,
+        &["-H", ws, "-d", body],
+        "segd.v1.ContactService/CreateContact",
+    )
+    .await;
+    app.drained().await;
+    let out = Command::new(grpcurl())
+        .args(["-plaintext", "-H", ws, "-max-time", "2", "-d"])
+        .arg(r#"{"segment_ids": [1], "snapshot_first": true}"#)
+        .arg(app.addr.to_string())
+        .arg("segd.v1.QueryService/WatchMembership")
+        .output()
+        .await
+        .expect("running grpcurl");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    // The watch only ends when stopped: grpcurl's -max-time does.
+    assert_eq!(out.status.code(), Some(68), "DEADLINE_EXCEEDED: {stdout}");
+    let first: serde_json::Value =
+        serde_json::from_str(&stdout[..stdout.find("\n}").map_or(stdout.len(), |i| i + 2)])
+            .unwrap_or_else(|e| panic!("{e}: {stdout}"));
+    assert_eq!(first["snapshot"]["segmentId"], "1", "{stdout}");
+    assert_eq!(first["snapshot"]["contactIds"], serde_json::json!(["1"]));
+    assert_eq!(first["snapshotComplete"], true);
+}

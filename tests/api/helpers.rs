@@ -391,10 +391,12 @@ impl TestApp {
 
     /// Inserts `n` contacts straight into the database, in workspace `ws`:
     /// external ids `g<i>`, every third a lead, countries cycling US, CA, DE.
-    /// Returns their ids in order.
+    /// Returns their ids in order, once live segments reflect them (the
+    /// insert bypasses segd, so it queues a whole-workspace change itself).
     pub async fn bulk_contacts(&self, ws: &str, n: i64) -> Vec<i64> {
         let id = self.state.workspaces.resolve(ws).await.unwrap();
-        self.db()
+        let ids = self
+            .db()
             .await
             .query(
                 "INSERT INTO contacts (workspace_id, external_id, country, labels)
@@ -407,7 +409,58 @@ impl TestApp {
             .unwrap()
             .iter()
             .map(|r| r.get(0))
-            .collect()
+            .collect();
+        self.db()
+            .await
+            .execute(
+                "INSERT INTO change_queue (workspace_id, keys, cause) VALUES ($1, '{*}', 'test')",
+                &[&id.0],
+            )
+            .await
+            .unwrap();
+        self.drained().await;
+        ids
+    }
+
+    /// Waits until nothing is queued and every live segment is
+    /// built from its current definition.
+    pub async fn drained(&self) {
+        let db = self.db().await;
+        let maintainer =
+            segd::service::live::Maintainer::new(self.state.pool.clone(), self.state.limits.live);
+        for _ in 0..600 {
+            // A pass of our own surfaces maintenance errors (the server's own
+            // maintainer only logs them).
+            maintainer.pass().await.expect("a maintenance pass");
+            let row = db
+                .query_one(
+                    "SELECT (SELECT count(*) FROM change_queue),
+                            (SELECT count(*) FROM segments s LEFT JOIN live_state l
+                               ON l.workspace_id = s.workspace_id AND l.segment_id = s.id
+                             WHERE s.live AND s.enabled AND l.built_version IS DISTINCT FROM s.version)",
+                    &[],
+                )
+                .await
+                .unwrap();
+            if row.get::<_, i64>(0) == 0 && row.get::<_, i64>(1) == 0 {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        let state: Vec<String> = db
+            .query(
+                "SELECT s.name || ': built ' || coalesce(l.built_version::text, '-') || ' of v' || s.version
+                        || ', error ' || coalesce(l.last_error, '-')
+                 FROM segments s LEFT JOIN live_state l ON l.workspace_id = s.workspace_id AND l.segment_id = s.id
+                 WHERE s.live",
+                &[],
+            )
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        panic!("the live queue did not drain in 60 s: {state:#?}");
     }
 }
 
@@ -417,6 +470,7 @@ pub fn inline(text: &str) -> Option<segd::proto::SegmentSelector> {
         kind: Some(segd::proto::segment_selector::Kind::Definition(
             filter(text).unwrap(),
         )),
+        evaluate: false,
     })
 }
 
@@ -426,6 +480,18 @@ pub fn named(name: &str) -> Option<segd::proto::SegmentSelector> {
         kind: Some(segd::proto::segment_selector::Kind::SegmentName(
             name.into(),
         )),
+        evaluate: false,
+    })
+}
+
+/// A selector for a saved segment by name, evaluated from scratch even
+/// when it is live.
+pub fn evaluated(name: &str) -> Option<segd::proto::SegmentSelector> {
+    Some(segd::proto::SegmentSelector {
+        kind: Some(segd::proto::segment_selector::Kind::SegmentName(
+            name.into(),
+        )),
+        evaluate: true,
     })
 }
 

@@ -5,6 +5,7 @@ mod contacts;
 mod differential;
 mod grpcurl;
 mod helpers;
+mod live;
 mod newcomer;
 mod plans;
 mod polyglot;

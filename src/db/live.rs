@@ -1,0 +1,259 @@
+//! Live segments' storage: the change queue as the maintainer reads it, the
+//! maintenance state, and the feed offset.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use tokio_postgres::GenericClient;
+
+use crate::error::Result;
+use crate::model::WorkspaceId;
+
+/// Advisory lock namespace of live maintenance: one maintainer per
+/// workspace at a time, across replicas.
+const LOCK_SPACE: i32 = 0x5e9d;
+
+/// A queued write.
+#[derive(Debug, Clone)]
+pub struct Queued {
+    /// Queue position.
+    pub seq: i64,
+    /// The contacts (`None`: every contact).
+    pub ids: Option<Vec<i64>>,
+    /// What changed.
+    pub keys: Vec<String>,
+    /// The write.
+    pub cause: String,
+    /// When it was queued.
+    pub at: DateTime<Utc>,
+}
+
+/// Workspaces with queued writes, live segments to build, or time-moved
+/// live segments not evaluated for `tick`.
+///
+/// # Errors
+/// The database is unavailable.
+pub async fn busy(client: &impl GenericClient, tick: Duration) -> Result<Vec<WorkspaceId>> {
+    let rows = client
+        .query(
+            "SELECT DISTINCT workspace_id FROM change_queue
+             UNION
+             SELECT s.workspace_id FROM segments s
+             LEFT JOIN live_state l ON l.workspace_id = s.workspace_id AND l.segment_id = s.id
+             WHERE s.live AND s.enabled
+               AND (l.built_version IS DISTINCT FROM s.version
+                    OR (l.timed AND l.evaluated_at <= now() - $1::float8 * interval '1 second'))",
+            &[&tick.as_secs_f64()],
+        )
+        .await?;
+    Ok(rows.iter().map(|r| WorkspaceId(r.get(0))).collect())
+}
+
+/// Takes workspace `ws`'s maintenance lock for the transaction, if no
+/// other maintainer holds it.
+///
+/// # Errors
+/// The database is unavailable.
+pub async fn try_lock(tx: &impl GenericClient, ws: WorkspaceId) -> Result<bool> {
+    let row = tx
+        .query_one(
+            "SELECT pg_try_advisory_xact_lock($1, $2::int)",
+            &[&LOCK_SPACE, &(ws.0 as i32)],
+        )
+        .await?;
+    Ok(row.get(0))
+}
+
+/// Takes workspace `ws`'s maintenance lock for the transaction, waiting for
+/// another maintainer to finish.
+///
+/// # Errors
+/// The database is unavailable.
+pub async fn lock(tx: &impl GenericClient, ws: WorkspaceId) -> Result<()> {
+    tx.execute(
+        "SELECT pg_advisory_xact_lock($1, $2::int)",
+        &[&LOCK_SPACE, &(ws.0 as i32)],
+    )
+    .await?;
+    Ok(())
+}
+
+/// Writes of `ws` queued and not yet applied.
+///
+/// # Errors
+/// The database is unavailable.
+pub async fn pending(client: &impl GenericClient, ws: WorkspaceId) -> Result<i64> {
+    let row = client
+        .query_one(
+            "SELECT count(*) FROM change_queue WHERE workspace_id = $1",
+            &[&ws.0],
+        )
+        .await?;
+    Ok(row.get(0))
+}
+
+/// Marks a live segment for a rebuild.
+///
+/// # Errors
+/// The database is unavailable.
+pub async fn invalidate(client: &impl GenericClient, ws: WorkspaceId, segment: i64) -> Result<()> {
+    client
+        .execute(
+            "UPDATE live_state SET built_version = NULL WHERE workspace_id = $1 AND segment_id = $2",
+            &[&ws.0, &segment],
+        )
+        .await?;
+    Ok(())
+}
+
+/// The oldest queued writes of `ws`, at most `limit`.
+///
+/// # Errors
+/// The database is unavailable.
+pub async fn queued(tx: &impl GenericClient, ws: WorkspaceId, limit: i64) -> Result<Vec<Queued>> {
+    let rows = tx
+        .query(
+            "SELECT seq, contact_ids, keys, cause, enqueued_at FROM change_queue
+             WHERE workspace_id = $1 ORDER BY seq LIMIT $2 FOR UPDATE SKIP LOCKED",
+            &[&ws.0, &limit],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| Queued {
+            seq: r.get(0),
+            ids: r.get(1),
+            keys: r.get(2),
+            cause: r.get(3),
+            at: r.get(4),
+        })
+        .collect())
+}
+
+/// Removes applied writes from the queue.
+///
+/// # Errors
+/// The database is unavailable.
+pub async fn done(tx: &impl GenericClient, ws: WorkspaceId, seqs: &[i64]) -> Result<()> {
+    tx.execute(
+        "DELETE FROM change_queue WHERE workspace_id = $1 AND seq = ANY($2)",
+        &[&ws.0, &seqs],
+    )
+    .await?;
+    Ok(())
+}
+
+/// The workspace's last feed offset, locked until the transaction ends.
+///
+/// # Errors
+/// The database is unavailable.
+pub async fn feed_offset(tx: &impl GenericClient, ws: WorkspaceId) -> Result<i64> {
+    tx.execute(
+        "INSERT INTO feed_offsets (workspace_id) VALUES ($1) ON CONFLICT DO NOTHING",
+        &[&ws.0],
+    )
+    .await?;
+    let row = tx
+        .query_one(
+            "SELECT last FROM feed_offsets WHERE workspace_id = $1 FOR UPDATE",
+            &[&ws.0],
+        )
+        .await?;
+    Ok(row.get(0))
+}
+
+/// Sets the workspace's last feed offset.
+///
+/// # Errors
+/// The database is unavailable.
+pub async fn set_feed_offset(tx: &impl GenericClient, ws: WorkspaceId, offset: i64) -> Result<()> {
+    tx.execute(
+        "UPDATE feed_offsets SET last = $2 WHERE workspace_id = $1",
+        &[&ws.0, &offset],
+    )
+    .await?;
+    Ok(())
+}
+
+/// What one refresh of a segment did.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Refreshed {
+    /// Contacts that entered.
+    pub entered: i64,
+    /// Contacts that left.
+    pub exited: i64,
+    /// The refresh took this long, in milliseconds.
+    pub ms: f64,
+    /// A refresh over every contact, of the definition version given.
+    pub built: Option<i64>,
+    /// Time alone moves the segment's members.
+    pub timed: bool,
+}
+
+/// Records a refresh in the segment's state.
+///
+/// # Errors
+/// The database is unavailable.
+pub async fn record(
+    tx: &impl GenericClient,
+    ws: WorkspaceId,
+    segment: i64,
+    r: Refreshed,
+    now: DateTime<Utc>,
+) -> Result<()> {
+    tx.execute(
+        "INSERT INTO live_state AS l (workspace_id, segment_id, built_version, size, changed_at, eval_ms,
+                                      last_error, timed, evaluated_at, eval_ms_total)
+         VALUES ($1, $2, $3,
+                 (SELECT count(*) FROM live_members m WHERE m.workspace_id = $1 AND m.segment_id = $2),
+                 CASE WHEN $4::bigint + $5::bigint > 0 THEN $6::timestamptz END, $7::float8, NULL, $8,
+                 CASE WHEN $3::bigint IS NOT NULL THEN $6::timestamptz END, $7)
+         ON CONFLICT (workspace_id, segment_id) DO UPDATE SET
+             built_version = coalesce($3, l.built_version),
+             size = CASE WHEN $3::bigint IS NULL THEN l.size + $4::bigint - $5::bigint ELSE excluded.size END,
+             changed_at = CASE WHEN $4::bigint + $5::bigint > 0 THEN $6::timestamptz ELSE l.changed_at END,
+             eval_ms = $7, last_error = NULL, timed = $8, eval_ms_total = l.eval_ms_total + $7,
+             evaluated_at = coalesce(excluded.evaluated_at, l.evaluated_at)",
+        &[&ws.0, &segment, &r.built, &r.entered, &r.exited, &now, &r.ms, &r.timed],
+    )
+    .await?;
+    Ok(())
+}
+
+/// Records a failed refresh: the segment is rebuilt on the next pass.
+///
+/// # Errors
+/// The database is unavailable.
+pub async fn failed(
+    client: &impl GenericClient,
+    ws: WorkspaceId,
+    segment: i64,
+    error: &str,
+) -> Result<()> {
+    client
+        .execute(
+            "INSERT INTO live_state AS l (workspace_id, segment_id, last_error) VALUES ($1, $2, $3)
+             ON CONFLICT (workspace_id, segment_id) DO UPDATE SET built_version = NULL, last_error = $3",
+            &[&ws.0, &segment, &error],
+        )
+        .await?;
+    Ok(())
+}
+
+/// Stops maintaining a segment: its stored membership and state go.
+///
+/// # Errors
+/// The database is unavailable.
+pub async fn forget(tx: &impl GenericClient, ws: WorkspaceId, segment: i64) -> Result<()> {
+    tx.execute(
+        "DELETE FROM live_members WHERE workspace_id = $1 AND segment_id = $2",
+        &[&ws.0, &segment],
+    )
+    .await?;
+    tx.execute(
+        "DELETE FROM live_state WHERE workspace_id = $1 AND segment_id = $2",
+        &[&ws.0, &segment],
+    )
+    .await?;
+    Ok(())
+}

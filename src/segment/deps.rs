@@ -1,0 +1,132 @@
+//! What a checked definition reads, as dependency keys (see `model::deps`):
+//! a live segment is re-evaluated for the contacts a write touched only if
+//! the write changed something it reads.
+
+use std::collections::BTreeSet;
+
+use super::ast::Window;
+use super::ir::{Field, Pred, SetTarget, Test};
+use crate::model::deps::{self, ANY_EVENT};
+
+/// The dependency keys of `p`.
+pub fn of(p: &Pred) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    walk(p, &mut out);
+    out
+}
+
+fn walk(p: &Pred, out: &mut BTreeSet<String>) {
+    match p {
+        Pred::All(ps) | Pred::Any(ps) => ps.iter().for_each(|p| walk(p, out)),
+        Pred::Not(p) => walk(p, out),
+        Pred::Field(f, _) => {
+            let key = match f {
+                Field::Id => return,
+                Field::Text(name) | Field::Time(name) => deps::column(name),
+                Field::LeadScore => deps::column("lead_score"),
+                Field::BirthDate | Field::Age => deps::column("birth_date"),
+                Field::Custom(k, _) => deps::attr(k),
+            };
+            out.insert(key);
+        }
+        Pred::Set(t, _, _) => {
+            out.insert(match t {
+                SetTarget::Tags => deps::TAGS.to_string(),
+                SetTarget::Labels => deps::LABELS.to_string(),
+                SetTarget::CustomList(k) => deps::attr(k),
+            });
+        }
+        Pred::Subscription(ch, _) => {
+            out.insert(deps::subscription(ch.as_str()));
+        }
+        Pred::Event(e) => {
+            match &e.types {
+                None => {
+                    out.insert(ANY_EVENT.to_string());
+                }
+                Some(ts) => out.extend(ts.iter().map(|t| deps::event(t))),
+            }
+            if let Some(Window::SinceLast(t)) = &e.window {
+                out.insert(deps::event(t));
+            }
+        }
+        Pred::Deal(_) => {
+            out.insert(deps::DEAL.to_string());
+        }
+        Pred::Member(id) | Pred::Live(id) => {
+            out.insert(deps::members(*id));
+        }
+    }
+}
+
+/// Whether the passing of time alone can change `p`'s members: a window
+/// relative to now, a relative date test, an anniversary or an age.
+pub fn timed(p: &Pred) -> bool {
+    match p {
+        Pred::All(ps) | Pred::Any(ps) => ps.iter().any(timed),
+        Pred::Not(p) => timed(p),
+        Pred::Field(Field::Age, _) => true,
+        Pred::Field(_, t) => relative(t),
+        Pred::Event(e) => {
+            matches!(e.window, Some(Window::Last(_) | Window::OlderThan(_)))
+                || e.filters.iter().any(|(_, t)| relative(t))
+                || relative(&e.agg.test)
+        }
+        Pred::Deal(d) => d.filters.iter().any(|(_, t)| relative(t)) || relative(&d.agg.test),
+        Pred::Set(..) | Pred::Subscription(..) | Pred::Member(_) | Pred::Live(_) => false,
+    }
+}
+
+fn relative(t: &Test) -> bool {
+    matches!(
+        t,
+        Test::WithinLast(_) | Test::OlderThan(_) | Test::WithinNext(_) | Test::Anniversary(_)
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::segment::golden::checked;
+
+    #[test]
+    fn keys_name_what_a_definition_reads() {
+        let p = checked(
+            r#"country = "DE" AND tags:vip AND custom.plan = "pro" AND subscription(email, subscribed)
+               AND event(purchase, since email_open) AND NOT event(*, last 30d) AND deal().count > 0
+               AND age > 30 AND segment(41)"#,
+        );
+        let keys: Vec<String> = of(&p).into_iter().collect();
+        assert_eq!(
+            keys,
+            [
+                "attr:plan",
+                "col:birth_date",
+                "col:country",
+                "deal",
+                "ev:*",
+                "ev:email_open",
+                "ev:purchase",
+                "seg:41",
+                "sub:email",
+                "tag"
+            ]
+        );
+    }
+
+    #[test]
+    fn only_relative_times_make_a_definition_timed() {
+        for (src, timed_) in [
+            ("event(purchase, last 30d)", true),
+            ("NOT event(*, last 90d)", true),
+            ("event(purchase).last OLDER_THAN 60d", true),
+            ("age > 30", true),
+            ("created_at WITHIN_LAST 7d", true),
+            ("event(purchase, since email_open)", false),
+            ("event(purchase).count >= 2 AND tags:vip", false),
+            ("segment(41)", false),
+        ] {
+            assert_eq!(timed(&checked(src)), timed_, "{src}");
+        }
+    }
+}
