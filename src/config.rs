@@ -58,6 +58,9 @@ pub struct LiveBench {
     /// How long the load lasts.
     #[arg(long, default_value = "60s", value_parser = parse_duration)]
     pub duration: Duration,
+    /// Keep the generated database afterwards, to study plans by hand.
+    #[arg(long)]
+    pub keep: bool,
 }
 
 /// Options of `segd bench import`.

@@ -27,6 +27,7 @@
 
 pub mod api;
 pub mod bench;
+pub mod clock;
 pub mod cluster;
 pub mod codec;
 pub mod config;

@@ -82,6 +82,8 @@ pub struct AppState {
     pub feed_db: tokio_postgres::Config,
     /// Limits and timeouts.
     pub limits: Limits,
+    /// The instant definitions are evaluated at (tests move it).
+    pub clock: crate::clock::Clock,
 }
 
 impl AppState {
@@ -89,6 +91,8 @@ impl AppState {
     /// `stream_db` (see `db::session_config`).
     pub fn new(pool: Pool, stream_db: tokio_postgres::Config, limits: Limits) -> Self {
         let feed_db = stream_db.clone();
+        let statistics = crate::service::stats::Statistics::new(limits.statistics);
+        let clock = crate::clock::Clock::default();
         Self {
             streams: Arc::new(crate::db::stream_conn::StreamSessions::new(
                 stream_db,
@@ -96,10 +100,13 @@ impl AppState {
                 limits.stream_socket_buffer,
             )),
             workspaces: Arc::new(Workspaces::new(pool.clone())),
-            statistics: crate::service::stats::Statistics::new(limits.statistics),
+            live: crate::service::live::Maintainer::new(pool.clone(), limits.live)
+                .with_statistics(statistics.clone())
+                .with_clock(clock.clone()),
+            clock,
+            statistics,
             stream_slots: Arc::new(tokio::sync::Semaphore::new(limits.max_streams)),
             feed: crate::service::feed::Listener::new(),
-            live: crate::service::live::Maintainer::new(pool.clone(), limits.live),
             feed_db,
             pool,
             shutdown: CancellationToken::new(),

@@ -2,7 +2,6 @@
 
 use std::pin::Pin;
 
-use chrono::{DateTime, Utc};
 use futures::Stream;
 use prost::Message;
 use tonic::{Request, Response, Status};
@@ -99,11 +98,6 @@ fn mask(m: Option<&prost_types::FieldMask>, field: &str) -> Result<Vec<String>, 
     let paths = m.map(|m| m.paths.clone()).unwrap_or_default();
     checked("", cc::check_read_mask(&paths, field))?;
     Ok(paths)
-}
-
-/// Milliseconds: resume tokens keep the evaluation instant to the millisecond.
-fn now_ms() -> DateTime<Utc> {
-    DateTime::from_timestamp_millis(Utc::now().timestamp_millis()).unwrap_or_else(Utc::now)
 }
 
 /// Messages for one stream item: contacts split so no message passes
@@ -272,7 +266,9 @@ impl QueryService for Query {
         let cursor = (!r.resume_token.is_empty())
             .then(|| Cursor::parse(&r.resume_token))
             .transpose()?;
-        let now = cursor.as_ref().map_or_else(now_ms, Cursor::now);
+        let now = cursor
+            .as_ref()
+            .map_or_else(|| self.state.clock.now_ms(), Cursor::now);
         let limits = &self.state.limits;
         let t = {
             let conn = self.state.conn().await?;
@@ -349,7 +345,13 @@ impl QueryService for Query {
         let sample = sample(r.sample.as_ref())?;
         let (count, live) = self
             .reader()
-            .count(ws, &target, sample.as_ref(), r.allow_expensive, now_ms())
+            .count(
+                ws,
+                &target,
+                sample.as_ref(),
+                r.allow_expensive,
+                self.state.clock.now_ms(),
+            )
             .await?;
         Ok(Response::new(pb::CountMembersResponse {
             count,
@@ -373,7 +375,7 @@ impl QueryService for Query {
         };
         let p = self
             .reader()
-            .preview(ws, &target, n, r.allow_expensive, now_ms())
+            .preview(ws, &target, n, r.allow_expensive, self.state.clock.now_ms())
             .await?;
         Ok(Response::new(pb::PreviewSegmentResponse {
             count: p.count,
@@ -400,7 +402,13 @@ impl QueryService for Query {
         }
         let (contact_id, answers) = self
             .reader()
-            .check(ws, &key, &r.segment_ids, r.explain, now_ms())
+            .check(
+                ws,
+                &key,
+                &r.segment_ids,
+                r.explain,
+                self.state.clock.now_ms(),
+            )
             .await?;
         Ok(Response::new(pb::CheckMembershipResponse {
             contact_id,
@@ -441,7 +449,14 @@ impl QueryService for Query {
         };
         let b = self
             .reader()
-            .breakdown(ws, &target, &r.group_by, n, r.allow_expensive, now_ms())
+            .breakdown(
+                ws,
+                &target,
+                &r.group_by,
+                n,
+                r.allow_expensive,
+                self.state.clock.now_ms(),
+            )
             .await?;
         Ok(Response::new(pb::BreakdownSegmentResponse {
             rows: b
@@ -478,7 +493,10 @@ impl QueryService for Query {
                 "must be distinct positive ids",
             ));
         }
-        let o = self.reader().overlap(ws, &ids, now_ms()).await?;
+        let o = self
+            .reader()
+            .overlap(ws, &ids, self.state.clock.now_ms())
+            .await?;
         let overlap = |(ids, count): (Vec<i64>, i64)| pb::Overlap {
             segment_ids: ids,
             count,

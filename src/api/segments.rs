@@ -1,6 +1,5 @@
 //! SegmentService.
 
-use chrono::Utc;
 use tonic::{Request, Response, Status};
 
 use super::AppState;
@@ -348,7 +347,7 @@ impl SegmentService for Segments {
             &source,
             name,
             r.description.trim().to_string(),
-            Utc::now(),
+            self.state.clock.now(),
         )
         .await?;
         Ok(Response::new(pb::SnapshotSegmentResponse {
@@ -402,7 +401,7 @@ impl SegmentService for Segments {
             return Err(invalid(vec![Violation::new("segment_id", "required")]));
         }
         let mut client = self.state.conn().await?;
-        let d = crate::service::live::verify(&mut client, ws, id, Utc::now()).await?;
+        let d = crate::service::live::verify(&mut client, ws, id, self.state.clock.now()).await?;
         Ok(Response::new(pb::VerifySegmentResponse {
             missing_count: d.missing,
             missing_ids: d.missing_ids,
@@ -432,7 +431,7 @@ impl SegmentService for Segments {
             }
         };
         let client = self.state.conn().await?;
-        let t = svc::compile(&**client, ws, &target, Utc::now(), false).await?;
+        let t = svc::compile(&**client, ws, &target, self.state.clock.now(), false).await?;
         let e = svc::explain(&**client, &t.compiled, r.analyze).await?;
         Ok(Response::new(pb::ExplainSegmentResponse {
             sql: e.sql,

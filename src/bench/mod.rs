@@ -28,7 +28,11 @@ use crate::{db, server, startup};
 /// Setup failed (no PostgreSQL) or a call failed.
 pub async fn run(cmd: BenchCommand, config: Config) -> anyhow::Result<()> {
     let separate = matches!(cmd, BenchCommand::Stream(_) | BenchCommand::Live(_));
-    let keep = matches!(&cmd, BenchCommand::Sql(o) if o.keep);
+    let keep = match &cmd {
+        BenchCommand::Sql(o) => o.keep,
+        BenchCommand::Live(o) => o.keep,
+        _ => false,
+    };
     let env = BenchEnv::start(&config, separate).await?;
     let result = match cmd {
         BenchCommand::Import(o) => import::run(&env, &o).await,

@@ -126,11 +126,14 @@ pub async fn trim(
 ) -> Result<u64> {
     Ok(client
         .execute(
-            "DELETE FROM membership_changes WHERE workspace_id = $1 AND (
-                 \"offset\" <= (SELECT last FROM feed_offsets WHERE workspace_id = $1) - $3
-                 OR \"offset\" < coalesce(
-                     (SELECT min(\"offset\") FROM membership_changes WHERE workspace_id = $1 AND at >= $2),
-                     (SELECT last + 1 FROM feed_offsets WHERE workspace_id = $1)))",
+            // One cut-off offset, so the delete is a range of the primary
+            // key (an OR of the two limits scanned the whole table).
+            "DELETE FROM membership_changes WHERE workspace_id = $1 AND \"offset\" < (
+                 SELECT greatest(
+                     (SELECT last FROM feed_offsets WHERE workspace_id = $1) - $3 + 1,
+                     coalesce(
+                         (SELECT min(\"offset\") FROM membership_changes WHERE workspace_id = $1 AND at >= $2),
+                         (SELECT last + 1 FROM feed_offsets WHERE workspace_id = $1))))",
             &[&ws.0, &before, &max_count],
         )
         .await?)

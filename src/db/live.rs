@@ -33,7 +33,11 @@ pub struct Queued {
 ///
 /// # Errors
 /// The database is unavailable.
-pub async fn busy(client: &impl GenericClient, tick: Duration) -> Result<Vec<WorkspaceId>> {
+pub async fn busy(
+    client: &impl GenericClient,
+    now: DateTime<Utc>,
+    tick: Duration,
+) -> Result<Vec<WorkspaceId>> {
     let rows = client
         .query(
             "SELECT DISTINCT workspace_id FROM change_queue
@@ -42,8 +46,8 @@ pub async fn busy(client: &impl GenericClient, tick: Duration) -> Result<Vec<Wor
              LEFT JOIN live_state l ON l.workspace_id = s.workspace_id AND l.segment_id = s.id
              WHERE s.live AND s.enabled
                AND (l.built_version IS DISTINCT FROM s.version
-                    OR (l.timed AND l.evaluated_at <= now() - $1::float8 * interval '1 second'))",
-            &[&tick.as_secs_f64()],
+                    OR (l.timed AND l.evaluated_at <= $1::timestamptz - $2::float8 * interval '1 second'))",
+            &[&now, &tick.as_secs_f64()],
         )
         .await?;
     Ok(rows.iter().map(|r| WorkspaceId(r.get(0))).collect())
@@ -188,6 +192,8 @@ pub struct Refreshed {
     pub built: Option<i64>,
     /// Time alone moves the segment's members.
     pub timed: bool,
+    /// Time's effects up to now are applied (a build, or a clock pass).
+    pub clocked: bool,
 }
 
 /// Records a refresh in the segment's state.
@@ -205,16 +211,17 @@ pub async fn record(
         "INSERT INTO live_state AS l (workspace_id, segment_id, built_version, size, changed_at, eval_ms,
                                       last_error, timed, evaluated_at, eval_ms_total)
          VALUES ($1, $2, $3,
-                 (SELECT count(*) FROM live_members m WHERE m.workspace_id = $1 AND m.segment_id = $2),
+                 coalesce(CASE WHEN $3::bigint IS NOT NULL THEN
+                     (SELECT count(*) FROM live_members m WHERE m.workspace_id = $1 AND m.segment_id = $2) END, 0),
                  CASE WHEN $4::bigint + $5::bigint > 0 THEN $6::timestamptz END, $7::float8, NULL, $8,
-                 CASE WHEN $3::bigint IS NOT NULL THEN $6::timestamptz END, $7)
+                 CASE WHEN $3::bigint IS NOT NULL OR $9 THEN $6::timestamptz END, $7)
          ON CONFLICT (workspace_id, segment_id) DO UPDATE SET
              built_version = coalesce($3, l.built_version),
              size = CASE WHEN $3::bigint IS NULL THEN l.size + $4::bigint - $5::bigint ELSE excluded.size END,
              changed_at = CASE WHEN $4::bigint + $5::bigint > 0 THEN $6::timestamptz ELSE l.changed_at END,
              eval_ms = $7, last_error = NULL, timed = $8, eval_ms_total = l.eval_ms_total + $7,
              evaluated_at = coalesce(excluded.evaluated_at, l.evaluated_at)",
-        &[&ws.0, &segment, &r.built, &r.entered, &r.exited, &now, &r.ms, &r.timed],
+        &[&ws.0, &segment, &r.built, &r.entered, &r.exited, &now, &r.ms, &r.timed, &r.clocked],
     )
     .await?;
     Ok(())
@@ -256,4 +263,43 @@ pub async fn forget(tx: &impl GenericClient, ws: WorkspaceId, segment: i64) -> R
     )
     .await?;
     Ok(())
+}
+
+/// The contacts of `ws` with an event of `types` (`None`: any type) that
+/// occurred between `lo` and `hi` (both included): for the event types, an
+/// index range scan each (every type found by skipping through the index).
+///
+/// # Errors
+/// The database is unavailable.
+pub async fn crossed(
+    tx: &impl GenericClient,
+    ws: WorkspaceId,
+    types: Option<&[String]>,
+    lo: DateTime<Utc>,
+    hi: DateTime<Utc>,
+) -> Result<Vec<i64>> {
+    let rows = match types {
+        Some(types) => {
+            tx.query(
+                "SELECT DISTINCT e.contact_id FROM events e
+                 WHERE e.workspace_id = $1 AND e.type = ANY($2) AND e.occurred_at BETWEEN $3 AND $4",
+                &[&ws.0, &types, &lo, &hi],
+            )
+            .await?
+        }
+        None => {
+            tx.query(
+                "WITH RECURSIVE t(type) AS (
+                     SELECT min(type) FROM events WHERE workspace_id = $1
+                     UNION ALL
+                     SELECT (SELECT min(e.type) FROM events e WHERE e.workspace_id = $1 AND e.type > t.type)
+                     FROM t WHERE t.type IS NOT NULL)
+                 SELECT DISTINCT e.contact_id FROM t JOIN events e
+                   ON e.workspace_id = $1 AND e.type = t.type AND e.occurred_at BETWEEN $2 AND $3",
+                &[&ws.0, &lo, &hi],
+            )
+            .await?
+        }
+    };
+    Ok(rows.iter().map(|r| r.get(0)).collect())
 }

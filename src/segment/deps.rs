@@ -4,7 +4,7 @@
 
 use std::collections::BTreeSet;
 
-use super::ast::Window;
+use super::ast::{Span, Window};
 use super::ir::{Field, Pred, SetTarget, Test};
 use crate::model::deps::{self, ANY_EVENT};
 
@@ -74,6 +74,58 @@ pub fn timed(p: &Pred) -> bool {
         }
         Pred::Deal(d) => d.filters.iter().any(|(_, t)| relative(t)) || relative(&d.agg.test),
         Pred::Set(..) | Pred::Subscription(..) | Pred::Member(_) | Pred::Live(_) => false,
+    }
+}
+
+/// A boundary that time moves across: the contacts with events of `types`
+/// (`None`: any type) that occurred `span` before one tick and `span` before
+/// the next are the only ones whose membership time alone may have changed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Edge {
+    /// The event types whose times cross it; `None` for every type.
+    pub types: Option<Vec<String>>,
+    /// How far behind now it lies.
+    pub span: Span,
+}
+
+/// Where time alone moves `p`'s members, as event boundaries; `None` when a
+/// relative test has no such boundary an index can find (a relative date
+/// on a contact field or a property, an anniversary, an age, a deal), so a
+/// tick must re-evaluate every contact.
+pub fn edges(p: &Pred) -> Option<Vec<Edge>> {
+    let mut out = Vec::new();
+    edges_into(p, &mut out).then_some(out)
+}
+
+fn edges_into(p: &Pred, out: &mut Vec<Edge>) -> bool {
+    match p {
+        Pred::All(ps) | Pred::Any(ps) => ps.iter().all(|p| edges_into(p, out)),
+        Pred::Not(p) => edges_into(p, out),
+        Pred::Field(..) | Pred::Deal(_) => !timed(p),
+        Pred::Event(e) => {
+            if e.filters.iter().any(|(_, t)| relative(t)) {
+                return false;
+            }
+            let mut spans = Vec::new();
+            if let Some(Window::Last(s) | Window::OlderThan(s)) = &e.window {
+                spans.push(*s);
+            }
+            // A first or last time tested against now: it is one of the
+            // events' times, so it crosses where one of them does.
+            match &e.agg.test {
+                // `BETWEEN now - span AND now`: a future time enters at now.
+                Test::WithinLast(s) => spans.extend([*s, Span { amount: 0, ..*s }]),
+                Test::OlderThan(s) => spans.push(*s),
+                t if relative(t) => return false,
+                _ => {}
+            }
+            out.extend(spans.into_iter().map(|span| Edge {
+                types: e.types.clone(),
+                span,
+            }));
+            true
+        }
+        Pred::Set(..) | Pred::Subscription(..) | Pred::Member(_) | Pred::Live(_) => true,
     }
 }
 

@@ -403,8 +403,9 @@ impl Lowerer {
                     _ => "segment_members",
                 };
                 let sub = format!(
-                    "SELECT m.contact_id FROM {table} m WHERE m.workspace_id = {} AND m.segment_id = {seg}",
-                    hole::param(0)
+                    "SELECT m.contact_id FROM {table} m WHERE m.workspace_id = {} AND m.segment_id = {seg}{}",
+                    hole::param(0),
+                    hole::only('m')
                 );
                 let test = format!("{a}.contact_id IS NOT NULL");
                 self.sources.push(Source::Rows(a, sub));
@@ -741,8 +742,9 @@ impl Lowerer {
                 let u = self.bind(Param::Text(u.clone()));
                 let _ = write!(
                     from,
-                    " LEFT JOIN (SELECT s.contact_id, max(s.occurred_at) AS t FROM events s WHERE s.workspace_id = {} AND s.type = {u} GROUP BY s.contact_id) s ON s.contact_id = e.contact_id",
-                    hole::param(0)
+                    " LEFT JOIN (SELECT s.contact_id, max(s.occurred_at) AS t FROM events s WHERE s.workspace_id = {} AND s.type = {u}{} GROUP BY s.contact_id) s ON s.contact_id = e.contact_id",
+                    hole::param(0),
+                    hole::only('s')
                 );
                 conds.push("(s.t IS NULL OR e.occurred_at > s.t)".into());
             }

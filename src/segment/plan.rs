@@ -41,6 +41,13 @@ pub(crate) mod hole {
         format!("{HOLE}L{i}{HOLE}")
     }
 
+    /// When the query is restricted to some contacts, ` AND
+    /// <alias>.contact_id = ANY(<their ids>)`; nothing otherwise. For
+    /// subqueries that would otherwise read every contact's rows.
+    pub fn only(alias: char) -> String {
+        format!("{HOLE}O{alias}{HOLE}")
+    }
+
     /// The member's contact id.
     pub fn id() -> String {
         format!("{HOLE}I{HOLE}")
@@ -53,6 +60,7 @@ pub(crate) enum Hole {
     Param(usize),
     Value(usize, usize),
     LastOf(usize),
+    Only(char),
     Id,
 }
 
@@ -73,6 +81,7 @@ fn parse_hole(h: &str) -> Hole {
         ("P", i) => Hole::Param(num(i)),
         ("L", i) => Hole::LastOf(num(i)),
         ("I", _) => Hole::Id,
+        ("O", a) => Hole::Only(a.chars().next().expect("a restricted alias")),
         ("V", sk) => {
             let (s, k) = sk.split_once('.').expect("a value hole's source and index");
             Hole::Value(num(s), num(k))

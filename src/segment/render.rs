@@ -96,7 +96,7 @@ pub enum Select<'a> {
     Drift(i64),
     /// Brings a live segment's stored membership in line with the members
     /// (of the `only` contacts, or all), logging each entry and exit to the
-    /// change feed. One row: entries, exits.
+    /// change feed. One row: entries, exits, the ids that changed.
     Refresh(&'a Refresh),
 }
 
@@ -347,6 +347,13 @@ impl<'a> Writer<'a> {
                 Ok(text) => self.out.push_str(text),
                 Err(Hole::Param(i)) => self.param(i),
                 Err(Hole::Id) => self.out.push_str(ctx.id.unwrap_or("c.id")),
+                Err(Hole::Only(alias)) => {
+                    if let Some(p) = self.only {
+                        let _ = write!(self.out, " AND {alias}.contact_id = ANY(");
+                        self.param(p);
+                        self.out.push(')');
+                    }
+                }
                 Err(Hole::Value(s, k)) => match &self.sources[s] {
                     Source::Grouped(_, g) if ctx.having == Some(s) => {
                         let v = g.values[k].clone();
@@ -387,13 +394,24 @@ impl<'a> Writer<'a> {
         }
     }
 
-    /// A grouped source's conditions, and with `only`, its key among them.
+    /// A grouped source's `FROM` list. With `only`, the ids come first, so
+    /// its rows are read by one index probe per contact (key, type, time),
+    /// however many rows its window holds.
+    fn source_from(&mut self, g: &Grouped) {
+        if let Some(p) = self.only {
+            self.out.push_str("unnest(");
+            self.param(p);
+            self.out.push_str("::bigint[]) oi(id), ");
+        }
+        self.template(&g.from, &Ctx::default());
+    }
+
+    /// A grouped source's conditions, and with `only`, its key joined to
+    /// the ids (see [`Self::source_from`]).
     fn source_conds(&mut self, g: &Grouped) {
         self.list(&g.conds, " AND ", &Ctx::default());
-        if let Some(p) = self.only {
-            let _ = write!(self.out, " AND {} = ANY(", g.key);
-            self.param(p);
-            self.out.push(')');
+        if self.only.is_some() {
+            let _ = write!(self.out, " AND {} = oi.id", g.key);
         }
     }
 
@@ -419,7 +437,7 @@ impl<'a> Writer<'a> {
                         }
                     }
                     self.out.push_str(" FROM ");
-                    self.template(&g.from, &Ctx::default());
+                    self.source_from(g);
                     self.out.push_str(" WHERE ");
                     self.source_conds(g);
                     let _ = write!(
@@ -548,7 +566,7 @@ impl<'a> Writer<'a> {
             }
             self.out.push_str(" FROM ");
         }
-        self.template(&g.from, &Ctx::default());
+        self.source_from(g);
         self.out.push_str(" WHERE ");
         self.source_conds(g);
         if !some {
@@ -683,6 +701,7 @@ impl<'a> Writer<'a> {
 
     /// Stored membership diffed against the members: entries inserted,
     /// exits deleted, both appended to the feed after offset `base`.
+    /// Returns the entries, the exits and the contacts that changed.
     fn refresh(&mut self, plan: &Plan, q: &Query<'_>, r: &Refresh) {
         let seg = self.bind(Param::Int8(r.segment));
         let base = self.bind(Param::Int8(r.base));
@@ -690,7 +709,9 @@ impl<'a> Writer<'a> {
         let at = self.bind(Param::Time(r.at));
         self.out.push_str("WITH new AS MATERIALIZED (SELECT c.id ");
         self.ids_from(plan, q);
-        self.out.push_str("), old AS MATERIALIZED (SELECT m.contact_id AS id FROM live_members m WHERE m.workspace_id = ");
+        // The stored rows' ctids: exits are deleted by TID, a plan no
+        // estimate of the membership table can turn into a scan per exit.
+        self.out.push_str("), old AS MATERIALIZED (SELECT m.contact_id AS id, m.ctid AS tid FROM live_members m WHERE m.workspace_id = ");
         self.param(0);
         self.out.push_str(" AND m.segment_id = ");
         self.param(seg);
@@ -700,21 +721,17 @@ impl<'a> Writer<'a> {
             self.out.push(')');
         }
         self.out.push_str(
-            "), ent AS (SELECT id FROM new EXCEPT SELECT id FROM old), \
-             ext AS (SELECT id FROM old EXCEPT SELECT id FROM new), \
+            "), diff AS MATERIALIZED (SELECT coalesce(n.id, o.id) AS id, o.id IS NULL AS entered, o.tid \
+             FROM new n FULL JOIN old o ON o.id = n.id WHERE n.id IS NULL OR o.id IS NULL), \
              ins AS (INSERT INTO live_members (workspace_id, segment_id, contact_id) SELECT ",
         );
         self.param(0);
         self.out.push_str(", ");
         self.param(seg);
         self.out.push_str(
-            ", id FROM ent), del AS (DELETE FROM live_members m USING ext WHERE m.workspace_id = ",
-        );
-        self.param(0);
-        self.out.push_str(" AND m.segment_id = ");
-        self.param(seg);
-        self.out.push_str(
-            " AND m.contact_id = ext.id), log AS (INSERT INTO membership_changes \
+            ", id FROM diff WHERE entered), \
+             del AS (DELETE FROM live_members m WHERE m.ctid = ANY(ARRAY(SELECT tid FROM diff WHERE NOT entered))), \
+             log AS (INSERT INTO membership_changes \
              (workspace_id, \"offset\", segment_id, contact_id, entered, cause, at) SELECT ",
         );
         self.param(0);
@@ -728,8 +745,9 @@ impl<'a> Writer<'a> {
         self.out.push_str(", ");
         self.param(at);
         self.out.push_str(
-            " FROM (SELECT id, true AS entered FROM ent UNION ALL SELECT id, false FROM ext) x RETURNING entered) \
-             SELECT count(*) FILTER (WHERE entered), count(*) FILTER (WHERE NOT entered) FROM log",
+            " FROM diff x RETURNING contact_id, entered) \
+             SELECT count(*) FILTER (WHERE entered), count(*) FILTER (WHERE NOT entered), \
+             coalesce(array_agg(contact_id), '{}') FROM log",
         );
     }
 

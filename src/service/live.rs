@@ -23,7 +23,8 @@
 //! rebuilt the same way over every contact; readers keep the old membership
 //! until the rebuild commits.
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
@@ -31,14 +32,17 @@ use deadpool_postgres::Pool;
 use tokio_util::sync::CancellationToken;
 
 use super::segments::Definitions;
+use super::stats::{self, Statistics, Table};
+use crate::clock::Clock;
 use crate::db::{self, live::Refreshed};
 use crate::error::{Error, Result};
 use crate::model::WorkspaceId;
 use crate::model::deps::affects;
 use crate::model::segment::{Definition, Segment, SegmentKind};
-use crate::segment::deps;
+use crate::segment::deps::{self, Edge};
 use crate::segment::lower::lower;
 use crate::segment::render::{Query, Refresh, Select};
+use crate::segment::time;
 
 /// How the maintainer works.
 #[derive(Debug, Clone, Copy)]
@@ -73,6 +77,10 @@ impl Default for Options {
 pub struct Maintainer {
     pool: Pool,
     opts: Options,
+    /// Told how many members it stores, for fresh planner statistics.
+    statistics: Option<Arc<Statistics>>,
+    /// The instant definitions are evaluated at.
+    clock: Clock,
 }
 
 /// A live segment as one pass sees it.
@@ -84,12 +92,32 @@ struct Live<'a> {
     uses: BTreeSet<i64>,
     /// Time alone moves its members.
     timed: bool,
+    /// Where time moves its members, when an index can find who is there.
+    edges: Option<Vec<Edge>>,
 }
 
 impl Maintainer {
     /// A maintainer over `pool`.
     pub fn new(pool: Pool, opts: Options) -> Self {
-        Self { pool, opts }
+        Self {
+            pool,
+            opts,
+            statistics: None,
+            clock: Clock::default(),
+        }
+    }
+
+    /// Evaluates definitions at `clock`'s now.
+    pub fn with_clock(mut self, clock: Clock) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// Reports the members it stores to `statistics`, which keeps the
+    /// planner's view of `live_members` current.
+    pub fn with_statistics(mut self, statistics: Arc<Statistics>) -> Self {
+        self.statistics = Some(statistics);
+        self
     }
 
     /// Runs passes until `stop` is cancelled.
@@ -122,7 +150,7 @@ impl Maintainer {
     pub async fn pass(&self) -> Result<usize> {
         let mut client = db::conn(&self.pool).await?;
         let mut n = 0;
-        for ws in db::live::busy(&**client, self.opts.tick).await? {
+        for ws in db::live::busy(&**client, self.clock.now(), self.opts.tick).await? {
             loop {
                 let done = self.drain(&mut client, ws, false).await?;
                 n += done;
@@ -166,7 +194,10 @@ impl Maintainer {
         } else if !db::live::try_lock(&*tx, ws).await? {
             return Ok(0);
         }
-        let now = Utc::now();
+        // Refreshes are short or one-off: compiling them costs more than it
+        // saves (a rebuild spent 175 of its 380 ms in JIT).
+        tx.batch_execute("SET LOCAL jit = off").await?;
+        let now = self.clock.now();
         let segments = db::segments::all(&*tx, ws).await?;
         let defs = Definitions::load(&*tx, ws).await?;
         let live = live_segments(&segments, &defs);
@@ -193,9 +224,9 @@ impl Maintainer {
         }
         queued.truncate(take);
 
-        // What to rebuild over every contact: segments not built from their
+        // What to evaluate over every contact: segments not built from their
         // current definition, those a whole-workspace change affects, and
-        // everything that reads one of them.
+        // those time moves in ways no index can narrow.
         let last_tick = ago(now, self.opts.tick);
         let due = |l: &Live| {
             l.timed
@@ -205,24 +236,31 @@ impl Maintainer {
                     .and_then(|s| s.evaluated_at)
                     .is_none_or(|t| t <= last_tick)
         };
-        let mut whole: HashSet<i64> = live
-            .iter()
-            .filter(|l| !l.segment.stored() || reads_any(&l.reads, &whole_keys) || due(l))
-            .map(|l| l.segment.id)
-            .collect();
-        let readers: Vec<i64> = live
-            .iter()
-            .filter(|l| l.uses.iter().any(|u| whole.contains(u)))
-            .map(|l| l.segment.id)
-            .collect();
-        whole.extend(readers);
-        let some: Vec<&Live> = live
+        let whole: HashSet<i64> = live
             .iter()
             .filter(|l| {
-                !whole.contains(&l.segment.id) && !ids.is_empty() && reads_any(&l.reads, &keys)
+                !l.segment.stored()
+                    || reads_any(&l.reads, &whole_keys)
+                    || (due(l) && clock_from(l).is_none())
             })
+            .map(|l| l.segment.id)
             .collect();
-        if queued.is_empty() && whole.is_empty() {
+        // Time's other effects: the contacts with events that crossed a
+        // window's edge since the segment's last clock pass.
+        let mut clock: HashMap<i64, BTreeSet<i64>> = HashMap::new();
+        for l in live
+            .iter()
+            .filter(|l| due(l) && !whole.contains(&l.segment.id))
+        {
+            let (since, edges) = clock_from(l).expect("narrowed above");
+            let mut crossed = BTreeSet::new();
+            for e in edges {
+                let (lo, hi) = (time::back(since, e.span), time::back(now, e.span));
+                crossed.extend(db::live::crossed(&*tx, ws, e.types.as_deref(), lo, hi).await?);
+            }
+            clock.insert(l.segment.id, crossed);
+        }
+        if queued.is_empty() && whole.is_empty() && clock.is_empty() {
             return Ok(0);
         }
 
@@ -234,53 +272,118 @@ impl Maintainer {
         };
         let mut offset = db::live::feed_offset(&*tx, ws).await?;
         let first = offset;
-        let mut work: Vec<(&Live, bool)> = live
-            .iter()
-            .filter(|l| whole.contains(&l.segment.id))
-            .map(|l| (l, true))
-            .chain(some.into_iter().map(|l| (l, false)))
-            .collect();
+        let mut work: Vec<&Live> = live.iter().collect();
         // A segment after every segment it reads.
-        work.sort_by_key(|(l, _)| l.uses.len());
-        let built = work.iter().filter(|(_, all)| *all).count();
-        for (l, all) in work {
+        work.sort_by_key(|l| l.uses.len());
+        // Who changed in each segment refreshed so far, and why: a segment
+        // that reads it is refreshed for them too.
+        let mut changed: HashMap<i64, (Vec<i64>, String)> = HashMap::new();
+        let mut applied = 0;
+        let mut outgrown = false;
+        for l in work {
             let s = l.segment;
-            let why = match (all, s.stored()) {
-                (false, _) => cause.clone(),
-                (true, false) => "rebuild".into(),
-                (true, true) if due(l) => "clock".into(),
-                (true, true) => cause.clone(),
-            };
-            let refresh = Refresh {
-                segment: s.id,
-                base: offset,
-                cause: why,
-                at: now,
-            };
-            let only = (!all).then_some(ids.as_slice());
-            let sp = tx.savepoint("refresh").await?;
+            let all = whole.contains(&s.id);
+            let by_write = !ids.is_empty() && reads_any(&l.reads, &keys);
+            let by_clock = clock.remove(&s.id);
+            // The contacts writes touched, directly or through a segment
+            // this one reads, and apart from them, those the clock moved:
+            // each set its own statement, so each change names its cause.
+            let mut written: BTreeSet<i64> = BTreeSet::new();
+            if by_write {
+                written.extend(&ids);
+            }
+            let mut by_ref = None;
+            for u in &l.uses {
+                if let Some((c, why)) = changed.get(u).filter(|(c, _)| !c.is_empty()) {
+                    written.extend(c);
+                    by_ref.get_or_insert_with(|| why.clone());
+                }
+            }
+            let mut runs: Vec<(Option<Vec<i64>>, String)> = Vec::new();
+            if all {
+                let why = match (s.stored(), due(l)) {
+                    (false, _) => "rebuild".to_string(),
+                    (true, true) => "clock".into(),
+                    (true, false) => cause.clone(),
+                };
+                runs.push((None, why));
+            } else {
+                let moved: Vec<i64> = by_clock
+                    .iter()
+                    .flatten()
+                    .filter(|c| !written.contains(c))
+                    .copied()
+                    .collect();
+                if !written.is_empty() {
+                    let why = if by_write {
+                        cause.clone()
+                    } else {
+                        by_ref.unwrap_or_else(|| cause.clone())
+                    };
+                    runs.push((Some(written.into_iter().collect()), why));
+                }
+                if !moved.is_empty() {
+                    runs.push((Some(moved), "clock".into()));
+                }
+            }
+            if runs.is_empty() && by_clock.is_none() {
+                continue;
+            }
             let started = Instant::now();
-            match refresh_one(&*sp, ws, s, &defs, &refresh, only, now).await {
-                Ok((entered, exited)) => {
-                    sp.commit().await?;
-                    offset += entered + exited;
+            let (mut entered, mut exited, mut ids_changed) = (0, 0, Vec::new());
+            let mut failure = None;
+            for (only, why) in &runs {
+                let refresh = Refresh {
+                    segment: s.id,
+                    base: offset,
+                    cause: why.clone(),
+                    at: now,
+                };
+                let sp = tx.savepoint("refresh").await?;
+                match refresh_one(&*sp, ws, s, &defs, &refresh, only.as_deref(), now).await {
+                    Ok((e, x, c)) => {
+                        sp.commit().await?;
+                        offset += e + x;
+                        (entered, exited) = (entered + e, exited + x);
+                        ids_changed.extend(c);
+                    }
+                    Err(e) => {
+                        sp.rollback().await?;
+                        failure = Some(e);
+                        break;
+                    }
+                }
+            }
+            match failure {
+                None => {
+                    applied += usize::from(all);
+                    if let Some(st) = &self.statistics {
+                        st.inserted(Table::LiveMembers, ws, u64::try_from(entered).unwrap_or(0));
+                    }
+                    // A membership that grew by half or more (a build) has
+                    // outgrown what the planner believes of it.
+                    let before = s.live_state.as_ref().map_or(0, |l| l.size);
+                    outgrown |= entered >= 1_000 && entered >= before / 2;
                     let r = Refreshed {
                         entered,
                         exited,
                         ms: started.elapsed().as_secs_f64() * 1000.0,
                         built: all.then_some(s.version),
                         timed: l.timed,
+                        clocked: all || by_clock.is_some(),
                     };
                     db::live::record(&*tx, ws, s.id, r, now).await?;
+                    let why = runs.first().map_or_else(|| "clock".into(), |r| r.1.clone());
+                    changed.insert(s.id, (ids_changed, why));
                 }
-                Err(e) => {
-                    sp.rollback().await?;
+                Some(e) => {
                     tracing::warn!(ws = ws.0, segment = s.id, error = %e, "refreshing a live segment; it will be rebuilt");
                     db::live::failed(&*tx, ws, s.id, &crate::error::clip(&e.to_string(), 500))
                         .await?;
                 }
             }
         }
+        let built = applied;
         if offset > first {
             db::live::set_feed_offset(&*tx, ws, offset).await?;
             db::feed::notify(&*tx, ws).await?;
@@ -290,6 +393,11 @@ impl Maintainer {
         let seqs: Vec<i64> = queued.iter().map(|q| q.seq).collect();
         db::live::done(&*tx, ws, &seqs).await?;
         tx.commit().await?;
+        if outgrown {
+            // Refreshes restricted to a few contacts plan by these
+            // statistics: a segment believed empty is scanned per contact.
+            stats::analyze(client, Table::LiveMembers).await?;
+        }
         Ok(seqs.len() + built)
     }
 }
@@ -300,6 +408,13 @@ fn ago(now: DateTime<Utc>, d: Duration) -> DateTime<Utc> {
         .ok()
         .and_then(|d| now.checked_sub_signed(d))
         .unwrap_or(DateTime::<Utc>::MIN_UTC)
+}
+
+/// For a timed segment whose edges an index can find: since when its
+/// clock has run, and the edges.
+fn clock_from<'a>(l: &'a Live) -> Option<(DateTime<Utc>, &'a [Edge])> {
+    let since = l.segment.live_state.as_ref()?.evaluated_at?;
+    Some((since, l.edges.as_deref()?))
 }
 
 /// Whether a definition reading `reads` may be affected by writes of `keys`.
@@ -324,12 +439,14 @@ fn live_segments<'a>(segments: &'a [Segment], defs: &Definitions) -> Vec<Live<'a
                 reads: deps::of(&v.checked.pred),
                 uses: v.checked.uses.iter().copied().collect(),
                 timed: deps::timed(&v.checked.pred),
+                edges: deps::edges(&v.checked.pred),
             })
         })
         .collect()
 }
 
-/// One segment's refresh: returns (entries, exits).
+/// One segment's refresh: returns its entries, exits, and the contacts
+/// that entered or exited.
 async fn refresh_one(
     tx: &impl tokio_postgres::GenericClient,
     ws: WorkspaceId,
@@ -338,7 +455,7 @@ async fn refresh_one(
     refresh: &Refresh,
     only: Option<&[i64]>,
     now: DateTime<Utc>,
-) -> Result<(i64, i64)> {
+) -> Result<(i64, i64, Vec<i64>)> {
     let rule = s.rule.clone().expect("a live segment has a definition");
     let v = defs.validate(&Definition::saved(rule, &s.name), Some(s.id))?;
     let plan = lower(&v.checked.pred, ws, now);
@@ -351,7 +468,7 @@ async fn refresh_one(
     let row = rows
         .first()
         .ok_or_else(|| crate::error::Error::internal("a refresh returns one row"))?;
-    Ok((row.get(0), row.get(1)))
+    Ok((row.get(0), row.get(1), row.get(2)))
 }
 
 /// How a live segment's stored members differ from its definition.

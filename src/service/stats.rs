@@ -38,6 +38,8 @@ pub enum Table {
     Events,
     /// `deals`.
     Deals,
+    /// `live_members`, written by the live-segment maintainer.
+    LiveMembers,
 }
 
 impl Table {
@@ -47,6 +49,7 @@ impl Table {
             Table::Contacts => "contacts",
             Table::Events => "events",
             Table::Deals => "deals",
+            Table::LiveMembers => "live_members",
         }
     }
 
@@ -196,7 +199,10 @@ async fn estimate(client: &db::Conn, table: Table, ws: WorkspaceId) -> Result<f6
 
 /// Analyzes `table` unless another replica holds its lock (then it is
 /// doing so). Returns whether this call analyzed it.
-async fn analyze(client: &db::Conn, table: Table) -> Result<bool> {
+///
+/// # Errors
+/// The database is unavailable.
+pub async fn analyze(client: &db::Conn, table: Table) -> Result<bool> {
     let locked: bool = client
         .query_one("SELECT pg_try_advisory_lock($1)", &[&table.lock_key()])
         .await?

@@ -422,12 +422,14 @@ impl TestApp {
         ids
     }
 
-    /// Waits until nothing is queued and every live segment is
-    /// built from its current definition.
+    /// Waits until nothing is queued and every live segment is built from
+    /// its current definition and has caught up with the clock.
     pub async fn drained(&self) {
         let db = self.db().await;
         let maintainer =
-            segd::service::live::Maintainer::new(self.state.pool.clone(), self.state.limits.live);
+            segd::service::live::Maintainer::new(self.state.pool.clone(), self.state.limits.live)
+                .with_statistics(self.state.statistics.clone())
+                .with_clock(self.state.clock.clone());
         for _ in 0..600 {
             // A pass of our own surfaces maintenance errors (the server's own
             // maintainer only logs them).
@@ -437,8 +439,9 @@ impl TestApp {
                     "SELECT (SELECT count(*) FROM change_queue),
                             (SELECT count(*) FROM segments s LEFT JOIN live_state l
                                ON l.workspace_id = s.workspace_id AND l.segment_id = s.id
-                             WHERE s.live AND s.enabled AND l.built_version IS DISTINCT FROM s.version)",
-                    &[],
+                             WHERE s.live AND s.enabled AND (l.built_version IS DISTINCT FROM s.version
+                                   OR (l.timed AND l.evaluated_at <= $1::timestamptz - $2::float8 * interval '1 second')))",
+                    &[&self.state.clock.now(), &self.state.limits.live.tick.as_secs_f64()],
                 )
                 .await
                 .unwrap();

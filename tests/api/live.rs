@@ -107,7 +107,7 @@ async fn ids(
 
 /// Every live segment's stored members equal its from-scratch members, and
 /// the feed, replayed from offset 1 without gaps, gives the stored members.
-async fn assert_exact(app: &TestApp, ws: &str, names: &[&str]) {
+pub(crate) async fn assert_exact(app: &TestApp, ws: &str, names: &[&str]) {
     app.drained().await;
     let mut q = app.query().await;
     let db = app.db().await;
@@ -489,7 +489,7 @@ async fn a_purchase_leaves_its_window_with_no_write() {
     assert_eq!(cause, "clock");
 }
 
-async fn create_live(app: &TestApp, ws: &str, name: &str, text: &str) -> i64 {
+pub(crate) async fn create_live(app: &TestApp, ws: &str, name: &str, text: &str) -> i64 {
     app.segments()
         .await
         .create_segment(req(
@@ -762,4 +762,105 @@ async fn verify_finds_drift_and_rebuild_repairs_it_through_the_feed() {
     ];
     want.sort();
     assert_eq!(repairs, want, "the rebuild's repairs reach the feed");
+}
+
+/// Segments that time alone moves: windows, "did not", a last time before
+/// or within a span (a future time enters at now), a relative date on a
+/// contact field, and references to them.
+const TIMED: &[(&str, &str)] = &[
+    ("recent buyers", "event(purchase, last 30d)"),
+    ("repeat buyers", "event(purchase, last 90d).count >= 2"),
+    (
+        "cart, no purchase",
+        "event(cart_abandoned, last 7d) AND NOT event(purchase, last 7d)",
+    ),
+    ("inactive", "NOT event(*, last 30d)"),
+    ("openers", "event(email_open|email_click, last 14d)"),
+    ("lapsed", "event(purchase).last OLDER_THAN 60d"),
+    ("fresh viewers", "event(page_view).last WITHIN_LAST 10d"),
+    ("new contacts", "created_at WITHIN_LAST 20d"),
+    (
+        "bought after a cart",
+        "event(purchase, since cart_abandoned)",
+    ),
+    (
+        "vip recent buyers",
+        r#"segment("recent buyers") AND tags:vip"#,
+    ),
+    (
+        "leads, no recent purchase",
+        r#"label:lead AND NOT segment("recent buyers")"#,
+    ),
+];
+
+/// An event at the app's clock, from `back` hours before it up to two days
+/// after it (times on the half hour, so no clock move lands on one).
+fn event_at(rng: &mut StdRng, app: &TestApp, contact: i64, back: i64) -> pb::Event {
+    let hours = rng.random_range(-48..back);
+    let at = app.state.clock.now() - chrono::Duration::hours(hours) - chrono::Duration::minutes(30);
+    pb::Event {
+        contact: Some(pb::ContactRef {
+            key: Some(pb::contact_ref::Key::Id(contact)),
+        }),
+        r#type: pick(rng, TYPES).into(),
+        occurred_at: Some(segd::api::convert::ts(at)),
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn moving_the_clock_moves_live_segments_exactly_as_evaluation_from_scratch() {
+    let mut limits = segd::api::Limits::default();
+    // The clock jumps months ahead: keep the whole feed for the replay.
+    limits.live.retention_age = Duration::from_secs(3650 * 24 * 3600);
+    let app = TestApp::spawn_with(limits).await;
+    let ws = "time";
+    let mut c = app.contacts().await;
+    for (name, text) in TIMED {
+        create_live(&app, ws, name, text).await;
+    }
+    let names: Vec<&str> = TIMED.iter().map(|(n, _)| *n).collect();
+    let mut rng = StdRng::seed_from_u64(11);
+    let seed: Vec<pb::Contact> = (0..50).map(|i| contact(&mut rng, i)).collect();
+    let imported = import_all(&mut c, ws, vec![seed]).await.unwrap();
+    let people: Vec<i64> = imported.results.iter().map(|r| r.contact_id).collect();
+    let events: Vec<pb::Event> = (0..200)
+        .map(|_| {
+            let who = people[rng.random_range(0..people.len())];
+            event_at(&mut rng, &app, who, 24 * 120)
+        })
+        .collect();
+    record_all(&mut c, ws, vec![events]).await.unwrap();
+    assert_exact(&app, ws, &names).await;
+
+    for step in 0..8 {
+        // Hours to weeks ahead, never more than a window at once.
+        let hours = if step % 2 == 0 {
+            rng.random_range(1..48)
+        } else {
+            rng.random_range(48..24 * 25)
+        };
+        app.state.clock.advance(chrono::Duration::hours(hours));
+        if step % 3 == 1 {
+            let events: Vec<pb::Event> = (0..10)
+                .map(|_| {
+                    let who = people[rng.random_range(0..people.len())];
+                    event_at(&mut rng, &app, who, 24 * 10)
+                })
+                .collect();
+            record_all(&mut c, ws, vec![events]).await.unwrap();
+        }
+        assert_exact(&app, ws, &names).await;
+    }
+    let by_clock: i64 = app
+        .db()
+        .await
+        .query_one(
+            "SELECT count(*) FROM membership_changes WHERE cause = 'clock' AND NOT entered",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(by_clock > 0, "the clock alone took members out");
 }

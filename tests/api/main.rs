@@ -2,6 +2,7 @@
 
 mod abandon;
 mod contacts;
+mod crash;
 mod differential;
 mod grpcurl;
 mod helpers;
