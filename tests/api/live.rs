@@ -573,10 +573,14 @@ async fn a_watcher_gets_a_snapshot_then_every_change_and_resumes_without_loss() 
     let writer = {
         let mut c = app.contacts().await;
         tokio::spawn(async move {
-            for round in 0..10 {
-                let (from, to) = (round * 100, round * 100 + 400);
-                let t = (round % 2 == 0).then_some("vip");
-                tag(&mut c, "feed", from..to, t).await;
+            // Over 10,000 changes, none of which a later write undoes
+            // (the feed reports membership as each refresh finds it, so a
+            // contact in and out again between two refreshes is no change):
+            // the first 300 leave, then 26 rounds of 400 new contacts enter.
+            tag(&mut c, "feed", 0..300, Some("plain")).await;
+            for round in 0..26 {
+                let (from, to) = (300 + round * 400, 700 + round * 400);
+                tag(&mut c, "feed", from..to, Some("vip")).await;
             }
         })
     };
@@ -595,7 +599,7 @@ async fn a_watcher_gets_a_snapshot_then_every_change_and_resumes_without_loss() 
                 assert!(members.remove(&ch.contact_id), "leaves once");
             }
             seen += 1;
-            if seen == 500 {
+            if seen == 5_000 {
                 break 'first;
             }
         }
@@ -612,6 +616,7 @@ async fn a_watcher_gets_a_snapshot_then_every_change_and_resumes_without_loss() 
             .unwrap();
         (row.get(0),)
     };
+    assert_eq!(last, 300 + 300 + 26 * 400, "every change is in the feed");
     let mut w = q
         .watch_membership(req(ws, watch_req(vip, Start::AfterOffset(offset))))
         .await
@@ -643,7 +648,7 @@ async fn a_watcher_gets_a_snapshot_then_every_change_and_resumes_without_loss() 
     // A watcher waits for changes that have not happened yet (woken by
     // NOTIFY, not by polling).
     let next = tokio::spawn(async move { w.message().await.unwrap().unwrap() });
-    tag(&mut c, ws, 2000..2001, Some("vip")).await;
+    tag(&mut c, ws, 20_000..20_001, Some("vip")).await;
     let m = tokio::time::timeout(Duration::from_secs(30), next)
         .await
         .expect("the new change arrives")
