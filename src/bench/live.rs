@@ -156,10 +156,16 @@ pub async fn run(env: &BenchEnv, o: &LiveBench) -> anyhow::Result<()> {
             )
             .await?
             .get(0);
-        let t = Instant::now();
-        let r = pb::RebuildSegmentRequest { segment_id: id };
-        segments.rebuild_segment(in_workspace(r, WS)?).await?;
-        let rebuild_ms = t.elapsed().as_secs_f64() * 1000.0;
+        // Each the median of three runs.
+        let mut times = Vec::new();
+        for _ in 0..3 {
+            let t = Instant::now();
+            let r = pb::RebuildSegmentRequest { segment_id: id };
+            segments.rebuild_segment(in_workspace(r, WS)?).await?;
+            times.push(t.elapsed().as_secs_f64() * 1000.0);
+        }
+        times.sort_by(f64::total_cmp);
+        let rebuild_ms = times[1];
         let mut times = Vec::new();
         for _ in 0..3 {
             let t = Instant::now();

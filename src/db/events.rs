@@ -1,6 +1,6 @@
 //! Activity events: idempotent batch recording and per-contact history.
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 
 use chrono::{DateTime, Utc};
 use tokio_postgres::GenericClient;
@@ -44,6 +44,9 @@ WITH ins AS (
 )
 SELECT event_key FROM ins WHERE event_key IS NOT NULL";
 
+/// Each row's outcome, by its index in the batch.
+pub type Outcomes = Vec<(usize, EventResult)>;
+
 /// Records one batch atomically. `rows` are (row index, validated event).
 /// Rows naming unknown contacts fail; rows whose event id is already stored
 /// (or repeats an earlier row of the batch) are duplicates. A purchase sets
@@ -52,7 +55,9 @@ SELECT event_key FROM ins WHERE event_key IS NOT NULL";
 /// The contacts are resolved and locked (`FOR KEY SHARE`, ascending) before
 /// the insert, so a concurrent merge or delete either finishes first (and
 /// its keys are looked up again) or waits: no batch fails for that race.
-/// Returns the outcomes and what the batch changed.
+///
+/// Returns the outcomes and what the batch changed, by event type (a live
+/// segment that reads purchases is refreshed for the buyers only).
 ///
 /// # Errors
 /// Only whole-batch failures (database unavailable).
@@ -61,7 +66,7 @@ pub async fn record_batch(
     tx: &super::Tx<'_>,
     ws: WorkspaceId,
     rows: &[(usize, NewEvent)],
-) -> Result<(Vec<(usize, EventResult)>, Touched)> {
+) -> Result<(Outcomes, Vec<Touched>)> {
     let keys: Vec<&ContactKey> = rows.iter().map(|(_, e)| &e.contact).collect();
     let ids = keys::resolve_locked(&**tx, ws, &keys, Lock::KeyShare).await?;
     // Conversions change contacts: lock them for that, in id order too.
@@ -75,7 +80,7 @@ pub async fn record_batch(
     let mut json = Vec::with_capacity(rows.len());
     let mut keyed: Vec<(usize, &str)> = Vec::new();
     let mut seen: HashSet<&str> = HashSet::new();
-    let mut touched = Touched::nothing();
+    let mut touched: BTreeMap<&str, Touched> = BTreeMap::new();
     for (i, e) in rows {
         let Some(contact_id) = ids.get(&e.contact) else {
             out.push((
@@ -96,11 +101,14 @@ pub async fn record_batch(
         } else {
             out.push((*i, EventResult::Recorded));
         }
-        touched.ids.get_or_insert_default().insert(*contact_id);
-        touched.keys.insert(changes::event(&e.event_type));
+        let t = touched
+            .entry(e.event_type.as_str())
+            .or_insert_with(Touched::nothing);
+        t.ids.get_or_insert_default().insert(*contact_id);
+        t.keys.insert(changes::event(&e.event_type));
         if e.event_type == CONVERSION_EVENT {
-            touched.keys.insert(changes::column("converted_at"));
-            touched.keys.insert(changes::column("updated_at"));
+            t.keys.insert(changes::column("converted_at"));
+            t.keys.insert(changes::column("updated_at"));
         }
         json.push(serde_json::json!({
             "contact_id": contact_id,
@@ -132,7 +140,7 @@ pub async fn record_batch(
         }
     }
     out.sort_by_key(|(i, _)| *i);
-    Ok((out, touched))
+    Ok((out, touched.into_values().collect()))
 }
 
 /// A contact's events, newest first, after the keyset position `after`

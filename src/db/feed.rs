@@ -114,7 +114,10 @@ pub async fn members(
     Ok(rows.iter().map(|r| r.get(0)).collect())
 }
 
-/// Drops changes older than `max_age` or beyond the newest `max_count`.
+/// Drops changes older than `before` or beyond the newest `max_count`.
+/// Changes are appended in time order, so both limits are one cut-off
+/// offset, and the common case (nothing to drop) costs two index probes:
+/// the oldest change, and the first one young enough when it is not.
 ///
 /// # Errors
 /// The database is unavailable.
@@ -124,17 +127,37 @@ pub async fn trim(
     before: DateTime<Utc>,
     max_count: i64,
 ) -> Result<u64> {
+    let row = client
+        .query_opt(
+            "SELECT o.\"offset\", o.at, f.last FROM feed_offsets f
+             CROSS JOIN LATERAL (SELECT m.\"offset\", m.at FROM membership_changes m
+                                 WHERE m.workspace_id = f.workspace_id
+                                 ORDER BY m.\"offset\" LIMIT 1) o
+             WHERE f.workspace_id = $1",
+            &[&ws.0],
+        )
+        .await?;
+    let Some(row) = row else { return Ok(0) };
+    let (oldest, oldest_at, last): (i64, DateTime<Utc>, i64) = (row.get(0), row.get(1), row.get(2));
+    let mut cut = oldest.max(last - max_count + 1);
+    if oldest_at < before {
+        let young = client
+            .query_opt(
+                "SELECT \"offset\" FROM membership_changes
+                 WHERE workspace_id = $1 AND \"offset\" >= $2 AND at >= $3
+                 ORDER BY \"offset\" LIMIT 1",
+                &[&ws.0, &cut, &before],
+            )
+            .await?;
+        cut = young.map_or(last + 1, |r| r.get(0));
+    }
+    if cut <= oldest {
+        return Ok(0);
+    }
     Ok(client
         .execute(
-            // One cut-off offset, so the delete is a range of the primary
-            // key (an OR of the two limits scanned the whole table).
-            "DELETE FROM membership_changes WHERE workspace_id = $1 AND \"offset\" < (
-                 SELECT greatest(
-                     (SELECT last FROM feed_offsets WHERE workspace_id = $1) - $3 + 1,
-                     coalesce(
-                         (SELECT min(\"offset\") FROM membership_changes WHERE workspace_id = $1 AND at >= $2),
-                         (SELECT last + 1 FROM feed_offsets WHERE workspace_id = $1))))",
-            &[&ws.0, &before, &max_count],
+            "DELETE FROM membership_changes WHERE workspace_id = $1 AND \"offset\" < $2",
+            &[&ws.0, &cut],
         )
         .await?)
 }

@@ -211,17 +211,54 @@ pub async fn record(
         "INSERT INTO live_state AS l (workspace_id, segment_id, built_version, size, changed_at, eval_ms,
                                       last_error, timed, evaluated_at, eval_ms_total)
          VALUES ($1, $2, $3,
-                 coalesce(CASE WHEN $3::bigint IS NOT NULL THEN
-                     (SELECT count(*) FROM live_members m WHERE m.workspace_id = $1 AND m.segment_id = $2) END, 0),
+                 $4::bigint - $5::bigint,
                  CASE WHEN $4::bigint + $5::bigint > 0 THEN $6::timestamptz END, $7::float8, NULL, $8,
                  CASE WHEN $3::bigint IS NOT NULL OR $9 THEN $6::timestamptz END, $7)
          ON CONFLICT (workspace_id, segment_id) DO UPDATE SET
              built_version = coalesce($3, l.built_version),
-             size = CASE WHEN $3::bigint IS NULL THEN l.size + $4::bigint - $5::bigint ELSE excluded.size END,
+             size = l.size + $4::bigint - $5::bigint,
              changed_at = CASE WHEN $4::bigint + $5::bigint > 0 THEN $6::timestamptz ELSE l.changed_at END,
              eval_ms = $7, last_error = NULL, timed = $8, eval_ms_total = l.eval_ms_total + $7,
              evaluated_at = coalesce(excluded.evaluated_at, l.evaluated_at)",
         &[&ws.0, &segment, &r.built, &r.entered, &r.exited, &now, &r.ms, &r.timed, &r.clocked],
+    )
+    .await?;
+    Ok(())
+}
+
+/// One refresh's differences, found by a read-only statement: see
+/// [`crate::segment::render::Select::Diff`].
+#[derive(Debug, Clone)]
+pub struct Diff {
+    /// Contacts entering, ascending.
+    pub entered: Vec<i64>,
+    /// Contacts exiting, ascending.
+    pub exited: Vec<i64>,
+}
+
+/// Applies `d` to live segment `segment`'s stored members and appends it to
+/// the feed after offset `base` (by contact, an exit before an entry), as
+/// caused by `cause` at `at`.
+///
+/// # Errors
+/// The database is unavailable.
+pub async fn apply(
+    tx: &impl GenericClient,
+    ws: WorkspaceId,
+    segment: i64,
+    d: &Diff,
+    (base, cause, at): (i64, &str, DateTime<Utc>),
+) -> Result<()> {
+    tx.execute(
+        "WITH ins AS (INSERT INTO live_members (workspace_id, segment_id, contact_id)
+                      SELECT $1, $2, id FROM unnest($3::bigint[]) id),
+              del AS (DELETE FROM live_members m
+                      WHERE m.workspace_id = $1 AND m.segment_id = $2 AND m.contact_id = ANY($4::bigint[]))
+         INSERT INTO membership_changes (workspace_id, \"offset\", segment_id, contact_id, entered, cause, at)
+         SELECT $1, $5::bigint + row_number() OVER (ORDER BY x.id, x.entered), $2, x.id, x.entered, $6, $7
+         FROM (SELECT id, true AS entered FROM unnest($3::bigint[]) id
+               UNION ALL SELECT id, false FROM unnest($4::bigint[]) id) x",
+        &[&ws.0, &segment, &d.entered, &d.exited, &base, &cause, &at],
     )
     .await?;
     Ok(())

@@ -98,6 +98,13 @@ pub enum Select<'a> {
     /// (of the `only` contacts, or all), logging each entry and exit to the
     /// change feed. One row: entries, exits, the ids that changed.
     Refresh(&'a Refresh),
+    /// How segment `id`'s stored membership differs from the members (of
+    /// the `only` contacts, or all), read only, so PostgreSQL may evaluate
+    /// the definition in parallel (a statement that writes never is). One
+    /// row: the entry and exit counts, then, when there are at most `cap`
+    /// differences in all, the ids entering and the ids exiting, ascending
+    /// (NULL otherwise).
+    Diff { segment: i64, cap: i64 },
 }
 
 /// A live segment's refresh: see [`Select::Refresh`].
@@ -678,6 +685,7 @@ impl<'a> Writer<'a> {
             Select::Breakdown(keys, top) => self.breakdown(plan, q, keys, top),
             Select::Refresh(r) => self.refresh(plan, q, r),
             Select::Drift(segment) => self.drift(plan, q, segment),
+            Select::Diff { segment, cap } => self.diff(plan, q, segment, cap),
         }
         self.finish()
     }
@@ -687,15 +695,61 @@ impl<'a> Writer<'a> {
         let seg = self.bind(Param::Int8(segment));
         self.out.push_str("WITH new AS MATERIALIZED (SELECT c.id ");
         self.ids_from(plan, q);
-        self.out.push_str("), old AS MATERIALIZED (SELECT m.contact_id AS id FROM live_members m WHERE m.workspace_id = ");
-        self.param(0);
-        self.out.push_str(" AND m.segment_id = ");
-        self.param(seg);
+        self.out.push_str("), old AS MATERIALIZED (");
+        self.stored(seg, "");
         self.out.push_str(
             "), missing AS (SELECT id FROM new EXCEPT SELECT id FROM old), \
              extra AS (SELECT id FROM old EXCEPT SELECT id FROM new) \
              SELECT (SELECT count(*) FROM missing), (SELECT count(*) FROM extra), \
              ARRAY(SELECT id FROM missing ORDER BY id LIMIT 100), ARRAY(SELECT id FROM extra ORDER BY id LIMIT 100)",
+        );
+    }
+
+    /// Segment parameter `seg`'s stored members (of the `only` contacts),
+    /// as `id` and `more` columns.
+    fn stored(&mut self, seg: usize, more: &str) {
+        let _ = write!(
+            self.out,
+            "SELECT m.contact_id AS id{more} FROM live_members m WHERE m.workspace_id = "
+        );
+        self.param(0);
+        self.out.push_str(" AND m.segment_id = ");
+        self.param(seg);
+        if let Some(p) = self.only {
+            self.out.push_str(" AND m.contact_id = ANY(");
+            self.param(p);
+            self.out.push(')');
+        }
+    }
+
+    /// Stored membership against the members, read only: see
+    /// [`Select::Diff`].
+    fn diff(&mut self, plan: &Plan, q: &Query<'_>, segment: i64, cap: i64) {
+        let seg = self.bind(Param::Int8(segment));
+        let cap = self.bind(Param::Int8(cap));
+        let small = |w: &mut Self| {
+            w.out.push_str(", CASE WHEN count(*) <= ");
+            w.param(cap);
+        };
+        self.out.push_str(
+            "SELECT count(*) FILTER (WHERE d.entered), count(*) FILTER (WHERE NOT d.entered)",
+        );
+        small(self);
+        self.out.push_str(
+            " THEN coalesce(array_agg(d.id ORDER BY d.id) FILTER (WHERE d.entered), '{}') END",
+        );
+        small(self);
+        self.out.push_str(
+            " THEN coalesce(array_agg(d.id ORDER BY d.id) FILTER (WHERE NOT d.entered), '{}') END \
+             FROM (SELECT coalesce(n.id, o.id) AS id, o.id IS NULL AS entered FROM (SELECT c.id ",
+        );
+        self.ids_from(plan, q);
+        // Both sides in id order: a merge join, with no hash table of
+        // either and no sort of the stored side (its key's order).
+        self.out.push_str(" ORDER BY c.id) n FULL JOIN (");
+        self.stored(seg, "");
+        self.out.push_str(
+            " ORDER BY m.contact_id) o ON o.id = n.id WHERE n.id IS NULL OR o.id IS NULL) d",
         );
     }
 
@@ -711,15 +765,8 @@ impl<'a> Writer<'a> {
         self.ids_from(plan, q);
         // The stored rows' ctids: exits are deleted by TID, a plan no
         // estimate of the membership table can turn into a scan per exit.
-        self.out.push_str("), old AS MATERIALIZED (SELECT m.contact_id AS id, m.ctid AS tid FROM live_members m WHERE m.workspace_id = ");
-        self.param(0);
-        self.out.push_str(" AND m.segment_id = ");
-        self.param(seg);
-        if let Some(p) = self.only {
-            self.out.push_str(" AND m.contact_id = ANY(");
-            self.param(p);
-            self.out.push(')');
-        }
+        self.out.push_str("), old AS MATERIALIZED (");
+        self.stored(seg, ", m.ctid AS tid");
         self.out.push_str(
             "), diff AS MATERIALIZED (SELECT coalesce(n.id, o.id) AS id, o.id IS NULL AS entered, o.tid \
              FROM new n FULL JOIN old o ON o.id = n.id WHERE n.id IS NULL OR o.id IS NULL), \

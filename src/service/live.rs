@@ -202,8 +202,8 @@ impl Maintainer {
         let defs = Definitions::load(&*tx, ws).await?;
         let live = live_segments(&segments, &defs);
         let mut queued = db::live::queued(&*tx, ws, 500).await?;
+        // How many contacts the batch holds so far.
         let mut ids: BTreeSet<i64> = BTreeSet::new();
-        let mut keys: BTreeSet<String> = BTreeSet::new();
         let mut whole_keys: BTreeSet<String> = BTreeSet::new();
         let mut causes: BTreeSet<String> = BTreeSet::new();
         let mut take = 0;
@@ -215,10 +215,7 @@ impl Maintainer {
             take += 1;
             causes.insert(q.cause.clone());
             match &q.ids {
-                Some(v) => {
-                    ids.extend(v);
-                    keys.extend(q.keys.iter().cloned());
-                }
+                Some(v) => ids.extend(v),
                 None => whole_keys.extend(q.keys.iter().cloned()),
             }
         }
@@ -240,7 +237,7 @@ impl Maintainer {
             .iter()
             .filter(|l| {
                 !l.segment.stored()
-                    || reads_any(&l.reads, &whole_keys)
+                    || reads_any(&l.reads, whole_keys.iter())
                     || (due(l) && clock_from(l).is_none())
             })
             .map(|l| l.segment.id)
@@ -264,7 +261,12 @@ impl Maintainer {
             return Ok(0);
         }
 
-        let ids: Vec<i64> = ids.into_iter().collect();
+        // The batch's writes to contacts: each segment is refreshed for the
+        // contacts of the writes it reads.
+        let parts: Vec<(&[i64], &[String])> = queued
+            .iter()
+            .filter_map(|q| Some((q.ids.as_deref()?, q.keys.as_slice())))
+            .collect();
         let cause = if causes.is_empty() {
             "rebuild".to_string()
         } else {
@@ -283,14 +285,17 @@ impl Maintainer {
         for l in work {
             let s = l.segment;
             let all = whole.contains(&s.id);
-            let by_write = !ids.is_empty() && reads_any(&l.reads, &keys);
+            let mut by_write = false;
             let by_clock = clock.remove(&s.id);
             // The contacts writes touched, directly or through a segment
             // this one reads, and apart from them, those the clock moved:
             // each set its own statement, so each change names its cause.
             let mut written: BTreeSet<i64> = BTreeSet::new();
-            if by_write {
-                written.extend(&ids);
+            for (v, k) in &parts {
+                if !v.is_empty() && reads_any(&l.reads, k.iter()) {
+                    by_write = true;
+                    written.extend(v.iter());
+                }
             }
             let mut by_ref = None;
             for u in &l.uses {
@@ -396,7 +401,10 @@ impl Maintainer {
         if outgrown {
             // Refreshes restricted to a few contacts plan by these
             // statistics: a segment believed empty is scanned per contact.
-            stats::analyze(client, Table::LiveMembers).await?;
+            // (After the commit: a failure here loses nothing.)
+            if let Err(e) = stats::analyze(client, Table::LiveMembers).await {
+                tracing::warn!(error = %e, "refreshing live_members statistics");
+            }
         }
         Ok(seqs.len() + built)
     }
@@ -418,8 +426,8 @@ fn clock_from<'a>(l: &'a Live) -> Option<(DateTime<Utc>, &'a [Edge])> {
 }
 
 /// Whether a definition reading `reads` may be affected by writes of `keys`.
-fn reads_any(reads: &BTreeSet<String>, keys: &BTreeSet<String>) -> bool {
-    keys.iter().any(|k| reads.iter().any(|r| affects(k, r)))
+fn reads_any<'a>(reads: &BTreeSet<String>, mut keys: impl Iterator<Item = &'a String>) -> bool {
+    keys.any(|k| reads.iter().any(|r| affects(k, r)))
 }
 
 /// The workspace's maintained segments (live, enabled, dynamic) whose
@@ -445,6 +453,10 @@ fn live_segments<'a>(segments: &'a [Segment], defs: &Definitions) -> Vec<Live<'a
         .collect()
 }
 
+/// The most differences a whole refresh carries through segd (two arrays
+/// of ids); more are applied inside PostgreSQL.
+const DIFF_CAP: i64 = 100_000;
+
 /// One segment's refresh: returns its entries, exits, and the contacts
 /// that entered or exited.
 async fn refresh_one(
@@ -459,6 +471,33 @@ async fn refresh_one(
     let rule = s.rule.clone().expect("a live segment has a definition");
     let v = defs.validate(&Definition::saved(rule, &s.name), Some(s.id))?;
     let plan = lower(&v.checked.pred, ws, now);
+    // A whole evaluation of a segment with stored members: its differences
+    // come from a read-only statement PostgreSQL can run in parallel, and
+    // are applied by id. A first build, or differences too many to carry
+    // through segd, are one statement inside PostgreSQL.
+    if only.is_none() && s.live_state.as_ref().is_some_and(|l| l.size > 0) {
+        let q = Query::of(Select::Diff {
+            segment: s.id,
+            cap: DIFF_CAP,
+        });
+        let r = plan.render(&q);
+        let rows = tx.query_typed(&r.sql, &r.typed()).await?;
+        let row = rows
+            .first()
+            .ok_or_else(|| crate::error::Error::internal("a diff returns one row"))?;
+        let (entered, exited): (Option<Vec<i64>>, Option<Vec<i64>>) = (row.get(2), row.get(3));
+        if let (Some(entered), Some(exited)) = (entered, exited) {
+            let d = db::live::Diff { entered, exited };
+            if !(d.entered.is_empty() && d.exited.is_empty()) {
+                let at = (refresh.base, refresh.cause.as_str(), refresh.at);
+                db::live::apply(tx, ws, s.id, &d, at).await?;
+            }
+            let (e, x) = (d.entered.len() as i64, d.exited.len() as i64);
+            let mut ids = d.entered;
+            ids.extend(d.exited);
+            return Ok((e, x, ids));
+        }
+    }
     let q = Query {
         only,
         ..Query::of(Select::Refresh(refresh))

@@ -53,6 +53,17 @@ impl Table {
         }
     }
 
+    /// What refreshes its statistics after bulk writes. Stored membership is
+    /// read index-only (refreshes, rebuilds, reads of live segments), so it
+    /// is vacuumed too: fresh pages are not all-visible until then, and
+    /// every read of them visits the heap.
+    fn refresh_statement(self) -> String {
+        match self {
+            Table::LiveMembers => format!("VACUUM (ANALYZE) {}", self.name()),
+            _ => format!("ANALYZE {}", self.name()),
+        }
+    }
+
     /// The advisory lock key under which one replica analyzes the table.
     pub fn lock_key(self) -> i64 {
         0x5e6d_0000 + self as i64
@@ -212,9 +223,7 @@ pub async fn analyze(client: &db::Conn, table: Table) -> Result<bool> {
         return Ok(false);
     }
     let started = std::time::Instant::now();
-    let done = client
-        .batch_execute(&format!("ANALYZE {}", table.name()))
-        .await;
+    let done = client.batch_execute(&table.refresh_statement()).await;
     client
         .query_one("SELECT pg_advisory_unlock($1)", &[&table.lock_key()])
         .await?;

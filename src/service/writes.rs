@@ -173,8 +173,7 @@ impl Write for RecordEvents<'_> {
     const CAUSE: &'static str = "RecordEvents";
 
     async fn apply(&self, tx: &Tx<'_>, ws: WorkspaceId) -> Result<(Self::Out, Vec<Touched>)> {
-        let (out, touched) = db::events::record_batch(tx, ws, self.0).await?;
-        Ok((out, vec![touched]))
+        db::events::record_batch(tx, ws, self.0).await
     }
 }
 

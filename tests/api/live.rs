@@ -670,16 +670,7 @@ async fn a_trimmed_start_offset_is_out_of_range_naming_the_oldest() {
     tag(&mut c, ws, 0..200, Some("vip")).await;
     app.drained().await;
     let mut q = app.query().await;
-    let err = q
-        .watch_membership(req(ws, watch_req(vip, Start::AfterOffset(0))))
-        .await
-        .unwrap_err();
-    assert_eq!(err.code(), tonic::Code::OutOfRange);
-    assert!(
-        err.message().contains("oldest offset held is 151"),
-        "{}",
-        err.message()
-    );
+    trimmed_from(&mut q, ws, vip, 151).await;
     let mut w = q
         .watch_membership(req(ws, watch_req(vip, Start::AfterOffset(150))))
         .await
@@ -687,6 +678,51 @@ async fn a_trimmed_start_offset_is_out_of_range_naming_the_oldest() {
         .into_inner();
     let m = w.message().await.unwrap().unwrap();
     assert_eq!(m.changes[0].offset, 151);
+}
+
+#[tokio::test]
+async fn changes_older_than_the_retention_age_are_trimmed() {
+    use pb::watch_membership_request::Start;
+    let mut limits = segd::api::Limits::default();
+    limits.live.retention_age = Duration::from_secs(24 * 3600);
+    let app = TestApp::spawn_with(limits).await;
+    let ws = "age";
+    let mut c = app.contacts().await;
+    let vip = create_live(&app, ws, "vip", "tags:vip").await;
+    tag(&mut c, ws, 0..100, Some("vip")).await;
+    app.drained().await;
+    // Still young: the whole feed is held.
+    tag(&mut c, ws, 100..110, Some("vip")).await;
+    app.drained().await;
+    let mut q = app.query().await;
+    assert!(
+        q.watch_membership(req(ws, watch_req(vip, Start::AfterOffset(0))))
+            .await
+            .is_ok()
+    );
+    // Two days on, the next changes push out everything before them.
+    app.state.clock.advance(chrono::Duration::hours(48));
+    tag(&mut c, ws, 110..120, Some("vip")).await;
+    app.drained().await;
+    trimmed_from(&mut q, ws, vip, 111).await;
+}
+
+/// Asserts that watching `segment` from offset 0 is out of range, naming
+/// `oldest` as the oldest offset held.
+async fn trimmed_from(
+    q: &mut segd::proto::query_service_client::QueryServiceClient<Channel>,
+    ws: &str,
+    segment: i64,
+    oldest: i64,
+) {
+    use pb::watch_membership_request::Start;
+    let err = q
+        .watch_membership(req(ws, watch_req(segment, Start::AfterOffset(0))))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::OutOfRange);
+    let want = format!("oldest offset held is {oldest}");
+    assert!(err.message().contains(&want), "{}", err.message());
 }
 
 async fn verify(app: &TestApp, ws: &str, id: i64) -> pb::VerifySegmentResponse {
