@@ -101,9 +101,8 @@ pub enum Select<'a> {
     /// How segment `id`'s stored membership differs from the members (of
     /// the `only` contacts, or all), read only, so PostgreSQL may evaluate
     /// the definition in parallel (a statement that writes never is). One
-    /// row: the entry and exit counts, then, when there are at most `cap`
-    /// differences in all, the ids entering and the ids exiting, ascending
-    /// (NULL otherwise).
+    /// row: when there are at most `cap` differences in all, the ids
+    /// entering and the ids exiting, ascending (both NULL otherwise).
     Diff { segment: i64, cap: i64 },
 }
 
@@ -354,13 +353,7 @@ impl<'a> Writer<'a> {
                 Ok(text) => self.out.push_str(text),
                 Err(Hole::Param(i)) => self.param(i),
                 Err(Hole::Id) => self.out.push_str(ctx.id.unwrap_or("c.id")),
-                Err(Hole::Only(alias)) => {
-                    if let Some(p) = self.only {
-                        let _ = write!(self.out, " AND {alias}.contact_id = ANY(");
-                        self.param(p);
-                        self.out.push(')');
-                    }
-                }
+                Err(Hole::Only(alias)) => self.only_cond(alias),
                 Err(Hole::Value(s, k)) => match &self.sources[s] {
                     Source::Grouped(_, g) if ctx.having == Some(s) => {
                         let v = g.values[k].clone();
@@ -715,8 +708,13 @@ impl<'a> Writer<'a> {
         self.param(0);
         self.out.push_str(" AND m.segment_id = ");
         self.param(seg);
+        self.only_cond('m');
+    }
+
+    /// With `only`, ` AND <alias>.contact_id = ANY(<the ids>)`.
+    fn only_cond(&mut self, alias: char) {
         if let Some(p) = self.only {
-            self.out.push_str(" AND m.contact_id = ANY(");
+            let _ = write!(self.out, " AND {alias}.contact_id = ANY(");
             self.param(p);
             self.out.push(')');
         }
@@ -727,21 +725,20 @@ impl<'a> Writer<'a> {
     fn diff(&mut self, plan: &Plan, q: &Query<'_>, segment: i64, cap: i64) {
         let seg = self.bind(Param::Int8(segment));
         let cap = self.bind(Param::Int8(cap));
-        let small = |w: &mut Self| {
-            w.out.push_str(", CASE WHEN count(*) <= ");
-            w.param(cap);
-        };
+        self.out.push_str("SELECT ");
+        for (i, side) in ["", "NOT "].into_iter().enumerate() {
+            if i > 0 {
+                self.out.push_str(", ");
+            }
+            self.out.push_str("CASE WHEN count(*) <= ");
+            self.param(cap);
+            let _ = write!(
+                self.out,
+                " THEN coalesce(array_agg(d.id ORDER BY d.id) FILTER (WHERE {side}d.entered), '{{}}') END"
+            );
+        }
         self.out.push_str(
-            "SELECT count(*) FILTER (WHERE d.entered), count(*) FILTER (WHERE NOT d.entered)",
-        );
-        small(self);
-        self.out.push_str(
-            " THEN coalesce(array_agg(d.id ORDER BY d.id) FILTER (WHERE d.entered), '{}') END",
-        );
-        small(self);
-        self.out.push_str(
-            " THEN coalesce(array_agg(d.id ORDER BY d.id) FILTER (WHERE NOT d.entered), '{}') END \
-             FROM (SELECT coalesce(n.id, o.id) AS id, o.id IS NULL AS entered FROM (SELECT c.id ",
+            " FROM (SELECT coalesce(n.id, o.id) AS id, o.id IS NULL AS entered FROM (SELECT c.id ",
         );
         self.ids_from(plan, q);
         // Both sides in id order: a merge join, with no hash table of

@@ -41,6 +41,7 @@ use crate::model::deps::affects;
 use crate::model::segment::{Definition, Segment, SegmentKind};
 use crate::segment::deps::{self, Edge};
 use crate::segment::lower::lower;
+use crate::segment::plan::Plan;
 use crate::segment::render::{Query, Refresh, Select};
 use crate::segment::time;
 
@@ -336,8 +337,13 @@ impl Maintainer {
             }
             let started = Instant::now();
             let (mut entered, mut exited, mut ids_changed) = (0, 0, Vec::new());
-            let mut failure = None;
+            // Planned once for all its runs.
+            let (plan, mut failure) = match plan_of(ws, s, &defs, now) {
+                Ok(p) => (Some(p), None),
+                Err(e) => (None, Some(e)),
+            };
             for (only, why) in &runs {
+                let Some(plan) = &plan else { break };
                 let refresh = Refresh {
                     segment: s.id,
                     base: offset,
@@ -345,7 +351,7 @@ impl Maintainer {
                     at: now,
                 };
                 let sp = tx.savepoint("refresh").await?;
-                match refresh_one(&*sp, ws, s, &defs, &refresh, only.as_deref(), now).await {
+                match refresh_one(&*sp, ws, s, plan, &refresh, only.as_deref()).await {
                     Ok((e, x, c)) => {
                         sp.commit().await?;
                         offset += e + x;
@@ -388,7 +394,6 @@ impl Maintainer {
                 }
             }
         }
-        let built = applied;
         if offset > first {
             db::live::set_feed_offset(&*tx, ws, offset).await?;
             db::feed::notify(&*tx, ws).await?;
@@ -406,7 +411,7 @@ impl Maintainer {
                 tracing::warn!(error = %e, "refreshing live_members statistics");
             }
         }
-        Ok(seqs.len() + built)
+        Ok(seqs.len() + applied)
     }
 }
 
@@ -457,20 +462,23 @@ fn live_segments<'a>(segments: &'a [Segment], defs: &Definitions) -> Vec<Live<'a
 /// of ids); more are applied inside PostgreSQL.
 const DIFF_CAP: i64 = 100_000;
 
-/// One segment's refresh: returns its entries, exits, and the contacts
-/// that entered or exited.
+/// Live segment `s`'s definition, planned for `now`.
+fn plan_of(ws: WorkspaceId, s: &Segment, defs: &Definitions, now: DateTime<Utc>) -> Result<Plan> {
+    let rule = s.rule.clone().expect("a live segment has a definition");
+    let v = defs.validate(&Definition::saved(rule, &s.name), Some(s.id))?;
+    Ok(lower(&v.checked.pred, ws, now))
+}
+
+/// One refresh of segment `s` by its `plan`: returns its entries, exits,
+/// and the contacts that entered or exited.
 async fn refresh_one(
     tx: &impl tokio_postgres::GenericClient,
     ws: WorkspaceId,
     s: &Segment,
-    defs: &Definitions,
+    plan: &Plan,
     refresh: &Refresh,
     only: Option<&[i64]>,
-    now: DateTime<Utc>,
 ) -> Result<(i64, i64, Vec<i64>)> {
-    let rule = s.rule.clone().expect("a live segment has a definition");
-    let v = defs.validate(&Definition::saved(rule, &s.name), Some(s.id))?;
-    let plan = lower(&v.checked.pred, ws, now);
     // A whole evaluation of a segment with stored members: its differences
     // come from a read-only statement PostgreSQL can run in parallel, and
     // are applied by id. A first build, or differences too many to carry
@@ -485,7 +493,7 @@ async fn refresh_one(
         let row = rows
             .first()
             .ok_or_else(|| crate::error::Error::internal("a diff returns one row"))?;
-        let (entered, exited): (Option<Vec<i64>>, Option<Vec<i64>>) = (row.get(2), row.get(3));
+        let (entered, exited): (Option<Vec<i64>>, Option<Vec<i64>>) = (row.get(0), row.get(1));
         if let (Some(entered), Some(exited)) = (entered, exited) {
             let d = db::live::Diff { entered, exited };
             if !(d.entered.is_empty() && d.exited.is_empty()) {
@@ -551,9 +559,7 @@ pub async fn verify(
         )));
     }
     let defs = Definitions::load(&*tx, ws).await?.inlined();
-    let rule = s.rule.clone().expect("a live segment has a definition");
-    let v = defs.validate(&Definition::saved(rule, &s.name), Some(s.id))?;
-    let r = lower(&v.checked.pred, ws, now).render(&Query::of(Select::Drift(s.id)));
+    let r = plan_of(ws, &s, &defs, now)?.render(&Query::of(Select::Drift(s.id)));
     let rows = tx.query_typed(&r.sql, &r.typed()).await?;
     let row = rows
         .first()

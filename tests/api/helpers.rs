@@ -434,18 +434,12 @@ impl TestApp {
             // A pass of our own surfaces maintenance errors (the server's own
             // maintainer only logs them).
             maintainer.pass().await.expect("a maintenance pass");
-            let row = db
-                .query_one(
-                    "SELECT (SELECT count(*) FROM change_queue),
-                            (SELECT count(*) FROM segments s LEFT JOIN live_state l
-                               ON l.workspace_id = s.workspace_id AND l.segment_id = s.id
-                             WHERE s.live AND s.enabled AND (l.built_version IS DISTINCT FROM s.version
-                                   OR (l.timed AND l.evaluated_at <= $1::timestamptz - $2::float8 * interval '1 second')))",
-                    &[&self.state.clock.now(), &self.state.limits.live.tick.as_secs_f64()],
-                )
-                .await
-                .unwrap();
-            if row.get::<_, i64>(0) == 0 && row.get::<_, i64>(1) == 0 {
+            // The maintainer's own test for work left.
+            let busy =
+                segd::db::live::busy(&db, self.state.clock.now(), self.state.limits.live.tick)
+                    .await
+                    .unwrap();
+            if busy.is_empty() {
                 return;
             }
             tokio::time::sleep(std::time::Duration::from_millis(100)).await;

@@ -849,6 +849,22 @@ fn event_at(rng: &mut StdRng, app: &TestApp, contact: i64, back: i64) -> pb::Eve
     }
 }
 
+/// `n` events of random `people`, each as in [`event_at`].
+fn events_at(
+    rng: &mut StdRng,
+    app: &TestApp,
+    people: &[i64],
+    n: usize,
+    back: i64,
+) -> Vec<pb::Event> {
+    (0..n)
+        .map(|_| {
+            let who = people[rng.random_range(0..people.len())];
+            event_at(rng, app, who, back)
+        })
+        .collect()
+}
+
 #[tokio::test]
 async fn moving_the_clock_moves_live_segments_exactly_as_evaluation_from_scratch() {
     let mut limits = segd::api::Limits::default();
@@ -865,12 +881,7 @@ async fn moving_the_clock_moves_live_segments_exactly_as_evaluation_from_scratch
     let seed: Vec<pb::Contact> = (0..50).map(|i| contact(&mut rng, i)).collect();
     let imported = import_all(&mut c, ws, vec![seed]).await.unwrap();
     let people: Vec<i64> = imported.results.iter().map(|r| r.contact_id).collect();
-    let events: Vec<pb::Event> = (0..200)
-        .map(|_| {
-            let who = people[rng.random_range(0..people.len())];
-            event_at(&mut rng, &app, who, 24 * 120)
-        })
-        .collect();
+    let events = events_at(&mut rng, &app, &people, 200, 24 * 120);
     record_all(&mut c, ws, vec![events]).await.unwrap();
     assert_exact(&app, ws, &names).await;
 
@@ -883,12 +894,7 @@ async fn moving_the_clock_moves_live_segments_exactly_as_evaluation_from_scratch
         };
         app.state.clock.advance(chrono::Duration::hours(hours));
         if step % 3 == 1 {
-            let events: Vec<pb::Event> = (0..10)
-                .map(|_| {
-                    let who = people[rng.random_range(0..people.len())];
-                    event_at(&mut rng, &app, who, 24 * 10)
-                })
-                .collect();
+            let events = events_at(&mut rng, &app, &people, 10, 24 * 10);
             record_all(&mut c, ws, vec![events]).await.unwrap();
         }
         assert_exact(&app, ws, &names).await;
