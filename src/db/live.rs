@@ -194,6 +194,9 @@ pub struct Refreshed {
     pub timed: bool,
     /// Time's effects up to now are applied (a build, or a clock pass).
     pub clocked: bool,
+    /// After a refresh over every contact: the members, counted (else the
+    /// stored size moves by the entries and exits).
+    pub size: Option<i64>,
 }
 
 /// Records a refresh in the segment's state.
@@ -211,29 +214,66 @@ pub async fn record(
         "INSERT INTO live_state AS l (workspace_id, segment_id, built_version, size, changed_at, eval_ms,
                                       last_error, timed, evaluated_at, eval_ms_total)
          VALUES ($1, $2, $3,
-                 $4::bigint - $5::bigint,
+                 coalesce($10, $4::bigint - $5::bigint),
                  CASE WHEN $4::bigint + $5::bigint > 0 THEN $6::timestamptz END, $7::float8, NULL, $8,
                  CASE WHEN $3::bigint IS NOT NULL OR $9 THEN $6::timestamptz END, $7)
          ON CONFLICT (workspace_id, segment_id) DO UPDATE SET
              built_version = coalesce($3, l.built_version),
-             size = l.size + $4::bigint - $5::bigint,
+             size = coalesce($10, l.size + $4::bigint - $5::bigint),
              changed_at = CASE WHEN $4::bigint + $5::bigint > 0 THEN $6::timestamptz ELSE l.changed_at END,
              eval_ms = $7, last_error = NULL, timed = $8, eval_ms_total = l.eval_ms_total + $7,
              evaluated_at = coalesce(excluded.evaluated_at, l.evaluated_at)",
-        &[&ws.0, &segment, &r.built, &r.entered, &r.exited, &now, &r.ms, &r.timed, &r.clocked],
+        &[&ws.0, &segment, &r.built, &r.entered, &r.exited, &now, &r.ms, &r.timed, &r.clocked, &r.size],
     )
     .await?;
     Ok(())
 }
 
-/// One refresh's differences, found by a read-only statement: see
-/// [`crate::segment::render::Select::Diff`].
-#[derive(Debug, Clone)]
+/// One refresh's differences.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Diff {
     /// Contacts entering, ascending.
     pub entered: Vec<i64>,
     /// Contacts exiting, ascending.
     pub exited: Vec<i64>,
+}
+
+impl Diff {
+    /// How stored members `old` differ from members `new`, both ascending
+    /// (as [`crate::segment::render::Select::Diff`] reads them): one merge
+    /// pass. A repeated id counts once.
+    pub fn of(new: &[i64], old: &[i64]) -> Self {
+        let mut d = Self::default();
+        let (mut i, mut j) = (0, 0);
+        let mut last: Option<i64> = None;
+        while i < new.len() || j < old.len() {
+            let (n, o) = (new.get(i).copied(), old.get(j).copied());
+            let id = match (n, o) {
+                (Some(n), Some(o)) => n.min(o),
+                (Some(n), None) => n,
+                (None, Some(o)) => o,
+                (None, None) => break,
+            };
+            let in_new = n == Some(id);
+            let in_old = o == Some(id);
+            if last != Some(id) {
+                match (in_new, in_old) {
+                    (true, false) => d.entered.push(id),
+                    (false, true) => d.exited.push(id),
+                    _ => {}
+                }
+                last = Some(id);
+            }
+            i += usize::from(in_new);
+            j += usize::from(in_old);
+        }
+        d
+    }
+
+    /// Nothing differs.
+    pub fn is_empty(&self) -> bool {
+        self.entered.is_empty() && self.exited.is_empty()
+    }
 }
 
 /// Applies `d` to live segment `segment`'s stored members and appends it to
@@ -339,4 +379,39 @@ pub async fn crossed(
         }
     };
     Ok(rows.iter().map(|r| r.get(0)).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use proptest::prelude::*;
+
+    use super::Diff;
+
+    #[test]
+    fn a_diff_names_entries_and_exits_once_each() {
+        let d = Diff::of(&[1, 2, 2, 4, 7], &[2, 3, 3, 7, 9]);
+        assert_eq!(d.entered, vec![1, 4]);
+        assert_eq!(d.exited, vec![3, 9]);
+        assert!(Diff::of(&[5], &[5]).is_empty());
+        assert_eq!(Diff::of(&[], &[1, 2]).exited, vec![1, 2]);
+    }
+
+    proptest! {
+        #[test]
+        fn a_diff_is_the_two_set_differences(
+            new in proptest::collection::vec(0i64..60, 0..40),
+            old in proptest::collection::vec(0i64..60, 0..40),
+        ) {
+            let (mut n, mut o) = (new, old);
+            n.sort_unstable();
+            o.sort_unstable();
+            let d = Diff::of(&n, &o);
+            let (sn, so): (BTreeSet<i64>, BTreeSet<i64>) =
+                (n.iter().copied().collect(), o.iter().copied().collect());
+            prop_assert_eq!(d.entered, sn.difference(&so).copied().collect::<Vec<_>>());
+            prop_assert_eq!(d.exited, so.difference(&sn).copied().collect::<Vec<_>>());
+        }
+    }
 }

@@ -153,7 +153,7 @@ impl Maintainer {
         let mut n = 0;
         for ws in db::live::busy(&**client, self.clock.now(), self.opts.tick).await? {
             loop {
-                let done = self.drain(&mut client, ws, false).await?;
+                let done = self.drain(&mut client, ws, false).await?.done;
                 n += done;
                 if done == 0 {
                     break;
@@ -165,7 +165,8 @@ impl Maintainer {
 
     /// Rebuilds live segment `segment` of `ws` (and what reads it), waiting
     /// for another maintainer if one holds the workspace; returns when the
-    /// workspace's queue is drained too.
+    /// workspace's queue is drained too. (A failed build leaves its error in
+    /// the segment's live state.)
     ///
     /// # Errors
     /// `FailedPrecondition` when the segment is not live and enabled;
@@ -181,19 +182,20 @@ impl Maintainer {
             )));
         }
         db::live::invalidate(&**client, ws, segment).await?;
-        while self.drain(&mut client, ws, true).await? > 0 {}
+        // The first pass builds it (every segment not built from its
+        // definition is); more only while writes are left in the queue.
+        while self.drain(&mut client, ws, true).await?.more {}
         Ok(())
     }
 
     /// Applies one batch of workspace `ws`'s queue, and builds its live
-    /// segments that need it; returns how much it applied (0: nothing to
-    /// do, or another maintainer holds the workspace).
-    async fn drain(&self, client: &mut db::Conn, ws: WorkspaceId, wait: bool) -> Result<usize> {
+    /// segments that need it.
+    async fn drain(&self, client: &mut db::Conn, ws: WorkspaceId, wait: bool) -> Result<Drained> {
         let mut tx = client.transaction().await?;
         if wait {
             db::live::lock(&*tx, ws).await?;
         } else if !db::live::try_lock(&*tx, ws).await? {
-            return Ok(0);
+            return Ok(Drained::default());
         }
         // Refreshes are short or one-off: compiling them costs more than it
         // saves (a rebuild spent 175 of its 380 ms in JIT).
@@ -202,7 +204,9 @@ impl Maintainer {
         let segments = db::segments::all(&*tx, ws).await?;
         let defs = Definitions::load(&*tx, ws).await?;
         let live = live_segments(&segments, &defs);
-        let mut queued = db::live::queued(&*tx, ws, 500).await?;
+        let mut queued = db::live::queued(&*tx, ws, QUEUE_BATCH).await?;
+        // Writes this pass leaves queued, as far as it can see.
+        let mut more = queued.len() == QUEUE_BATCH as usize;
         // How many contacts the batch holds so far.
         let mut ids: BTreeSet<i64> = BTreeSet::new();
         let mut whole_keys: BTreeSet<String> = BTreeSet::new();
@@ -220,6 +224,7 @@ impl Maintainer {
                 None => whole_keys.extend(q.keys.iter().cloned()),
             }
         }
+        more |= take < queued.len();
         queued.truncate(take);
 
         // What to evaluate over every contact: segments not built from their
@@ -259,7 +264,7 @@ impl Maintainer {
             clock.insert(l.segment.id, crossed);
         }
         if queued.is_empty() && whole.is_empty() && clock.is_empty() {
-            return Ok(0);
+            return Ok(Drained::default());
         }
 
         // The batch's writes to contacts: each segment is refreshed for the
@@ -337,6 +342,7 @@ impl Maintainer {
             }
             let started = Instant::now();
             let (mut entered, mut exited, mut ids_changed) = (0, 0, Vec::new());
+            let mut size = None;
             // Planned once for all its runs.
             let (plan, mut failure) = match plan_of(ws, s, &defs, now) {
                 Ok(p) => (Some(p), None),
@@ -352,11 +358,12 @@ impl Maintainer {
                 };
                 let sp = tx.savepoint("refresh").await?;
                 match refresh_one(&*sp, ws, s, plan, &refresh, only.as_deref()).await {
-                    Ok((e, x, c)) => {
+                    Ok(o) => {
                         sp.commit().await?;
-                        offset += e + x;
-                        (entered, exited) = (entered + e, exited + x);
-                        ids_changed.extend(c);
+                        offset += o.entered + o.exited;
+                        (entered, exited) = (entered + o.entered, exited + o.exited);
+                        ids_changed.extend(o.ids);
+                        size = o.size.or(size);
                     }
                     Err(e) => {
                         sp.rollback().await?;
@@ -382,6 +389,7 @@ impl Maintainer {
                         built: all.then_some(s.version),
                         timed: l.timed,
                         clocked: all || by_clock.is_some(),
+                        size,
                     };
                     db::live::record(&*tx, ws, s.id, r, now).await?;
                     let why = runs.first().map_or_else(|| "clock".into(), |r| r.1.clone());
@@ -411,9 +419,25 @@ impl Maintainer {
                 tracing::warn!(error = %e, "refreshing live_members statistics");
             }
         }
-        Ok(seqs.len() + applied)
+        Ok(Drained {
+            done: seqs.len() + applied,
+            more,
+        })
     }
 }
+
+/// What one pass over a workspace did.
+#[derive(Debug, Default, Clone, Copy)]
+struct Drained {
+    /// Queued writes and builds applied (0: nothing to do, or another
+    /// maintainer holds the workspace).
+    done: usize,
+    /// Writes were left in the queue.
+    more: bool,
+}
+
+/// Most queued writes one pass reads.
+const QUEUE_BATCH: i64 = 500;
 
 /// `d` before `now`, or the beginning of time.
 fn ago(now: DateTime<Utc>, d: Duration) -> DateTime<Utc> {
@@ -458,9 +482,10 @@ fn live_segments<'a>(segments: &'a [Segment], defs: &Definitions) -> Vec<Live<'a
         .collect()
 }
 
-/// The most differences a whole refresh carries through segd (two arrays
-/// of ids); more are applied inside PostgreSQL.
-const DIFF_CAP: i64 = 100_000;
+/// The most members, and stored members, a whole refresh carries through
+/// segd (two arrays of ids, 8 MB each at most); more are diffed inside
+/// PostgreSQL.
+const DIFF_CAP: i64 = 1_000_000;
 
 /// Live segment `s`'s definition, planned for `now`.
 fn plan_of(ws: WorkspaceId, s: &Segment, defs: &Definitions, now: DateTime<Utc>) -> Result<Plan> {
@@ -469,8 +494,19 @@ fn plan_of(ws: WorkspaceId, s: &Segment, defs: &Definitions, now: DateTime<Utc>)
     Ok(lower(&v.checked.pred, ws, now))
 }
 
-/// One refresh of segment `s` by its `plan`: returns its entries, exits,
-/// and the contacts that entered or exited.
+/// What one refresh did.
+struct Outcome {
+    /// Contacts that entered.
+    entered: i64,
+    /// Contacts that exited.
+    exited: i64,
+    /// The contacts that entered or exited.
+    ids: Vec<i64>,
+    /// After a refresh over every contact, the members.
+    size: Option<i64>,
+}
+
+/// One refresh of segment `s` by its `plan`.
 async fn refresh_one(
     tx: &impl tokio_postgres::GenericClient,
     ws: WorkspaceId,
@@ -478,32 +514,48 @@ async fn refresh_one(
     plan: &Plan,
     refresh: &Refresh,
     only: Option<&[i64]>,
-) -> Result<(i64, i64, Vec<i64>)> {
-    // A whole evaluation of a segment with stored members: its differences
-    // come from a read-only statement PostgreSQL can run in parallel, and
-    // are applied by id. A first build, or differences too many to carry
-    // through segd, are one statement inside PostgreSQL.
+) -> Result<Outcome> {
+    // A whole evaluation of a segment with stored members: both sides are
+    // read by a read-only statement PostgreSQL can run in parallel, diffed
+    // here, and the differences applied by id. A first build, or sides too
+    // long to carry through segd, are one statement inside PostgreSQL.
     if only.is_none() && s.live_state.as_ref().is_some_and(|l| l.size > 0) {
         let q = Query::of(Select::Diff {
             segment: s.id,
             cap: DIFF_CAP,
         });
         let r = plan.render(&q);
-        let rows = tx.query_typed(&r.sql, &r.typed()).await?;
-        let row = rows
+        // Members come out of a sort in id order where the hash aggregate
+        // the planner prefers for DISTINCT and GROUP BY needs a sort of its
+        // own after it. A failure rolls the setting back with the caller's
+        // savepoint.
+        tx.batch_execute("SET LOCAL enable_hashagg = off").await?;
+        let row = tx.query_typed(&r.sql, &r.typed()).await?;
+        tx.batch_execute("SET LOCAL enable_hashagg TO DEFAULT")
+            .await?;
+        let row = row
             .first()
             .ok_or_else(|| crate::error::Error::internal("a diff returns one row"))?;
-        let (entered, exited): (Option<Vec<i64>>, Option<Vec<i64>>) = (row.get(0), row.get(1));
-        if let (Some(entered), Some(exited)) = (entered, exited) {
-            let d = db::live::Diff { entered, exited };
-            if !(d.entered.is_empty() && d.exited.is_empty()) {
+        // (NULL: both sides are equal.)
+        let side = |i| row.get::<_, Option<Vec<i64>>>(i).unwrap_or_default();
+        let (new, old) = (side(0), side(1));
+        let size: i64 = row.try_get(2)?;
+        let carried = |v: &Vec<i64>| i64::try_from(v.len()).is_ok_and(|n| n <= DIFF_CAP);
+        if carried(&new) && carried(&old) {
+            let d = db::live::Diff::of(&new, &old);
+            if !d.is_empty() {
                 let at = (refresh.base, refresh.cause.as_str(), refresh.at);
                 db::live::apply(tx, ws, s.id, &d, at).await?;
             }
-            let (e, x) = (d.entered.len() as i64, d.exited.len() as i64);
+            let (entered, exited) = (d.entered.len() as i64, d.exited.len() as i64);
             let mut ids = d.entered;
             ids.extend(d.exited);
-            return Ok((e, x, ids));
+            return Ok(Outcome {
+                entered,
+                exited,
+                ids,
+                size: Some(size),
+            });
         }
     }
     let q = Query {
@@ -515,7 +567,12 @@ async fn refresh_one(
     let row = rows
         .first()
         .ok_or_else(|| crate::error::Error::internal("a refresh returns one row"))?;
-    Ok((row.get(0), row.get(1), row.get(2)))
+    Ok(Outcome {
+        entered: row.get(0),
+        exited: row.get(1),
+        ids: row.get(2),
+        size: only.is_none().then(|| row.get(3)),
+    })
 }
 
 /// How a live segment's stored members differ from its definition.

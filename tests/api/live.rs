@@ -911,3 +911,109 @@ async fn moving_the_clock_moves_live_segments_exactly_as_evaluation_from_scratch
         .get(0);
     assert!(by_clock > 0, "the clock alone took members out");
 }
+
+/// A purchase by the contact with external id `x<i>`, now.
+fn purchase_by(i: usize) -> pb::Event {
+    pb::Event {
+        contact: Some(pb::ContactRef {
+            key: Some(pb::contact_ref::Key::ExternalId(format!("x{i}"))),
+        }),
+        r#type: "purchase".into(),
+        occurred_at: Some(segd::api::convert::ts(Utc::now())),
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn a_rebuild_repairs_a_segment_read_straight_off_its_events() {
+    // "event(purchase)" is evaluated as one aggregate over the events (no
+    // contacts scan): its whole evaluations diff two sorted id lists.
+    let app = TestApp::spawn().await;
+    let ws = "drift-events";
+    let mut c = app.contacts().await;
+    tag(&mut c, ws, 0..10, None).await;
+    let buyers = create_live(&app, ws, "buyers", "event(purchase)").await;
+    record_all(&mut c, ws, vec![(0..5).map(purchase_by).collect()])
+        .await
+        .unwrap();
+    app.drained().await;
+    let db = app.db().await;
+    let id_of = |i: usize| {
+        let db = &db;
+        async move {
+            let r = db
+                .query_one(
+                    "SELECT id FROM contacts WHERE external_id = $1",
+                    &[&format!("x{i}")],
+                )
+                .await
+                .unwrap();
+            r.get::<_, i64>(0)
+        }
+    };
+    // Damage: one member lost, two strays.
+    let (lost, strays) = (id_of(2).await, [id_of(7).await, id_of(9).await]);
+    db.execute(
+        "DELETE FROM live_members WHERE segment_id = $1 AND contact_id = $2",
+        &[&buyers, &lost],
+    )
+    .await
+    .unwrap();
+    for s in strays {
+        db.execute(
+            "INSERT INTO live_members SELECT workspace_id, $1, $2 FROM segments WHERE id = $1",
+            &[&buyers, &s],
+        )
+        .await
+        .unwrap();
+    }
+    let d = verify(&app, ws, buyers).await;
+    assert_eq!((d.missing_count, d.extra_count), (1, 2));
+    let mut seg = app.segments().await;
+    let status = seg
+        .rebuild_segment(req(ws, pb::RebuildSegmentRequest { segment_id: buyers }))
+        .await
+        .unwrap()
+        .into_inner()
+        .segment
+        .unwrap()
+        .live_status
+        .unwrap();
+    assert_eq!((status.built, status.size), (true, 5));
+    let d = verify(&app, ws, buyers).await;
+    assert_eq!((d.missing_count, d.extra_count), (0, 0));
+
+    // Redefined to select nobody: every member exits through the feed.
+    let before: i64 = db
+        .query_one("SELECT max(\"offset\") FROM membership_changes", &[])
+        .await
+        .unwrap()
+        .get(0);
+    seg.update_segment(req(
+        ws,
+        pb::UpdateSegmentRequest {
+            segment: Some(pb::Segment {
+                id: buyers,
+                definition: filter("event(donation)"),
+                ..Default::default()
+            }),
+            update_mask: Some(FieldMask {
+                paths: vec!["definition".into()],
+            }),
+        },
+    ))
+    .await
+    .unwrap();
+    app.drained().await;
+    let d = verify(&app, ws, buyers).await;
+    assert_eq!((d.missing_count, d.extra_count), (0, 0));
+    let exits: i64 = db
+        .query_one(
+            "SELECT count(*) FROM membership_changes WHERE segment_id = $1 AND NOT entered AND \"offset\" > $2",
+            &[&buyers, &before],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(exits, 5, "each buyer's exit is in the feed");
+}
