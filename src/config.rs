@@ -222,6 +222,17 @@ pub struct Config {
     )]
     pub feed_retention_count: i64,
 
+    /// Most segment actions in a chain (an action's write making a contact
+    /// enter a segment whose action writes again, ...); a longer cascade
+    /// stops there and says so in the segment's last error.
+    #[arg(
+        long,
+        env = "SEGD_MAX_ACTION_DEPTH",
+        default_value_t = 8,
+        global = true
+    )]
+    pub max_action_depth: i32,
+
     /// Largest gRPC request message accepted, in bytes.
     #[arg(long, env = "SEGD_MAX_MESSAGE_BYTES", default_value_t = 16 * 1024 * 1024, global = true)]
     pub max_message_bytes: usize,

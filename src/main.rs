@@ -63,6 +63,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
             tick: config.live_tick,
             retention_age: config.feed_retention,
             retention_count: config.feed_retention_count,
+            max_action_depth: config.max_action_depth,
             ..Default::default()
         },
         ..api::Limits::default()

@@ -3,7 +3,7 @@
 use tonic::{Request, Response, Status, Streaming};
 
 use super::AppState;
-use super::convert::{activity, contact as cc, page_size};
+use super::convert::{activity, contact as cc, json_to_value, page_size, ts};
 use super::error::{checked, invalid};
 use super::imports::{Acks, ContactImport, DealImport, EventRecording, acknowledged};
 use crate::db;
@@ -211,6 +211,57 @@ impl ContactService for Contacts {
         };
         Ok(Response::new(pb::ListEventsResponse {
             events: events.iter().map(activity::event_to_proto).collect(),
+            next_page_token: next,
+        }))
+    }
+
+    async fn list_contact_changes(
+        &self,
+        req: Request<pb::ListContactChangesRequest>,
+    ) -> Result<Response<pb::ListContactChangesResponse>, Status> {
+        let ws = self.state.workspace(&req).await?;
+        let r = req.into_inner();
+        let key = checked("contact", cc::key_from_proto(r.contact.as_ref()))?;
+        let limit = page_size(r.page_size, 100, 1000)
+            .map_err(|e| invalid(vec![Violation::new("page_size", e)]))?;
+        let field = (!r.field.trim().is_empty()).then(|| r.field.trim());
+        let after = match r.page_token.as_str() {
+            "" => 0,
+            t => db::decode_token(t)?.as_i64().ok_or_else(|| {
+                invalid(vec![Violation::new(
+                    "page_token",
+                    "not a ListContactChanges token",
+                )])
+            })?,
+        };
+        let client = self.state.conn().await?;
+        let mut changes = db::history::list(&**client, ws, &key, field, after, limit + 1).await?;
+        let next = if changes.len() as i64 > limit {
+            changes.truncate(limit as usize);
+            changes
+                .last()
+                .map(|c| db::encode_token(&c.id.into()))
+                .unwrap_or_default()
+        } else {
+            String::new()
+        };
+        let value = |v: &Option<serde_json::Value>| {
+            Some(json_to_value(
+                v.as_ref().unwrap_or(&serde_json::Value::Null),
+            ))
+        };
+        Ok(Response::new(pb::ListContactChangesResponse {
+            changes: changes
+                .iter()
+                .map(|c| pb::ContactChange {
+                    id: c.id,
+                    field: c.field.clone(),
+                    old_value: value(&c.old),
+                    new_value: value(&c.new),
+                    cause: c.cause.clone(),
+                    change_time: Some(ts(c.at)),
+                })
+                .collect(),
             next_page_token: next,
         }))
     }

@@ -3,10 +3,11 @@
 use tonic::{Request, Response, Status};
 
 use super::AppState;
-use super::convert::{page_size, rules, ts};
+use super::convert::{action, page_size, rules, ts};
 use super::error::{checked, invalid};
 use crate::db;
 use crate::error::Violation;
+use crate::model::schema::Schema;
 use crate::model::segment::{Segment, SegmentKind};
 use crate::proto::{self as pb, segment_service_server::SegmentService};
 use crate::segment::ast::SegmentRef;
@@ -38,7 +39,18 @@ impl Segments {
         segs: &[Segment],
     ) -> Result<Vec<pb::Segment>, Status> {
         let infos = svc::infos(&db::segments::all(client, ws).await?);
-        Ok(segs.iter().map(|s| to_proto(s, &infos)).collect())
+        // Custom values of actions are typed by the workspace's fields.
+        let typed = segs
+            .iter()
+            .any(|s| s.actions.iter().any(|a| !a.set_fields.is_empty()));
+        let schema = match typed {
+            true => Some(db::definitions::schema(client, ws).await?),
+            false => None,
+        };
+        Ok(segs
+            .iter()
+            .map(|s| to_proto(s, &infos, schema.as_ref()))
+            .collect())
     }
 
     async fn one(
@@ -50,8 +62,9 @@ impl Segments {
     }
 }
 
-/// A segment as proto; `infos` name its references.
-pub fn to_proto(s: &Segment, infos: &[SegmentInfo]) -> pb::Segment {
+/// A segment as proto; `infos` name its references, `schema` types its
+/// actions' custom values.
+pub fn to_proto(s: &Segment, infos: &[SegmentInfo], schema: Option<&Schema>) -> pb::Segment {
     pb::Segment {
         id: s.id,
         name: s.name.clone(),
@@ -90,6 +103,11 @@ pub fn to_proto(s: &Segment, infos: &[SegmentInfo]) -> pb::Segment {
                 last_evaluation: l.eval_ms.map(|ms| duration(ms / 1000.0)),
                 last_error: l.last_error.clone().unwrap_or_default(),
             }),
+        actions: s
+            .actions
+            .iter()
+            .map(|a| action::to_proto(a, schema))
+            .collect(),
     }
 }
 
@@ -171,6 +189,10 @@ impl SegmentService for Segments {
             enabled: s.enabled,
             live: s.live,
             rule,
+            actions: Some(checked(
+                "",
+                action::from_proto("segment.actions", &s.actions),
+            )?),
         };
         let mut client = self.state.conn().await?;
         let created = svc::create(&mut client, ws, kind, changes).await?;
@@ -243,6 +265,7 @@ impl SegmentService for Segments {
                 ("description", !s.description.is_empty()),
                 ("enabled", s.enabled.is_some()),
                 ("definition", s.definition.is_some()),
+                ("actions", !s.actions.is_empty()),
             ] {
                 if set {
                     paths.push(p.to_string());
@@ -256,6 +279,12 @@ impl SegmentService for Segments {
                 "description" => c.description = Some(s.description.trim().to_string()),
                 "enabled" => c.enabled = Some(s.enabled.unwrap_or(true)),
                 "live" => c.live = Some(s.live.unwrap_or(false)),
+                "actions" => {
+                    c.actions = Some(checked(
+                        "",
+                        action::from_proto("segment.actions", &s.actions),
+                    )?);
+                }
                 "definition" => {
                     c.rule = Some(checked(
                         "",

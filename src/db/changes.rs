@@ -111,14 +111,29 @@ pub async fn enqueue(
     t: &Touched,
     cause: &str,
 ) -> Result<()> {
+    enqueue_at(tx, ws, t, cause, 0).await
+}
+
+/// [`enqueue`] for a write made by segment actions, `depth` of them in a
+/// chain (0: a caller's write).
+///
+/// # Errors
+/// The database is unavailable.
+pub async fn enqueue_at(
+    tx: &impl GenericClient,
+    ws: WorkspaceId,
+    t: &Touched,
+    cause: &str,
+    depth: i32,
+) -> Result<()> {
     if t.is_empty() {
         return Ok(());
     }
     let ids: Option<Vec<i64>> = t.ids.as_ref().map(|s| s.iter().copied().collect());
     let keys: Vec<&str> = t.keys.iter().map(String::as_str).collect();
     tx.execute(
-        "INSERT INTO change_queue (workspace_id, contact_ids, keys, cause) VALUES ($1, $2, $3, $4)",
-        &[&ws.0, &ids, &keys, &cause],
+        "INSERT INTO change_queue (workspace_id, contact_ids, keys, cause, depth) VALUES ($1, $2, $3, $4, $5)",
+        &[&ws.0, &ids, &keys, &cause, &depth],
     )
     .await?;
     Ok(())

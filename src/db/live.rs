@@ -26,6 +26,8 @@ pub struct Queued {
     pub cause: String,
     /// When it was queued.
     pub at: DateTime<Utc>,
+    /// Segment actions in the chain that made it (0: a caller's write).
+    pub depth: i32,
 }
 
 /// Workspaces with queued writes, live segments to build, or time-moved
@@ -117,7 +119,7 @@ pub async fn invalidate(client: &impl GenericClient, ws: WorkspaceId, segment: i
 pub async fn queued(tx: &impl GenericClient, ws: WorkspaceId, limit: i64) -> Result<Vec<Queued>> {
     let rows = tx
         .query(
-            "SELECT seq, contact_ids, keys, cause, enqueued_at FROM change_queue
+            "SELECT seq, contact_ids, keys, cause, enqueued_at, depth FROM change_queue
              WHERE workspace_id = $1 ORDER BY seq LIMIT $2 FOR UPDATE SKIP LOCKED",
             &[&ws.0, &limit],
         )
@@ -130,6 +132,7 @@ pub async fn queued(tx: &impl GenericClient, ws: WorkspaceId, limit: i64) -> Res
             keys: r.get(2),
             cause: r.get(3),
             at: r.get(4),
+            depth: r.get(5),
         })
         .collect())
 }
@@ -221,7 +224,10 @@ pub async fn record(
              built_version = coalesce($3, l.built_version),
              size = coalesce($10, l.size + $4::bigint - $5::bigint),
              changed_at = CASE WHEN $4::bigint + $5::bigint > 0 THEN $6::timestamptz ELSE l.changed_at END,
-             eval_ms = $7, last_error = NULL, timed = $8, eval_ms_total = l.eval_ms_total + $7,
+             eval_ms = $7, timed = $8, eval_ms_total = l.eval_ms_total + $7,
+             -- A failed refresh is followed by a build, which clears its
+             -- error; a note (a cascade stopped) stays until then.
+             last_error = CASE WHEN $3::bigint IS NOT NULL THEN NULL ELSE l.last_error END,
              evaluated_at = coalesce(excluded.evaluated_at, l.evaluated_at)",
         &[&ws.0, &segment, &r.built, &r.entered, &r.exited, &now, &r.ms, &r.timed, &r.clocked, &r.size],
     )
@@ -301,6 +307,27 @@ pub async fn apply(
         &[&ws.0, &segment, &d.entered, &d.exited, &base, &cause, &at],
     )
     .await?;
+    Ok(())
+}
+
+/// Records an error that leaves the stored membership as it is (a segment
+/// action not run); it stays the segment's last error until its next
+/// build.
+///
+/// # Errors
+/// The database is unavailable.
+pub async fn noted(
+    client: &impl GenericClient,
+    ws: WorkspaceId,
+    segment: i64,
+    error: &str,
+) -> Result<()> {
+    client
+        .execute(
+            "UPDATE live_state SET last_error = $3 WHERE workspace_id = $1 AND segment_id = $2",
+            &[&ws.0, &segment, &error],
+        )
+        .await?;
     Ok(())
 }
 

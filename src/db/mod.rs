@@ -1,6 +1,7 @@
 //! The database layer: one module per aggregate, all SQL parameterised,
 //! every statement scoped to one workspace. Nothing here knows about gRPC.
 
+pub mod actions;
 pub mod changes;
 pub mod contacts;
 pub mod deals;
@@ -8,6 +9,7 @@ pub mod definitions;
 pub mod error;
 pub mod events;
 pub mod feed;
+pub mod history;
 pub mod import;
 pub mod keys;
 pub mod live;

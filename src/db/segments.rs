@@ -15,7 +15,7 @@ const COLUMNS: &str = "s.id, s.name, s.description, s.kind, s.enabled, s.builtin
      ARRAY(SELECT r.ref_id FROM segment_refs r WHERE r.workspace_id = s.workspace_id AND r.segment_id = s.id ORDER BY r.ref_id), \
      s.live, l.segment_id IS NOT NULL, l.built_version, l.size, l.changed_at, l.eval_ms, l.last_error, \
      coalesce(extract(epoch FROM clock_timestamp() - (SELECT min(q.enqueued_at) FROM change_queue q WHERE q.workspace_id = s.workspace_id))::float8, 0), \
-     l.evaluated_at";
+     l.evaluated_at, s.actions";
 
 /// Segments with their live state.
 const FROM: &str =
@@ -52,6 +52,8 @@ fn from_row(r: &Row) -> Result<Segment> {
             lag_s: r.get(20),
             evaluated_at: r.get(21),
         }),
+        actions: serde_json::from_value(r.get(22))
+            .map_err(|e| Error::Internal(format!("stored actions do not parse: {e}")))?,
     })
 }
 
@@ -69,10 +71,33 @@ pub async fn ensure_builtins(client: &impl GenericClient, ws: WorkspaceId) -> Re
         .execute(
             "INSERT INTO segments (workspace_id, name, description, kind, builtin, definition, live)
              SELECT $1, n, d, 'dynamic', true, f, true FROM unnest($2::text[], $3::text[], $4::text[]) AS t(n, d, f)
+             -- (A conflicting row would still use up an id.)
+             WHERE NOT EXISTS (SELECT 1 FROM segments s WHERE s.workspace_id = $1 AND s.name = t.n)
              ON CONFLICT (workspace_id, name) DO NOTHING",
             &[&ws.0, &names, &descriptions, &definitions],
         )
         .await?;
+    Ok(())
+}
+
+/// Creates the lifecycle rules of a new workspace (see
+/// [`crate::model::action::lifecycle_rules`]): live segments with actions.
+///
+/// # Errors
+/// The database is unavailable.
+pub async fn insert_rules(client: &impl GenericClient, ws: WorkspaceId) -> Result<()> {
+    for r in crate::model::action::lifecycle_rules() {
+        let definition = parse(r.definition)
+            .map(|d| print(&d))
+            .map_err(|e| Error::Internal(format!("rule {:?} does not parse: {e}", r.name)))?;
+        client
+            .execute(
+                "INSERT INTO segments (workspace_id, name, description, kind, definition, live, actions)
+                 VALUES ($1, $2, $3, 'dynamic', $4, true, $5)",
+                &[&ws.0, &r.name, &r.description, &definition, &actions_json(&[r.on_enter])?],
+            )
+            .await?;
+    }
     Ok(())
 }
 
@@ -141,9 +166,9 @@ pub async fn insert(client: &impl GenericClient, ws: WorkspaceId, s: &Segment) -
     let definition = s.rule.as_ref().map(print);
     let row = client
         .query_one(
-            "INSERT INTO segments (workspace_id, name, description, kind, enabled, definition, source_segment_id, snapshot_at, live)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING id",
-            &[&ws.0, &s.name, &s.description, &s.kind.as_str(), &s.enabled, &definition, &s.source_segment_id, &s.snapshot_at, &s.live],
+            "INSERT INTO segments (workspace_id, name, description, kind, enabled, definition, source_segment_id, snapshot_at, live, actions)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING id",
+            &[&ws.0, &s.name, &s.description, &s.kind.as_str(), &s.enabled, &definition, &s.source_segment_id, &s.snapshot_at, &s.live, &actions_json(&s.actions)?],
         )
         .await
         .map_err(|e| name_taken(e, &s.name))?;
@@ -166,7 +191,7 @@ pub async fn update(
     let n = client
         .execute(
             "UPDATE segments SET name = $3, description = $4, enabled = $5, definition = $6,
-                 live = $8, updated_at = now(), version = version + 1
+                 live = $8, actions = $9, updated_at = now(), version = version + 1
              WHERE workspace_id = $1 AND id = $2 AND ($7::bigint IS NULL OR version = $7)",
             &[
                 &ws.0,
@@ -177,6 +202,7 @@ pub async fn update(
                 &definition,
                 &expected,
                 &s.live,
+                &actions_json(&s.actions)?,
             ],
         )
         .await
@@ -192,6 +218,10 @@ pub async fn update(
     }
     set_refs(client, ws, s.id, &s.refs).await?;
     get(client, ws, &SegmentRef::Id(s.id)).await
+}
+
+fn actions_json(a: &[crate::model::action::Action]) -> Result<serde_json::Value> {
+    serde_json::to_value(a).map_err(|e| Error::Internal(format!("encoding actions: {e}")))
 }
 
 async fn set_refs(

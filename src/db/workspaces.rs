@@ -76,6 +76,9 @@ pub async fn ensure(client: &mut tokio_postgres::Client, name: &str) -> Result<W
         &[&ws.0, &names, &descriptions],
     )
     .await?;
+    // Built-in segments first: they keep ids 1 to 7 in a new workspace.
+    super::segments::ensure_builtins(&tx, ws).await?;
+    super::segments::insert_rules(&tx, ws).await?;
     tx.commit().await?;
     tracing::info!(workspace = name, id = ws.0, "created workspace");
     Ok(ws)

@@ -1,6 +1,7 @@
 //! Domain types: validated contacts, events, deals and definitions. Values
 //! here are already normalised; past the API edge nothing re-checks them.
 
+pub mod action;
 pub mod contact;
 pub mod deal;
 pub mod deps;
@@ -33,6 +34,13 @@ macro_rules! str_enum {
         impl serde::Serialize for $name {
             fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
                 s.serialize_str(self.as_str())
+            }
+        }
+
+        impl<'de> serde::Deserialize<'de> for $name {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+                Self::parse(&s).ok_or_else(|| serde::de::Error::custom(format!("unknown value {s:?}")))
             }
         }
 

@@ -69,6 +69,8 @@ pub struct Segment {
     pub live: bool,
     /// How the stored membership of a live segment stands.
     pub live_state: Option<LiveState>,
+    /// What it does to contacts entering or leaving it (live only).
+    pub actions: Vec<crate::model::action::Action>,
 }
 
 impl Segment {

@@ -23,7 +23,7 @@
 //! rebuilt the same way over every contact; readers keep the old membership
 //! until the rebuild commits.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -33,10 +33,12 @@ use tokio_util::sync::CancellationToken;
 
 use super::segments::Definitions;
 use super::stats::{self, Statistics, Table};
+use super::writes;
 use crate::clock::Clock;
 use crate::db::{self, live::Refreshed};
 use crate::error::{Error, Result};
 use crate::model::WorkspaceId;
+use crate::model::action::Trigger;
 use crate::model::deps::affects;
 use crate::model::segment::{Definition, Segment, SegmentKind};
 use crate::segment::deps::{self, Edge};
@@ -59,6 +61,8 @@ pub struct Options {
     pub retention_age: Duration,
     /// At most this many changes per workspace stay in the feed.
     pub retention_count: i64,
+    /// Most segment actions in a chain.
+    pub max_action_depth: i32,
 }
 
 impl Default for Options {
@@ -69,6 +73,7 @@ impl Default for Options {
             tick: Duration::from_secs(60),
             retention_age: Duration::from_secs(7 * 24 * 3600),
             retention_count: 10_000_000,
+            max_action_depth: 8,
         }
     }
 }
@@ -273,6 +278,15 @@ impl Maintainer {
             .iter()
             .filter_map(|q| Some((q.ids.as_deref()?, q.keys.as_slice())))
             .collect();
+        // How many segment actions led to each contact's writes, where any
+        // did: the actions its entries and exits run are one deeper.
+        let mut depth_of: HashMap<i64, i32> = HashMap::new();
+        for q in queued.iter().filter(|q| q.depth > 0) {
+            for id in q.ids.iter().flatten() {
+                let d = depth_of.entry(*id).or_default();
+                *d = (*d).max(q.depth);
+            }
+        }
         let cause = if causes.is_empty() {
             "rebuild".to_string()
         } else {
@@ -341,7 +355,8 @@ impl Maintainer {
                 continue;
             }
             let started = Instant::now();
-            let (mut entered, mut exited, mut ids_changed) = (0, 0, Vec::new());
+            let (mut entered, mut exited) = (0, 0);
+            let (mut entered_ids, mut exited_ids) = (Vec::new(), Vec::new());
             let mut size = None;
             // Planned once for all its runs.
             let (plan, mut failure) = match plan_of(ws, s, &defs, now) {
@@ -362,7 +377,8 @@ impl Maintainer {
                         sp.commit().await?;
                         offset += o.entered + o.exited;
                         (entered, exited) = (entered + o.entered, exited + o.exited);
-                        ids_changed.extend(o.ids);
+                        entered_ids.extend(o.entered_ids);
+                        exited_ids.extend(o.exited_ids);
                         size = o.size.or(size);
                     }
                     Err(e) => {
@@ -392,7 +408,14 @@ impl Maintainer {
                         size,
                     };
                     db::live::record(&*tx, ws, s.id, r, now).await?;
+                    // Members found by the first build did not just enter.
+                    if s.live_state.is_some() && !s.actions.is_empty() {
+                        let moved = [(Trigger::Enter, &entered_ids), (Trigger::Exit, &exited_ids)];
+                        self.act(&tx, ws, s, moved, &mut depth_of).await?;
+                    }
                     let why = runs.first().map_or_else(|| "clock".into(), |r| r.1.clone());
+                    let mut ids_changed = entered_ids;
+                    ids_changed.extend(exited_ids);
                     changed.insert(s.id, (ids_changed, why));
                 }
                 Some(e) => {
@@ -423,6 +446,51 @@ impl Maintainer {
             done: seqs.len() + applied,
             more,
         })
+    }
+}
+
+impl Maintainer {
+    /// Runs segment `s`'s actions on the contacts that `moved` (entered,
+    /// exited), each chain one deeper than the writes that moved them
+    /// (`depth_of`, 0 when absent, and raised for the contacts an action
+    /// writes: segments refreshed later in the same pass see its writes);
+    /// a chain at the depth limit stops and says so in the segment's last
+    /// error.
+    async fn act(
+        &self,
+        tx: &tokio_postgres::Transaction<'_>,
+        ws: WorkspaceId,
+        s: &Segment,
+        moved: [(Trigger, &Vec<i64>); 2],
+        depth_of: &mut HashMap<i64, i32>,
+    ) -> Result<()> {
+        for (on, ids) in moved {
+            let mut by_depth: BTreeMap<i32, Vec<i64>> = BTreeMap::new();
+            for id in ids {
+                let d = depth_of.get(id).copied().unwrap_or(0) + 1;
+                by_depth.entry(d).or_default().push(*id);
+            }
+            for (depth, ids) in by_depth {
+                if depth > self.opts.max_action_depth {
+                    let msg = format!(
+                        "a cascade of segment actions reached the depth limit ({}); the actions of {:?} did not run for {} contacts",
+                        self.opts.max_action_depth,
+                        s.name,
+                        ids.len()
+                    );
+                    tracing::warn!(ws = ws.0, segment = s.id, "{msg}");
+                    db::live::noted(tx, ws, s.id, &msg).await?;
+                    continue;
+                }
+                for a in s.actions.iter().filter(|a| a.on == on) {
+                    for id in writes::segment_action(tx, ws, s.id, a, &ids, depth).await? {
+                        let d = depth_of.entry(id).or_default();
+                        *d = (*d).max(depth);
+                    }
+                }
+            }
+        }
+        Ok(())
     }
 }
 
@@ -500,8 +568,10 @@ struct Outcome {
     entered: i64,
     /// Contacts that exited.
     exited: i64,
-    /// The contacts that entered or exited.
-    ids: Vec<i64>,
+    /// The contacts that entered.
+    entered_ids: Vec<i64>,
+    /// The contacts that exited.
+    exited_ids: Vec<i64>,
     /// After a refresh over every contact, the members.
     size: Option<i64>,
 }
@@ -547,13 +617,11 @@ async fn refresh_one(
                 let at = (refresh.base, refresh.cause.as_str(), refresh.at);
                 db::live::apply(tx, ws, s.id, &d, at).await?;
             }
-            let (entered, exited) = (d.entered.len() as i64, d.exited.len() as i64);
-            let mut ids = d.entered;
-            ids.extend(d.exited);
             return Ok(Outcome {
-                entered,
-                exited,
-                ids,
+                entered: d.entered.len() as i64,
+                exited: d.exited.len() as i64,
+                entered_ids: d.entered,
+                exited_ids: d.exited,
                 size: Some(size),
             });
         }
@@ -570,8 +638,9 @@ async fn refresh_one(
     Ok(Outcome {
         entered: row.get(0),
         exited: row.get(1),
-        ids: row.get(2),
-        size: only.is_none().then(|| row.get(3)),
+        entered_ids: row.get(2),
+        exited_ids: row.get(3),
+        size: only.is_none().then(|| row.get(4)),
     })
 }
 

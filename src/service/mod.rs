@@ -2,6 +2,7 @@
 //! what it needs, runs the pure phases, and stores the result. API handlers
 //! call exactly one of these.
 
+pub mod actions;
 pub mod feed;
 pub mod live;
 pub mod query;

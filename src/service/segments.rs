@@ -247,6 +247,8 @@ pub struct Changes {
     pub live: Option<bool>,
     /// New definition.
     pub rule: Option<Definition>,
+    /// New actions (replacing the list).
+    pub actions: Option<Vec<crate::model::action::Action>>,
 }
 
 async fn lock_definitions(client: &impl GenericClient, ws: WorkspaceId) -> Result<()> {
@@ -325,8 +327,14 @@ pub async fn create(
         version: 1,
         live: c.live.unwrap_or(false),
         live_state: None,
+        actions: vec![],
+    };
+    let s = Segment {
+        actions: actions(&tx, ws, &s, c.actions).await?,
+        ..s
     };
     let out = db::segments::insert(&tx, ws, &s).await?;
+    refuse_cycles(&tx, ws).await?;
     tx.commit().await?;
     Ok(out)
 }
@@ -382,12 +390,51 @@ pub async fn update(
         }
         s.live = l;
     }
+    let had = std::mem::take(&mut s.actions);
+    s.actions = match c.actions {
+        Some(a) => actions(&tx, ws, &s, Some(a)).await?,
+        None => actions(&tx, ws, &s, Some(had)).await?,
+    };
     let out = db::segments::update(&tx, ws, &s, expected).await?;
+    refuse_cycles(&tx, ws).await?;
     if !out.live {
         db::live::forget(&tx, ws, id).await?;
     }
     tx.commit().await?;
     Ok(out)
+}
+
+/// Checks `actions` for segment `s` as it will be saved: only a live
+/// segment runs them, and their labels and custom fields must exist.
+async fn actions(
+    tx: &impl GenericClient,
+    ws: WorkspaceId,
+    s: &Segment,
+    actions: Option<Vec<crate::model::action::Action>>,
+) -> Result<Vec<crate::model::action::Action>> {
+    let actions = actions.unwrap_or_default();
+    if actions.is_empty() {
+        return Ok(actions);
+    }
+    if !s.live {
+        return Err(Error::invalid(
+            "segment.actions",
+            "only live segments run actions; set live",
+        ));
+    }
+    let schema = db::definitions::schema(tx, ws).await?;
+    crate::model::action::check("segment.actions", actions, &schema).map_err(Error::InvalidArgument)
+}
+
+/// Refuses the workspace's actions, as this transaction saved them, when
+/// they form a cycle.
+async fn refuse_cycles(tx: &impl GenericClient, ws: WorkspaceId) -> Result<()> {
+    let segments = db::segments::all(tx, ws).await?;
+    if segments.iter().all(|s| s.actions.is_empty()) {
+        return Ok(());
+    }
+    let defs = Definitions::load(tx, ws).await?;
+    super::actions::refuse_cycles(&segments, &defs)
 }
 
 /// Freezes the current members of `source` into a new snapshot segment.
@@ -426,6 +473,7 @@ pub async fn snapshot(
         version: 1,
         live: false,
         live_state: None,
+        actions: vec![],
     };
     let created = db::segments::insert(&tx, ws, &s).await?;
     let insert = t.compiled.render(&Query::of(Select::Snapshot(created.id)));

@@ -13,6 +13,7 @@ use crate::db::merge::Merged;
 use crate::db::{self, Tx};
 use crate::error::{Error, Result};
 use crate::model::WorkspaceId;
+use crate::model::action::{Action, Trigger};
 use crate::model::contact::Contact;
 use crate::model::deal::{Deal, DealInput};
 use crate::model::event::NewEvent;
@@ -55,12 +56,51 @@ pub async fn run<W: Write>(client: &mut db::Conn, ws: WorkspaceId, w: &W) -> Res
 
 async fn attempt<W: Write>(client: &mut db::Conn, ws: WorkspaceId, w: &W) -> Result<W::Out> {
     let tx = client.transaction().await?;
+    cause(&*tx, W::CAUSE).await?;
     let (out, touched) = w.apply(&tx, ws).await?;
     for t in &touched {
         changes::enqueue(&*tx, ws, t, W::CAUSE).await?;
     }
     tx.commit().await?;
     Ok(out)
+}
+
+/// Names the cause of the transaction's contact changes, for their history
+/// (`contact_changes`, written by a trigger that reads it).
+async fn cause(tx: &impl tokio_postgres::GenericClient, cause: &str) -> Result<()> {
+    tx.execute("SELECT set_config('segd.cause', $1, true)", &[&cause])
+        .await?;
+    Ok(())
+}
+
+/// Applies a segment's action to the contacts that entered or exited it,
+/// inside the maintainer's transaction `tx`, as an ordinary contact write:
+/// its changes carry the cause `segment <id> entered` (or `exited`) into
+/// the contacts' history and the queue, at cascade depth `depth`. Returns
+/// the contacts it changed.
+///
+/// # Errors
+/// The database is unavailable.
+pub async fn segment_action(
+    tx: &impl tokio_postgres::GenericClient,
+    ws: WorkspaceId,
+    segment: i64,
+    action: &Action,
+    ids: &[i64],
+    depth: i32,
+) -> Result<Vec<i64>> {
+    let why = format!(
+        "segment {segment} {}",
+        match action.on {
+            Trigger::Enter => "entered",
+            Trigger::Exit => "exited",
+        }
+    );
+    cause(tx, &why).await?;
+    let changed = db::actions::apply(tx, ws, action, ids).await?;
+    let t = Touched::of(changed.iter().copied(), action.writes());
+    changes::enqueue_at(tx, ws, &t, &why, depth).await?;
+    Ok(changed)
 }
 
 /// CreateContact.

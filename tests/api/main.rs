@@ -1,6 +1,7 @@
 //! segd's integration tests: one binary, a fresh database and server per test.
 
 mod abandon;
+mod actions;
 mod contacts;
 mod crash;
 mod differential;

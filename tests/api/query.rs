@@ -720,7 +720,11 @@ async fn check_membership_explains_each_condition() {
         .find(|s| s.segment_name == "Leads")
         .unwrap();
     assert!(leads.member);
-    assert_eq!(r.segments.len(), 9, "7 built-ins and 2 of ours");
+    assert_eq!(
+        r.segments.len(),
+        17,
+        "7 built-ins, 8 lifecycle rules and 2 of ours"
+    );
     let conds: Vec<(&str, &str, bool)> = by(no.id)
         .conditions
         .iter()

@@ -58,10 +58,25 @@ async fn builtin_segments_exist_and_are_protected() {
             "Donors",
             "Attendees",
             "Members",
-            "Staff"
+            "Staff",
+            // The lifecycle rules: ordinary live segments with actions.
+            "Rule: a purchase makes a customer",
+            "Rule: a donation makes a donor",
+            "Rule: attending makes an attendee",
+            "Rule: an email opt-in makes a subscriber",
+            "Rule: a membership purchase makes a member",
+            "Status: one-time buyer",
+            "Status: occasional buyer",
+            "Status: regular buyer",
         ]
     );
+    let (all, rules) = all.split_at(7);
     assert!(all.iter().all(|s| s.builtin && s.enabled == Some(true)));
+    assert!(
+        rules
+            .iter()
+            .all(|s| !s.builtin && s.live == Some(true) && s.actions.len() == 1)
+    );
     let subs = &all[1];
     assert_eq!(
         subs.filter,

@@ -145,7 +145,7 @@ pub fn custom_to_proto(v: &CustomValue) -> pb::CustomValue {
     pb::CustomValue { kind: Some(kind) }
 }
 
-fn custom_from_proto(v: &pb::CustomValue) -> Result<CustomValue, String> {
+pub fn custom_from_proto(v: &pb::CustomValue) -> Result<CustomValue, String> {
     use pb::custom_value::Kind;
     match &v.kind {
         None => Err("no value set".into()),

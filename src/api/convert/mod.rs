@@ -1,6 +1,7 @@
 //! Proto ↔ domain conversions. Input is validated and normalised here, once;
 //! violations name the field path relative to the converted message.
 
+pub mod action;
 pub mod activity;
 pub mod contact;
 pub mod rules;
@@ -98,7 +99,8 @@ pub fn json_to_struct(m: &serde_json::Map<String, serde_json::Value>) -> Struct 
     }
 }
 
-fn json_to_value(v: &serde_json::Value) -> Value {
+/// A JSON value as a protobuf `Value`.
+pub fn json_to_value(v: &serde_json::Value) -> Value {
     use serde_json::Value as J;
     let kind = match v {
         J::Null => Kind::NullValue(0),
