@@ -73,6 +73,9 @@ async fn cause(tx: &impl tokio_postgres::GenericClient, cause: &str) -> Result<(
     Ok(())
 }
 
+/// Most contacts one statement of a segment action writes.
+const ACTION_SLICE: usize = 2_000;
+
 /// Applies a segment's action to the contacts that entered or exited it,
 /// inside the maintainer's transaction `tx`, as an ordinary contact write:
 /// its changes carry the cause `segment <id> entered` (or `exited`) into
@@ -97,7 +100,12 @@ pub async fn segment_action(
         }
     );
     cause(tx, &why).await?;
-    let changed = db::actions::apply(tx, ws, action, ids).await?;
+    // In slices, each statement well inside the statement timeout (a bulk
+    // import can make hundreds of thousands of contacts enter at once).
+    let mut changed = Vec::new();
+    for slice in ids.chunks(ACTION_SLICE) {
+        changed.extend(db::actions::apply(tx, ws, action, slice).await?);
+    }
     let t = Touched::of(changed.iter().copied(), action.writes());
     changes::enqueue_at(tx, ws, &t, &why, depth).await?;
     Ok(changed)
