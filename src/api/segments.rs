@@ -3,7 +3,7 @@
 use tonic::{Request, Response, Status};
 
 use super::AppState;
-use super::convert::{action, page_size, rules, ts};
+use super::convert::{action, from_ts, page_size, rules, ts};
 use super::error::{checked, invalid};
 use crate::db;
 use crate::error::Violation;
@@ -15,6 +15,9 @@ use crate::segment::check::{SegmentInfo, refs_to_names};
 use crate::segment::print::print;
 use crate::service::segments::{self as svc, Changes, Target};
 use crate::service::writes;
+
+/// Most buckets of one GetSegmentHistory answer.
+const MAX_BUCKETS: i64 = 10_000;
 
 /// Most contacts in one AddSegmentMembers or RemoveSegmentMembers call.
 const MAX_MEMBERS: usize = 10_000;
@@ -417,6 +420,79 @@ impl SegmentService for Segments {
         let s = db::segments::get(&**client, ws, &SegmentRef::Id(id)).await?;
         Ok(Response::new(pb::RebuildSegmentResponse {
             segment: Self::one(&**client, ws, s).await?,
+        }))
+    }
+
+    async fn get_segment_history(
+        &self,
+        req: Request<pb::GetSegmentHistoryRequest>,
+    ) -> Result<Response<pb::GetSegmentHistoryResponse>, Status> {
+        let ws = self.state.workspace(&req).await?;
+        let r = req.into_inner();
+        let mut bad = Vec::new();
+        if r.segment_id <= 0 {
+            bad.push(Violation::new("segment_id", "required"));
+        }
+        let mut time = |field: &str, t: Option<&prost_types::Timestamp>| match t.map(from_ts) {
+            Some(Ok(t)) => Some(t),
+            Some(Err(e)) => {
+                bad.push(Violation::new(field, e));
+                None
+            }
+            None => {
+                bad.push(Violation::new(field, "required"));
+                None
+            }
+        };
+        let (start, end) = (
+            time("start_time", r.start_time.as_ref()),
+            time("end_time", r.end_time.as_ref()),
+        );
+        let (step, hours) = match pb::HistoryResolution::try_from(r.resolution) {
+            Ok(pb::HistoryResolution::Hour) => ("hour", 1),
+            Ok(pb::HistoryResolution::Day) => ("day", 24),
+            _ => {
+                bad.push(Violation::new(
+                    "resolution",
+                    "set HISTORY_RESOLUTION_HOUR or HISTORY_RESOLUTION_DAY",
+                ));
+                ("hour", 1)
+            }
+        };
+        if let (Some(a), Some(b)) = (start, end) {
+            let buckets = (b - a).num_hours() / hours;
+            if b <= a {
+                bad.push(Violation::new("end_time", "must be after start_time"));
+            } else if buckets > MAX_BUCKETS {
+                bad.push(Violation::new(
+                    "end_time",
+                    format!("at most {MAX_BUCKETS} buckets; use a coarser resolution"),
+                ));
+            }
+        }
+        let (Some(start), Some(end), true) = (start, end, bad.is_empty()) else {
+            return Err(invalid(bad));
+        };
+        let client = self.state.conn().await?;
+        let s = db::segments::get(&**client, ws, &SegmentRef::Id(r.segment_id)).await?;
+        if !s.live {
+            return Err(crate::error::Error::FailedPrecondition(format!(
+                "segment {:?} is not live: only live segments keep a history",
+                s.name
+            ))
+            .into());
+        }
+        let buckets = db::history::segment(&**client, ws, s.id, (start, end), step).await?;
+        Ok(Response::new(pb::GetSegmentHistoryResponse {
+            buckets: buckets
+                .into_iter()
+                .map(|b| pb::SegmentHistoryBucket {
+                    start_time: Some(ts(b.start)),
+                    size: b.size,
+                    entered: b.entered,
+                    exited: b.exited,
+                })
+                .collect(),
         }))
     }
 

@@ -68,3 +68,56 @@ pub async fn list(
         })
         .collect())
 }
+
+/// One bucket of a live segment's history.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Bucket {
+    /// Its start.
+    pub start: DateTime<Utc>,
+    /// Members at its end.
+    pub size: i64,
+    /// Entries during it.
+    pub entered: i64,
+    /// Exits during it.
+    pub exited: i64,
+}
+
+/// Segment `segment`'s history from `start` (rounded down to a bucket) to
+/// `end`, in buckets of `step` (`hour` or `day`, UTC), every bucket listed.
+///
+/// # Errors
+/// The database is unavailable.
+pub async fn segment(
+    client: &impl GenericClient,
+    ws: WorkspaceId,
+    segment: i64,
+    (start, end): (DateTime<Utc>, DateTime<Utc>),
+    step: &'static str,
+) -> Result<Vec<Bucket>> {
+    let rows = client
+        .query(
+            "WITH b AS (
+                 SELECT t AS start, t + ('1 ' || $5::text)::interval AS stop
+                 FROM generate_series(date_trunc($5::text, $3::timestamptz, 'UTC'), $4::timestamptz - interval '1 microsecond',
+                                      ('1 ' || $5::text)::interval) t)
+             SELECT b.start,
+                    coalesce((SELECT r.size FROM segment_rollups r
+                              WHERE r.workspace_id = $1 AND r.segment_id = $2 AND r.hour < b.stop
+                              ORDER BY r.hour DESC LIMIT 1), 0),
+                    coalesce(sum(r.entered), 0)::bigint, coalesce(sum(r.exited), 0)::bigint
+             FROM b LEFT JOIN segment_rollups r
+               ON r.workspace_id = $1 AND r.segment_id = $2 AND r.hour >= b.start AND r.hour < b.stop
+             GROUP BY b.start, b.stop ORDER BY b.start",
+            &[&ws.0, &segment, &start, &end, &step],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| Bucket {
+            start: r.get(0),
+            size: r.get(1),
+            entered: r.get(2),
+            exited: r.get(3),
+        })
+        .collect())
+}

@@ -11,6 +11,7 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
     (2, "segments", include_str!("migrations/0002_segments.sql")),
     (3, "live", include_str!("migrations/0003_live.sql")),
     (4, "actions", include_str!("migrations/0004_actions.sql")),
+    (5, "history", include_str!("migrations/0005_history.sql")),
 ];
 
 /// Arbitrary key for `pg_advisory_lock`, shared by every segd replica.

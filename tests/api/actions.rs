@@ -1,5 +1,6 @@
-//! Segment actions: lifecycle rules, purchase-frequency statuses, cycles
-//! refused at save, the cascade limit, and the contact history naming why.
+//! Segment actions (lifecycle rules, purchase-frequency statuses, cycles
+//! refused at save, the cascade limit), the contact history naming why, and
+//! a segment's history over time.
 
 use std::time::{Duration, Instant};
 
@@ -491,4 +492,123 @@ async fn a_cascade_of_actions_stops_at_the_depth_limit_and_says_so() {
     let status = s.live_status.unwrap();
     assert!(status.last_error.contains("depth limit (2)"), "{status:?}");
     assert_eq!(status.size, 1, "the segment itself is maintained");
+}
+
+async fn history(
+    app: &TestApp,
+    ws: &str,
+    segment: i64,
+    from: chrono::DateTime<chrono::Utc>,
+    hours: i64,
+    resolution: pb::HistoryResolution,
+) -> Vec<(i64, i64, i64)> {
+    app.segments()
+        .await
+        .get_segment_history(req(
+            ws,
+            pb::GetSegmentHistoryRequest {
+                segment_id: segment,
+                start_time: Some(segd::api::convert::ts(from)),
+                end_time: Some(segd::api::convert::ts(
+                    from + chrono::Duration::hours(hours),
+                )),
+                resolution: resolution as i32,
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .buckets
+        .iter()
+        .map(|b| (b.size, b.entered, b.exited))
+        .collect()
+}
+
+#[tokio::test]
+async fn a_segments_history_outlives_its_change_feed() {
+    let app = TestApp::spawn().await;
+    let ws = "history";
+    let mut c = app.contacts().await;
+    let vip = with_actions(&app, ws, "vip", "tags:vip", vec![])
+        .await
+        .unwrap()
+        .id;
+    app.drained().await;
+    let hour = |t: chrono::DateTime<chrono::Utc>| {
+        use chrono::{DurationRound, TimeDelta};
+        t.duration_trunc(TimeDelta::hours(1)).unwrap()
+    };
+    let t0 = hour(app.state.clock.now());
+    let tagged = |email: &str, tags: &[&str]| pb::Contact {
+        email: email.into(),
+        tags: tags.iter().map(|t| (*t).to_string()).collect(),
+        ..Default::default()
+    };
+    // Hour 0: three enter. Hour 2: one leaves and one enters.
+    import_all(
+        &mut c,
+        ws,
+        vec![vec![
+            tagged("a@x.co", &["vip"]),
+            tagged("b@x.co", &["vip"]),
+            tagged("c@x.co", &["vip"]),
+        ]],
+    )
+    .await
+    .unwrap();
+    app.drained().await;
+    app.state.clock.advance(chrono::Duration::hours(2));
+    import_all(
+        &mut c,
+        ws,
+        vec![vec![
+            tagged("a@x.co", &["plain"]),
+            tagged("d@x.co", &["vip"]),
+        ]],
+    )
+    .await
+    .unwrap();
+    app.drained().await;
+    let want = vec![(0, 0, 0), (3, 3, 0), (3, 0, 0), (3, 1, 1), (3, 0, 0)];
+    let hourly = |app| {
+        history(
+            app,
+            ws,
+            vip,
+            t0 - chrono::Duration::hours(1),
+            5,
+            pb::HistoryResolution::Hour,
+        )
+    };
+    assert_eq!(hourly(&app).await, want);
+    // By day: the same totals in the day's bucket (or two, across midnight).
+    let daily = history(&app, ws, vip, t0, 24, pb::HistoryResolution::Day).await;
+    let (entered, exited): (i64, i64) = daily.iter().fold((0, 0), |(e, x), b| (e + b.1, x + b.2));
+    assert_eq!((entered, exited, daily.last().unwrap().0), (4, 1, 3));
+
+    // The feed trimmed to nothing: the history stays.
+    app.db()
+        .await
+        .execute("DELETE FROM membership_changes", &[])
+        .await
+        .unwrap();
+    assert_eq!(hourly(&app).await, want);
+
+    // Bad requests are field violations.
+    let err = app
+        .segments()
+        .await
+        .get_segment_history(req(
+            ws,
+            pb::GetSegmentHistoryRequest {
+                segment_id: vip,
+                start_time: Some(segd::api::convert::ts(t0)),
+                end_time: Some(segd::api::convert::ts(t0 + chrono::Duration::days(3650))),
+                resolution: pb::HistoryResolution::Hour as i32,
+            },
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert_eq!(violations(&err), ["end_time"]);
 }
