@@ -294,3 +294,72 @@ pub fn lifecycle_rules() -> Vec<Rule> {
         },
     ]
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::contact::CustomFieldType;
+
+    fn schema() -> Schema {
+        Schema {
+            custom: [("tier".to_string(), CustomFieldType::String)].into(),
+            labels: ["lead".to_string(), "customer".to_string()].into(),
+        }
+    }
+
+    #[test]
+    fn actions_are_normalised_and_say_what_they_write() {
+        let a = Action {
+            add_labels: vec!["customer".into(), " customer ".into()],
+            remove_labels: vec!["lead".into()],
+            set_status: Some(" regular ".into()),
+            set_fields: [("tier".to_string(), serde_json::json!("gold"))].into(),
+            ..Action::on(Trigger::Enter)
+        };
+        let out = check("segment.actions", vec![a], &schema()).unwrap();
+        assert_eq!(out[0].add_labels, ["customer"]);
+        assert_eq!(out[0].set_status.as_deref(), Some("regular"));
+        let w: Vec<String> = out[0].writes().into_iter().collect();
+        assert_eq!(
+            w,
+            ["attr:tier", "col:status", "col:status_reason", "label"],
+            "{w:?}"
+        );
+        // Stored and read back as JSON.
+        let j = serde_json::to_value(&out).unwrap();
+        let back: Vec<Action> = serde_json::from_value(j).unwrap();
+        assert_eq!(back, out);
+    }
+
+    #[test]
+    fn bad_actions_name_their_fields() {
+        let bad = vec![
+            Action::on(Trigger::Exit),
+            Action {
+                add_labels: vec!["vip".into()],
+                add_tags: vec!["x".into()],
+                remove_tags: vec!["x".into()],
+                status_reason: Some("why".into()),
+                set_fields: [("tier".to_string(), serde_json::json!(3))].into(),
+                clear_fields: vec!["nope".into()],
+                ..Action::on(Trigger::Enter)
+            },
+        ];
+        let v: Vec<String> = check("segment.actions", bad, &schema())
+            .unwrap_err()
+            .into_iter()
+            .map(|v| v.field)
+            .collect();
+        assert_eq!(
+            v,
+            [
+                "segment.actions[0].on",
+                "segment.actions[1].add_labels[0]",
+                "segment.actions[1].remove_tags",
+                "segment.actions[1].set_status",
+                "segment.actions[1].set_fields.tier",
+                "segment.actions[1].clear_fields[0]",
+            ]
+        );
+    }
+}
