@@ -27,14 +27,14 @@ pub async fn apply(
                               WHERE x <> ALL($4::text[]) GROUP BY x ORDER BY x COLLATE \"C\") AS labels,
                         ARRAY(SELECT x FROM unnest(c.tags || $5::text[]) x
                               WHERE x <> ALL($6::text[]) GROUP BY x ORDER BY x COLLATE \"C\") AS tags,
-                        CASE WHEN $7::text IS NOT NULL
-                                  AND (c.status IS NULL OR cardinality($9::text[]) = 0 OR c.status = ANY($9::text[]))
-                             THEN $7::text ELSE c.status END AS status,
-                        CASE WHEN $7::text IS NOT NULL
-                                  AND (c.status IS NULL OR cardinality($9::text[]) = 0 OR c.status = ANY($9::text[]))
-                             THEN $8::text ELSE c.status_reason END AS status_reason,
+                        CASE WHEN st.set THEN $7::text ELSE c.status END AS status,
+                        CASE WHEN st.set THEN $8::text ELSE c.status_reason END AS status_reason,
                         (c.attrs - $11::text[]) || $10::jsonb AS attrs
                  FROM contacts c
+                 -- Whether the status is set: a status to set, and one it
+                 -- may replace.
+                 CROSS JOIN LATERAL (SELECT $7::text IS NOT NULL
+                     AND (c.status IS NULL OR cardinality($9::text[]) = 0 OR c.status = ANY($9::text[])) AS set) st
                  WHERE c.workspace_id = $1 AND c.id = ANY($2::bigint[])
                  FOR NO KEY UPDATE OF c
              )

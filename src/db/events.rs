@@ -7,7 +7,7 @@ use tokio_postgres::GenericClient;
 
 use super::changes::{self, Touched};
 use super::keys::{self, Lock};
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::model::WorkspaceId;
 use crate::model::contact::ContactKey;
 use crate::model::event::{CONVERSION_EVENT, NewEvent, StoredEvent};
@@ -157,10 +157,7 @@ pub async fn list(
     after: Option<(DateTime<Utc>, i64)>,
     limit: i64,
 ) -> Result<Vec<StoredEvent>> {
-    let found = keys::probe(client, ws, &[contact]).await?;
-    let id = *keys::by_key(&found)
-        .get(contact)
-        .ok_or_else(|| Error::NotFound(contact.to_string()))?;
+    let id = keys::find(client, ws, contact).await?;
     let (at, after_id) = after.unwrap_or((DateTime::<Utc>::MAX_UTC, i64::MAX));
     let rows = client
         .query(

@@ -5,7 +5,7 @@ use chrono::{DateTime, Utc};
 use tokio_postgres::GenericClient;
 
 use super::keys;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::model::WorkspaceId;
 use crate::model::contact::ContactKey;
 
@@ -41,12 +41,7 @@ pub async fn list(
 ) -> Result<Vec<Change>> {
     let id = match contact {
         ContactKey::Id(id) => *id,
-        key => {
-            let found = keys::probe(client, ws, &[key]).await?;
-            *keys::by_key(&found)
-                .get(key)
-                .ok_or_else(|| Error::NotFound(key.to_string()))?
-        }
+        key => keys::find(client, ws, key).await?,
     };
     let rows = client
         .query(

@@ -116,6 +116,18 @@ pub async fn probe(
         .collect())
 }
 
+/// The id of the contact with `key` (unlocked).
+///
+/// # Errors
+/// `NotFound`; the database is unavailable.
+pub async fn find(client: &impl GenericClient, ws: WorkspaceId, key: &ContactKey) -> Result<i64> {
+    let found = probe(client, ws, &[key]).await?;
+    by_key(&found)
+        .get(key)
+        .copied()
+        .ok_or_else(|| crate::error::Error::NotFound(key.to_string()))
+}
+
 /// Locks the contacts with these ids in ascending order and returns them as
 /// they are now (deleted ones are missing), with each one's `ctid`.
 ///

@@ -96,8 +96,8 @@ pub enum Select<'a> {
     Drift(i64),
     /// Brings a live segment's stored membership in line with the members
     /// (of the `only` contacts, or all), logging each entry and exit to the
-    /// change feed. One row: entries, exits, the ids that entered, those
-    /// that exited, and the members (of the `only` contacts, or all).
+    /// change feed. One row: the ids that entered, those that exited, and
+    /// the members (of the `only` contacts, or all).
     Refresh(&'a Refresh),
     /// What a diff of segment `id`'s stored membership against the members
     /// (of the `only` contacts, or all) needs, read only, so PostgreSQL may
@@ -795,8 +795,7 @@ impl<'a> Writer<'a> {
         self.param(at);
         self.out.push_str(
             " FROM diff x RETURNING contact_id, entered) \
-             SELECT count(*) FILTER (WHERE entered), count(*) FILTER (WHERE NOT entered), \
-             coalesce(array_agg(contact_id) FILTER (WHERE entered), '{}'), \
+             SELECT coalesce(array_agg(contact_id) FILTER (WHERE entered), '{}'), \
              coalesce(array_agg(contact_id) FILTER (WHERE NOT entered), '{}'), \
              (SELECT count(*) FROM new) FROM log",
         );

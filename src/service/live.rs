@@ -207,7 +207,7 @@ impl Maintainer {
         tx.batch_execute("SET LOCAL jit = off").await?;
         let now = self.clock.now();
         let segments = db::segments::all(&*tx, ws).await?;
-        let defs = Definitions::load(&*tx, ws).await?;
+        let defs = Definitions::with(&*tx, ws, &segments).await?;
         let live = live_segments(&segments, &defs);
         let mut queued = db::live::queued(&*tx, ws, QUEUE_BATCH).await?;
         // Writes this pass leaves queued, as far as it can see.
@@ -355,7 +355,6 @@ impl Maintainer {
                 continue;
             }
             let started = Instant::now();
-            let (mut entered, mut exited) = (0, 0);
             let (mut entered_ids, mut exited_ids) = (Vec::new(), Vec::new());
             let mut size = None;
             // Planned once for all its runs.
@@ -375,10 +374,9 @@ impl Maintainer {
                 match refresh_one(&*sp, ws, s, plan, &refresh, only.as_deref()).await {
                     Ok(o) => {
                         sp.commit().await?;
-                        offset += o.entered + o.exited;
-                        (entered, exited) = (entered + o.entered, exited + o.exited);
-                        entered_ids.extend(o.entered_ids);
-                        exited_ids.extend(o.exited_ids);
+                        offset += (o.diff.entered.len() + o.diff.exited.len()) as i64;
+                        entered_ids.extend(o.diff.entered);
+                        exited_ids.extend(o.diff.exited);
                         size = o.size.or(size);
                     }
                     Err(e) => {
@@ -390,6 +388,7 @@ impl Maintainer {
             }
             match failure {
                 None => {
+                    let (entered, exited) = (entered_ids.len() as i64, exited_ids.len() as i64);
                     applied += usize::from(all);
                     if let Some(st) = &self.statistics {
                         st.inserted(Table::LiveMembers, ws, u64::try_from(entered).unwrap_or(0));
@@ -564,14 +563,8 @@ fn plan_of(ws: WorkspaceId, s: &Segment, defs: &Definitions, now: DateTime<Utc>)
 
 /// What one refresh did.
 struct Outcome {
-    /// Contacts that entered.
-    entered: i64,
-    /// Contacts that exited.
-    exited: i64,
-    /// The contacts that entered.
-    entered_ids: Vec<i64>,
-    /// The contacts that exited.
-    exited_ids: Vec<i64>,
+    /// Who entered and who exited.
+    diff: db::live::Diff,
     /// After a refresh over every contact, the members.
     size: Option<i64>,
 }
@@ -618,10 +611,7 @@ async fn refresh_one(
                 db::live::apply(tx, ws, s.id, &d, at).await?;
             }
             return Ok(Outcome {
-                entered: d.entered.len() as i64,
-                exited: d.exited.len() as i64,
-                entered_ids: d.entered,
-                exited_ids: d.exited,
+                diff: d,
                 size: Some(size),
             });
         }
@@ -636,11 +626,11 @@ async fn refresh_one(
         .first()
         .ok_or_else(|| crate::error::Error::internal("a refresh returns one row"))?;
     Ok(Outcome {
-        entered: row.get(0),
-        exited: row.get(1),
-        entered_ids: row.get(2),
-        exited_ids: row.get(3),
-        size: only.is_none().then(|| row.get(4)),
+        diff: db::live::Diff {
+            entered: row.get(0),
+            exited: row.get(1),
+        },
+        size: only.is_none().then(|| row.get(2)),
     })
 }
 

@@ -70,9 +70,23 @@ impl Definitions {
     /// # Errors
     /// The database is unavailable.
     pub async fn load(client: &impl GenericClient, ws: WorkspaceId) -> Result<Self> {
+        let segments = db::segments::all(client, ws).await?;
+        Self::with(client, ws, &segments).await
+    }
+
+    /// Workspace `ws`'s catalog, around its `segments` as the caller
+    /// already read them.
+    ///
+    /// # Errors
+    /// The database is unavailable.
+    pub async fn with(
+        client: &impl GenericClient,
+        ws: WorkspaceId,
+        segments: &[Segment],
+    ) -> Result<Self> {
         Ok(Self {
             schema: db::definitions::schema(client, ws).await?,
-            segments: infos(&db::segments::all(client, ws).await?),
+            segments: infos(segments),
         })
     }
 
@@ -330,7 +344,7 @@ pub async fn create(
         actions: vec![],
     };
     let s = Segment {
-        actions: actions(&tx, ws, &s, c.actions).await?,
+        actions: actions(&tx, ws, s.live, c.actions.unwrap_or_default()).await?,
         ..s
     };
     let out = db::segments::insert(&tx, ws, &s).await?;
@@ -390,11 +404,10 @@ pub async fn update(
         }
         s.live = l;
     }
-    let had = std::mem::take(&mut s.actions);
-    s.actions = match c.actions {
-        Some(a) => actions(&tx, ws, &s, Some(a)).await?,
-        None => actions(&tx, ws, &s, Some(had)).await?,
-    };
+    // Kept actions are checked again: the segment may have stopped being
+    // live, or lost a label they name.
+    let wanted = c.actions.unwrap_or_else(|| std::mem::take(&mut s.actions));
+    s.actions = actions(&tx, ws, s.live, wanted).await?;
     let out = db::segments::update(&tx, ws, &s, expected).await?;
     refuse_cycles(&tx, ws).await?;
     if !out.live {
@@ -404,19 +417,19 @@ pub async fn update(
     Ok(out)
 }
 
-/// Checks `actions` for segment `s` as it will be saved: only a live
-/// segment runs them, and their labels and custom fields must exist.
+/// Checks `actions` for a segment as it will be saved (`live` or not):
+/// only a live segment runs them, and their labels and custom fields must
+/// exist.
 async fn actions(
     tx: &impl GenericClient,
     ws: WorkspaceId,
-    s: &Segment,
-    actions: Option<Vec<crate::model::action::Action>>,
+    live: bool,
+    actions: Vec<crate::model::action::Action>,
 ) -> Result<Vec<crate::model::action::Action>> {
-    let actions = actions.unwrap_or_default();
     if actions.is_empty() {
         return Ok(actions);
     }
-    if !s.live {
+    if !live {
         return Err(Error::invalid(
             "segment.actions",
             "only live segments run actions; set live",
@@ -433,7 +446,7 @@ async fn refuse_cycles(tx: &impl GenericClient, ws: WorkspaceId) -> Result<()> {
     if segments.iter().all(|s| s.actions.is_empty()) {
         return Ok(());
     }
-    let defs = Definitions::load(tx, ws).await?;
+    let defs = Definitions::with(tx, ws, &segments).await?;
     super::actions::refuse_cycles(&segments, &defs)
 }
 
