@@ -5,6 +5,7 @@ pub mod contacts;
 pub mod convert;
 pub mod error;
 pub mod imports;
+pub mod metrics;
 pub mod query;
 pub mod segments;
 pub mod watch;

@@ -9,6 +9,8 @@ use tonic::{Request, Response, Status};
 use super::AppState;
 use super::convert::{contact as cc, rules, ts};
 use super::error::{checked, invalid};
+use super::metrics;
+use crate::db;
 use crate::error::Violation;
 use crate::proto::{self as pb, query_service_server::QueryService};
 use crate::segment::ast::SegmentRef;
@@ -48,6 +50,14 @@ fn bad(field: &str, msg: impl Into<String>) -> Status {
 }
 
 fn selector(s: Option<&pb::SegmentSelector>) -> Result<Target, Status> {
+    checked("", target(s, "selector"))
+}
+
+/// The target a selector at `field` names.
+pub(super) fn target(
+    s: Option<&pb::SegmentSelector>,
+    field: &str,
+) -> Result<Target, Vec<Violation>> {
     use pb::segment_selector::Kind;
     let saved = |r| match s.is_some_and(|s| s.evaluate) {
         true => Target::Evaluated(r),
@@ -58,14 +68,13 @@ fn selector(s: Option<&pb::SegmentSelector>) -> Result<Target, Status> {
         Some(Kind::SegmentName(n)) if !n.trim().is_empty() => {
             Ok(saved(SegmentRef::Name(n.trim().into())))
         }
-        Some(Kind::Definition(d)) => Ok(Target::Inline(checked(
-            "",
-            rules::definition(Some(d), "selector.definition"),
-        )?)),
-        _ => Err(bad(
-            "selector",
+        Some(Kind::Definition(d)) => {
+            rules::definition(Some(d), &format!("{field}.definition")).map(Target::Inline)
+        }
+        _ => Err(vec![Violation::new(
+            field,
             "set segment_id, segment_name or definition",
-        )),
+        )]),
     }
 }
 
@@ -509,6 +518,56 @@ impl QueryService for Query {
                 .collect(),
             intersections: o.intersections.into_iter().map(overlap).collect(),
             union_count: o.union,
+        }))
+    }
+
+    async fn segment_metrics(
+        &self,
+        req: Request<pb::SegmentMetricsRequest>,
+    ) -> Result<Response<pb::SegmentMetricsResponse>, Status> {
+        let ws = self.state.workspace(&req).await?;
+        let now = self.state.clock.now_ms();
+        let ask = checked("", metrics::ask(req.get_ref(), now))?;
+        let report = self.reader().metrics(ws, &ask, now).await?;
+        Ok(Response::new(metrics::response(&report, &ask)))
+    }
+
+    async fn get_metrics_settings(
+        &self,
+        req: Request<pb::GetMetricsSettingsRequest>,
+    ) -> Result<Response<pb::GetMetricsSettingsResponse>, Status> {
+        let ws = self.state.workspace(&req).await?;
+        let client = self.state.conn().await?;
+        let t = db::metrics::settings(&**client, ws).await?;
+        Ok(Response::new(pb::GetMetricsSettingsResponse {
+            settings: Some(metrics::settings(&t)),
+        }))
+    }
+
+    async fn update_metrics_settings(
+        &self,
+        req: Request<pb::UpdateMetricsSettingsRequest>,
+    ) -> Result<Response<pb::UpdateMetricsSettingsResponse>, Status> {
+        let ws = self.state.workspace(&req).await?;
+        let mut client = self.state.conn().await?;
+        let tx = client
+            .transaction()
+            .await
+            .map_err(crate::error::Error::from)?;
+        // One update at a time per workspace: a masked update reads the
+        // others' values.
+        tx.execute(
+            "SELECT pg_advisory_xact_lock(hashtextextended('segd.metrics_settings', $1))",
+            &[&ws.0],
+        )
+        .await
+        .map_err(crate::error::Error::from)?;
+        let current = db::metrics::settings(&*tx, ws).await?;
+        let t = checked("", metrics::updated(req.get_ref(), &current))?;
+        db::metrics::set_settings(&*tx, ws, &t).await?;
+        tx.commit().await.map_err(crate::error::Error::from)?;
+        Ok(Response::new(pb::UpdateMetricsSettingsResponse {
+            settings: Some(metrics::settings(&t)),
         }))
     }
 }

@@ -154,12 +154,18 @@ pub async fn trim(
     if cut <= oldest {
         return Ok(0);
     }
-    Ok(client
-        .execute(
-            "DELETE FROM membership_changes WHERE workspace_id = $1 AND \"offset\" < $2",
+    // With the newest dropped change's time: membership after it can
+    // still be read back from the feed (segment metrics' retention).
+    let row = client
+        .query_one(
+            "WITH d AS (DELETE FROM membership_changes WHERE workspace_id = $1 AND \"offset\" < $2 RETURNING at),
+                  u AS (UPDATE feed_offsets SET trimmed_through = greatest(trimmed_through, (SELECT max(at) FROM d))
+                        WHERE workspace_id = $1)
+             SELECT count(*) FROM d",
             &[&ws.0, &cut],
         )
-        .await?)
+        .await?;
+    Ok(u64::try_from(row.get::<_, i64>(0)).unwrap_or(0))
 }
 
 /// The channel the maintainer notifies when it appends changes.

@@ -218,13 +218,15 @@ pub async fn record(
     tx.execute(
         "WITH s AS (
          INSERT INTO live_state AS l (workspace_id, segment_id, built_version, size, changed_at, eval_ms,
-                                      last_error, timed, evaluated_at, eval_ms_total)
+                                      last_error, timed, evaluated_at, eval_ms_total, first_built_at)
          VALUES ($1, $2, $3,
                  coalesce($10, $4::bigint - $5::bigint),
                  CASE WHEN $4::bigint + $5::bigint > 0 THEN $6::timestamptz END, $7::float8, NULL, $8,
-                 CASE WHEN $3::bigint IS NOT NULL OR $9 THEN $6::timestamptz END, $7)
+                 CASE WHEN $3::bigint IS NOT NULL OR $9 THEN $6::timestamptz END, $7,
+                 CASE WHEN $3::bigint IS NOT NULL THEN $6::timestamptz END)
          ON CONFLICT (workspace_id, segment_id) DO UPDATE SET
              built_version = coalesce($3, l.built_version),
+             first_built_at = coalesce(l.first_built_at, excluded.first_built_at),
              size = coalesce($10, l.size + $4::bigint - $5::bigint),
              changed_at = CASE WHEN $4::bigint + $5::bigint > 0 THEN $6::timestamptz ELSE l.changed_at END,
              eval_ms = $7, timed = $8, eval_ms_total = l.eval_ms_total + $7,

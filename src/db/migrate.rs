@@ -12,6 +12,12 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
     (3, "live", include_str!("migrations/0003_live.sql")),
     (4, "actions", include_str!("migrations/0004_actions.sql")),
     (5, "history", include_str!("migrations/0005_history.sql")),
+    (6, "metrics", include_str!("migrations/0006_metrics.sql")),
+    (
+        7,
+        "history_columns",
+        include_str!("migrations/0007_history_columns.sql"),
+    ),
 ];
 
 /// Arbitrary key for `pg_advisory_lock`, shared by every segd replica.

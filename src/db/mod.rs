@@ -14,6 +14,7 @@ pub mod import;
 pub mod keys;
 pub mod live;
 pub mod merge;
+pub mod metrics;
 pub mod migrate;
 pub mod segments;
 pub mod stream_conn;

@@ -54,6 +54,7 @@ macro_rules! str_enum {
 pub(crate) use str_enum;
 
 pub mod merge;
+pub mod metrics;
 pub mod patch;
 pub mod schema;
 pub mod segment;

@@ -106,6 +106,39 @@ pub enum Select<'a> {
     /// and at most `cap + 1` long (longer than `cap`: too many to carry),
     /// or two NULLs when they are equal; then the number of members.
     Diff { segment: i64, cap: i64 },
+    /// Counts for segment metrics: see [`Metrics`]. Rows, by group
+    /// ascending: the group, members, openers, clickers, openers who
+    /// clicked, opens, clicks, purchasers, orders, repeat purchasers,
+    /// revenue.
+    Metrics(&'a Metrics),
+}
+
+/// What [`Select::Metrics`] counts: the members (by bucket of a split, or
+/// all as group 0) and their events of the given types in a window, read
+/// once by a semi-join on the members.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Metrics {
+    /// The window's start, included.
+    pub from: chrono::DateTime<chrono::Utc>,
+    /// The window's end, excluded.
+    pub to: chrono::DateTime<chrono::Utc>,
+    /// Event types that are opens.
+    pub open: Vec<String>,
+    /// Event types that are clicks.
+    pub click: Vec<String>,
+    /// Event types that are purchases.
+    pub purchase: Vec<String>,
+    /// Event types whose values are revenue.
+    pub revenue: Vec<String>,
+    /// Group members by bucket of `count` with this salt, as
+    /// [`Sample::Bucket`] does.
+    pub split: Option<(i32, String)>,
+}
+
+/// The bucket, 0 to `n - 1`, of the contact id `id` in an `n`-way split
+/// salted with `salt` (SQL expressions; the salt ends with `:`).
+pub fn bucket_of(id: &str, salt: &str, n: &str) -> String {
+    format!("mod(mod(hashtextextended({salt} || {id}::text, 0), {n}) + {n}, {n})")
 }
 
 /// A live segment's refresh: see [`Select::Refresh`].
@@ -477,10 +510,7 @@ impl<'a> Writer<'a> {
             let salt = hole::param(self.bind(Param::Text(format!("{salt}:"))));
             let n = hole::param(self.bind(Param::Int8(n)));
             let k = hole::param(self.bind(Param::Int8(keep)));
-            let bucket = format!(
-                "mod(mod(hashtextextended({salt} || {}::text, 0), {n}) + {n}, {n})",
-                hole::id()
-            );
+            let bucket = bucket_of(&hole::id(), &salt, &n);
             let test = match s {
                 Sample::Fraction(..) => format!(" AND {bucket} < {k}"),
                 Sample::Bucket { .. } => format!(" AND {bucket} = {k}"),
@@ -681,8 +711,74 @@ impl<'a> Writer<'a> {
             Select::Refresh(r) => self.refresh(plan, q, r),
             Select::Drift(segment) => self.drift(plan, q, segment),
             Select::Diff { segment, cap } => self.diff(plan, q, segment, cap),
+            Select::Metrics(m) => self.metrics(plan, q, m),
         }
         self.finish()
+    }
+
+    /// Counts for segment metrics: see [`Select::Metrics`].
+    fn metrics(&mut self, plan: &Plan, q: &Query<'_>, m: &Metrics) {
+        let mut text = |v: &[String]| hole::param(self.bind(Param::TextArray(v.to_vec())));
+        let (open, click, purchase, revenue) = (
+            text(&m.open),
+            text(&m.click),
+            text(&m.purchase),
+            text(&m.revenue),
+        );
+        let mut all: Vec<String> = [&m.open, &m.click, &m.purchase, &m.revenue]
+            .into_iter()
+            .flatten()
+            .cloned()
+            .collect();
+        all.sort();
+        all.dedup();
+        let all = text(&all);
+        let from = hole::param(self.bind(Param::Time(m.from)));
+        let to = hole::param(self.bind(Param::Time(m.to)));
+        let group = match &m.split {
+            Some((n, salt)) => {
+                let salt = hole::param(self.bind(Param::Text(format!("{salt}:"))));
+                let n = hole::param(self.bind(Param::Int8(i64::from(*n))));
+                format!("{}::int", bucket_of("c.id", &salt, &n))
+            }
+            None => "0".into(),
+        };
+        self.out.push_str("WITH m AS MATERIALIZED (SELECT c.id, ");
+        self.template(&group, &Ctx::default());
+        self.out.push_str(" AS g ");
+        self.ids_from(plan, q);
+        // Each member's events of the window, once: a semi-join on the
+        // members, then one row per contact with its counts.
+        self.out
+            .push_str("), e AS (SELECT e.contact_id, count(*) FILTER (WHERE e.type = ANY(");
+        self.template(&open, &Ctx::default());
+        self.out
+            .push_str(")) AS opens, count(*) FILTER (WHERE e.type = ANY(");
+        self.template(&click, &Ctx::default());
+        self.out
+            .push_str(")) AS clicks, count(*) FILTER (WHERE e.type = ANY(");
+        self.template(&purchase, &Ctx::default());
+        self.out
+            .push_str(")) AS orders, sum(e.value) FILTER (WHERE e.type = ANY(");
+        self.template(&revenue, &Ctx::default());
+        self.out
+            .push_str(")) AS revenue FROM events e WHERE e.workspace_id = ");
+        self.param(0);
+        self.out.push_str(" AND e.type = ANY(");
+        self.template(&all, &Ctx::default());
+        self.out.push_str(") AND e.occurred_at >= ");
+        self.template(&from, &Ctx::default());
+        self.out.push_str(" AND e.occurred_at < ");
+        self.template(&to, &Ctx::default());
+        self.out.push_str(
+            " AND e.contact_id IN (SELECT id FROM m) GROUP BY e.contact_id) \
+             SELECT m.g, count(*), count(*) FILTER (WHERE e.opens > 0), count(*) FILTER (WHERE e.clicks > 0), \
+             count(*) FILTER (WHERE e.opens > 0 AND e.clicks > 0), coalesce(sum(e.opens), 0)::bigint, \
+             coalesce(sum(e.clicks), 0)::bigint, count(*) FILTER (WHERE e.orders > 0), \
+             coalesce(sum(e.orders), 0)::bigint, count(*) FILTER (WHERE e.orders > 1), \
+             coalesce(sum(e.revenue), 0)::float8 \
+             FROM m LEFT JOIN e ON e.contact_id = m.id GROUP BY m.g ORDER BY m.g",
+        );
     }
 
     /// Stored membership against the members: counts and samples.

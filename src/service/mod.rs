@@ -5,6 +5,7 @@
 pub mod actions;
 pub mod feed;
 pub mod live;
+pub mod metrics;
 pub mod query;
 pub mod segments;
 pub mod stats;

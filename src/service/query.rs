@@ -37,7 +37,7 @@ impl Reader<'_> {
     /// Runs `f` in a fresh transaction under the statement timeout. If the
     /// call is dropped meanwhile, the statement is cancelled (see
     /// [`db::Session`]).
-    async fn within<T>(
+    pub(crate) async fn within<T>(
         &self,
         f: impl AsyncFnOnce(&tokio_postgres::Transaction<'_>) -> Result<T>,
     ) -> Result<T> {

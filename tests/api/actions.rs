@@ -528,7 +528,6 @@ async fn history(
 async fn a_segments_history_outlives_its_change_feed() {
     let app = TestApp::spawn().await;
     let ws = "history";
-    let mut c = app.contacts().await;
     let vip = with_actions(&app, ws, "vip", "tags:vip", vec![])
         .await
         .unwrap()
@@ -539,36 +538,15 @@ async fn a_segments_history_outlives_its_change_feed() {
         t.duration_trunc(TimeDelta::hours(1)).unwrap()
     };
     let t0 = hour(app.state.clock.now());
-    let tagged = |email: &str, tags: &[&str]| pb::Contact {
-        email: email.into(),
-        tags: tags.iter().map(|t| (*t).to_string()).collect(),
-        ..Default::default()
-    };
     // Hour 0: three enter. Hour 2: one leaves and one enters.
-    import_all(
-        &mut c,
+    tag_emails(
+        &app,
         ws,
-        vec![vec![
-            tagged("a@x.co", &["vip"]),
-            tagged("b@x.co", &["vip"]),
-            tagged("c@x.co", &["vip"]),
-        ]],
+        &[("a@x.co", "vip"), ("b@x.co", "vip"), ("c@x.co", "vip")],
     )
-    .await
-    .unwrap();
-    app.drained().await;
+    .await;
     app.state.clock.advance(chrono::Duration::hours(2));
-    import_all(
-        &mut c,
-        ws,
-        vec![vec![
-            tagged("a@x.co", &["plain"]),
-            tagged("d@x.co", &["vip"]),
-        ]],
-    )
-    .await
-    .unwrap();
-    app.drained().await;
+    tag_emails(&app, ws, &[("a@x.co", "plain"), ("d@x.co", "vip")]).await;
     let want = vec![(0, 0, 0), (3, 3, 0), (3, 0, 0), (3, 1, 1), (3, 0, 0)];
     let hourly = |app| {
         history(

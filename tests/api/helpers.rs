@@ -620,3 +620,20 @@ pub async fn record_all(
         .into_inner();
     fold_acks(acks, n).await
 }
+
+/// Upserts contacts by email with exactly the tag `tag` (BatchUpsertContacts),
+/// then waits until live segments reflect them.
+pub async fn tag_emails(app: &TestApp, ws: &str, contacts: &[(&str, &str)]) {
+    let batch = contacts
+        .iter()
+        .map(|(email, tag)| segd::proto::Contact {
+            email: (*email).into(),
+            tags: vec![(*tag).to_string()],
+            ..Default::default()
+        })
+        .collect();
+    import_all(&mut app.contacts().await, ws, vec![batch])
+        .await
+        .unwrap();
+    app.drained().await;
+}

@@ -8,6 +8,7 @@ mod differential;
 mod grpcurl;
 mod helpers;
 mod live;
+mod metrics;
 mod newcomer;
 mod plans;
 mod polyglot;

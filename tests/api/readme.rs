@@ -72,6 +72,8 @@ async fn the_readme_cookbook_works_as_written() {
         "\"keys\": [",
         "\"intersections\"",
         "\"eventsMoved\"",
+        "\"conversionRate\"",
+        "\"sms_open\"",
     ] {
         assert!(
             stdout.contains(expected),
