@@ -61,6 +61,10 @@ pub struct LiveBench {
     /// Keep the generated database afterwards, to study plans by hand.
     #[arg(long)]
     pub keep: bool,
+    /// Drop the workspace's lifecycle rules (by default they are live
+    /// during the load, acting on contacts that enter them).
+    #[arg(long)]
+    pub no_rules: bool,
 }
 
 /// Options of `segd bench import`.

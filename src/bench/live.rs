@@ -104,14 +104,36 @@ pub async fn run(env: &BenchEnv, o: &LiveBench) -> anyhow::Result<()> {
     };
     // The lifecycle rules every new workspace gets would act on each
     // purchaser of the generated history at once (hundreds of thousands of
-    // contact writes); this benchmark measures the segments below and the
-    // built-in ones, so its workspace drops the rules.
-    client
-        .execute(
-            "DELETE FROM segments WHERE workspace_id = $1 AND live AND NOT builtin",
+    // contact writes) if they were built before the load was announced:
+    // they stop being live until the other segments are built, and their
+    // first build then acts on no one, as for any new live segment. With
+    // --no-rules they are dropped, to measure without them.
+    let rules: Vec<i64> = client
+        .query(
+            "SELECT id FROM segments WHERE workspace_id = $1 AND live AND NOT builtin ORDER BY id",
             &[&ws.0],
         )
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    client
+        .execute(
+            "DELETE FROM live_members WHERE workspace_id = $1 AND segment_id = ANY($2)",
+            &[&ws.0, &rules],
+        )
         .await?;
+    client
+        .execute(
+            "DELETE FROM live_state WHERE workspace_id = $1 AND segment_id = ANY($2)",
+            &[&ws.0, &rules],
+        )
+        .await?;
+    let drop_rules = match o.no_rules {
+        true => "DELETE FROM segments WHERE workspace_id = $1 AND id = ANY($2)",
+        false => "UPDATE segments SET live = false WHERE workspace_id = $1 AND id = ANY($2)",
+    };
+    client.execute(drop_rules, &[&ws.0, &rules]).await?;
     // The load bypassed segd: tell the maintainer everything changed.
     client
         .execute(
@@ -141,6 +163,28 @@ pub async fn run(env: &BenchEnv, o: &LiveBench) -> anyhow::Result<()> {
         segments.create_segment(in_workspace(r, WS)?).await?;
     }
     settle(&client).await?;
+    if !o.no_rules {
+        let t = Instant::now();
+        for id in &rules {
+            let r = pb::UpdateSegmentRequest {
+                segment: Some(pb::Segment {
+                    id: *id,
+                    live: Some(true),
+                    ..Default::default()
+                }),
+                update_mask: Some(prost_types::FieldMask {
+                    paths: vec!["live".into()],
+                }),
+            };
+            segments.update_segment(in_workspace(r, WS)?).await?;
+        }
+        settle(&client).await?;
+        println!(
+            "{} lifecycle rules live again and built in {:.1}s (--no-rules drops them)",
+            rules.len(),
+            t.elapsed().as_secs_f64()
+        );
+    }
     let mut query = QueryServiceClient::new(channel.clone());
     println!(
         "\n{:<26} {:>9} {:>9} {:>11} {:>11} {:>7}",

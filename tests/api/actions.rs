@@ -590,3 +590,94 @@ async fn a_segments_history_outlives_its_change_feed() {
     assert_eq!(err.code(), Code::InvalidArgument);
     assert_eq!(violations(&err), ["end_time"]);
 }
+
+#[tokio::test]
+async fn the_history_names_each_changed_column_and_custom_key() {
+    let app = TestApp::spawn().await;
+    let ws = "columns";
+    let mut c = app.contacts().await;
+    define_field(&mut c, ws, "tier", pb::CustomFieldType::String).await;
+    define_field(&mut c, ws, "seats", pb::CustomFieldType::Number).await;
+    let ann = contact(&app, ws, "ann@example.com", &[], "").await;
+    let custom = |pairs: Vec<(&str, pb::custom_value::Kind)>| {
+        pairs
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), pb::CustomValue { kind: Some(v) }))
+            .collect()
+    };
+    use pb::custom_value::Kind;
+    let update = |contact: pb::Contact, paths: &[&str]| pb::UpdateContactRequest {
+        contact: Some(contact),
+        update_mask: Some(prost_types::FieldMask {
+            paths: paths.iter().map(|p| (*p).to_string()).collect(),
+        }),
+    };
+    for (tier, seats) in [("gold", 3.0), ("gold", 5.0)] {
+        let contact = pb::Contact {
+            id: ann,
+            lead_score: Some(42.0),
+            birth_date: "1990-02-03".into(),
+            custom_fields: custom(vec![
+                ("tier", Kind::StringValue(tier.into())),
+                ("seats", Kind::NumberValue(seats)),
+            ]),
+            ..Default::default()
+        };
+        c.update_contact(req(
+            ws,
+            update(contact, &["lead_score", "birth_date", "custom_fields"]),
+        ))
+        .await
+        .unwrap();
+    }
+    let all = changes(&app, ws, ann, "").await;
+    let fields: Vec<(&str, String)> = all
+        .iter()
+        .map(|ch| {
+            let v = ch.new_value.as_ref().map(|v| format!("{:?}", v.kind));
+            (ch.field.as_str(), v.unwrap_or_default())
+        })
+        .collect();
+    // The first update sets four fields; the second changes one key only.
+    let names: Vec<&str> = fields.iter().map(|(f, _)| *f).collect();
+    let mut first = names[..4].to_vec();
+    first.sort_unstable();
+    assert_eq!(
+        first,
+        ["birth_date", "custom.seats", "custom.tier", "lead_score"],
+        "{all:?}"
+    );
+    assert_eq!(names[4..], ["custom.seats"], "{all:?}");
+    assert!(fields[4].1.contains('5'), "{all:?}");
+    assert!(all.iter().all(|ch| ch.cause == "UpdateContact"));
+
+    // Every contact column but the bookkeeping ones is compared by the
+    // trigger (a new column must be added to it).
+    let db = app.db().await;
+    let def: String = db
+        .query_one(
+            "SELECT pg_get_functiondef('contact_changes_logged'::regproc)",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let columns = db
+        .query(
+            "SELECT attname::text FROM pg_attribute
+             WHERE attrelid = 'contacts'::regclass AND attnum > 0 AND NOT attisdropped",
+            &[],
+        )
+        .await
+        .unwrap();
+    for r in columns {
+        let col: String = r.get(0);
+        if ["workspace_id", "id", "version", "updated_at", "attrs"].contains(&col.as_str()) {
+            continue;
+        }
+        assert!(
+            def.contains(&format!("o.{col} IS DISTINCT FROM n.{col}")),
+            "the history trigger does not compare {col}"
+        );
+    }
+}
