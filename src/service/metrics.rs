@@ -62,8 +62,12 @@ impl Reader<'_> {
     /// As [`compile_guarded`]; the database is unavailable or timed out.
     pub async fn metrics(&self, ws: WorkspaceId, ask: &Ask, now: DateTime<Utc>) -> Result<Report> {
         self.within(async |tx| {
-            tx.batch_execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-                .await?;
+            // JIT compiled these statements for 0.4 s of a 1 s run on 76k
+            // members (the planner cannot size the members' CTE).
+            tx.batch_execute(
+                "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY; SET LOCAL jit = off",
+            )
+            .await?;
             let types = db::metrics::settings(tx, ws).await?;
             let m = Metrics {
                 from: ask.from,
