@@ -251,6 +251,30 @@ pub struct Config {
     #[arg(long, env = "SEGD_SHUTDOWN_GRACE", default_value = "5s", value_parser = parse_duration, global = true)]
     pub shutdown_grace: Duration,
 
+    /// Accept calls without a token: the `x-segd-workspace` header names
+    /// the workspace (created on first use) and every caller may do
+    /// anything. For a laptop only. It is what segd does when no JWT key is
+    /// configured, with a warning at start and on each call.
+    #[arg(long, env = "SEGD_INSECURE_DEV_AUTH", global = true)]
+    pub insecure_dev_auth: bool,
+
+    /// Shared secret for HS256 bearer tokens.
+    #[arg(long, env = "SEGD_JWT_SECRET", global = true)]
+    pub jwt_secret: Option<Secret>,
+
+    /// JWKS file with the RS256 or ES256 public keys of bearer tokens,
+    /// read again when it changes.
+    #[arg(long, env = "SEGD_JWKS_FILE", global = true)]
+    pub jwks_file: Option<PathBuf>,
+
+    /// Required `iss` claim of bearer tokens.
+    #[arg(long, env = "SEGD_JWT_ISSUER", global = true)]
+    pub jwt_issuer: Option<String>,
+
+    /// Required `aud` claim of bearer tokens.
+    #[arg(long, env = "SEGD_JWT_AUDIENCE", global = true)]
+    pub jwt_audience: Option<String>,
+
     /// Log format.
     #[arg(
         long,

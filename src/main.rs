@@ -69,7 +69,8 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         ..api::Limits::default()
     };
     let stream_db = segd::db::session_config(&db.url, config.statement_timeout)?;
-    let state = api::AppState::new(db.pool.clone(), stream_db, limits);
+    let mut state = api::AppState::new(db.pool.clone(), stream_db, limits);
+    state.auth = std::sync::Arc::new(auth(&config)?);
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let mut server = tokio::spawn(server::serve(
         listener,
@@ -94,6 +95,31 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     }
     stop(db).await;
     Ok(())
+}
+
+/// How callers are authenticated: bearer tokens when a key is configured,
+/// else insecure dev mode.
+fn auth(config: &Config) -> anyhow::Result<api::auth::Auth> {
+    let keys = config.jwt_secret.is_some() || config.jwks_file.is_some();
+    match (keys, config.insecure_dev_auth) {
+        (true, true) => anyhow::bail!(
+            "--insecure-dev-auth and a JWT key (--jwt-secret, --jwks-file) exclude each other; choose one"
+        ),
+        (true, false) => api::auth::Auth::jwt(api::auth::JwtOptions {
+            secret: config.jwt_secret.as_ref().map(|s| s.expose().to_string()),
+            jwks_file: config.jwks_file.clone(),
+            issuer: config.jwt_issuer.clone(),
+            audience: config.jwt_audience.clone(),
+        }),
+        (false, explicit) => {
+            if !explicit {
+                tracing::warn!(
+                    "no JWT key is configured (--jwt-secret, --jwks-file): running with --insecure-dev-auth"
+                );
+            }
+            Ok(api::auth::Auth::InsecureDev)
+        }
+    }
 }
 
 /// Closes the pool and stops the private cluster, if any.

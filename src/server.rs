@@ -7,13 +7,15 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::TcpListenerStream;
-use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Server;
 
-use crate::api::{AppState, contacts::Contacts, query::Query, segments::Segments, workspace};
+use crate::api::{
+    AppState, admin::Admin, auth::AuthLayer, contacts::Contacts, query::Query, segments::Segments,
+};
 use crate::proto::{
     FILE_DESCRIPTOR_SET, contact_service_server::ContactServiceServer,
     query_service_server::QueryServiceServer, segment_service_server::SegmentServiceServer,
+    workspace_service_server::WorkspaceServiceServer,
 };
 
 /// How the server runs.
@@ -37,11 +39,12 @@ impl Default for ServeOptions {
 }
 
 /// Every health name segd reports: the server as a whole and each service.
-const HEALTH_NAMES: [&str; 4] = [
+const HEALTH_NAMES: [&str; 5] = [
     "",
     "segd.v1.ContactService",
     "segd.v1.SegmentService",
     "segd.v1.QueryService",
+    "segd.v1.WorkspaceService",
 ];
 
 /// Serves every segd service on `listener` until `shutdown` resolves. On
@@ -89,6 +92,13 @@ pub async fn serve(
     let query = QueryServiceServer::new(Query::new(state.clone()))
         .max_decoding_message_size(max)
         .max_encoding_message_size(max);
+    let admin = WorkspaceServiceServer::new(Admin::new(state.clone()));
+    if matches!(*state.auth, crate::api::auth::Auth::InsecureDev) {
+        tracing::warn!(
+            "--insecure-dev-auth: callers are not authenticated; any caller may read and write any workspace named in the x-segd-workspace header (configure --jwt-secret or --jwks-file)"
+        );
+    }
+    let auth = AuthLayer(state.auth.clone());
 
     // Keeps planner statistics fresh for what this server writes.
     tokio::spawn(
@@ -134,14 +144,16 @@ pub async fn serve(
         Ok::<_, std::io::Error>(conn)
     });
     Server::builder()
+        .layer(auth)
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
         .add_service(health)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(InterceptedService::new(contacts, workspace::interceptor))
-        .add_service(InterceptedService::new(segments, workspace::interceptor))
-        .add_service(InterceptedService::new(query, workspace::interceptor))
+        .add_service(contacts)
+        .add_service(segments)
+        .add_service(query)
+        .add_service(admin)
         .serve_with_incoming_shutdown(incoming, signal)
         .await?;
     Ok(())

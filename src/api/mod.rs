@@ -1,6 +1,8 @@
 //! gRPC services: proto ↔ domain, nothing else. Handlers validate, call one
 //! function a layer down, and convert the answer.
 
+pub mod admin;
+pub mod auth;
 pub mod contacts;
 pub mod convert;
 pub mod error;
@@ -85,6 +87,8 @@ pub struct AppState {
     pub limits: Limits,
     /// The instant definitions are evaluated at (tests move it).
     pub clock: crate::clock::Clock,
+    /// How callers are authenticated.
+    pub auth: Arc<auth::Auth>,
 }
 
 impl AppState {
@@ -112,6 +116,7 @@ impl AppState {
             pool,
             shutdown: CancellationToken::new(),
             limits,
+            auth: Arc::new(auth::Auth::InsecureDev),
         }
     }
 

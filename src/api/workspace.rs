@@ -1,25 +1,23 @@
-//! Which workspace a call is for. Today it comes from the `x-segd-workspace`
-//! header; a bearer token will replace it here, and only here.
+//! Which workspace a call is for: the caller's token's (see
+//! [`super::auth`]), or in insecure dev mode, the `x-segd-workspace` header.
 
 use tonic::{Request, Status};
 
 use super::AppState;
+use super::auth::Caller;
 use crate::model::WorkspaceId;
 
-/// The request header naming the workspace.
+/// The request header naming the workspace (dev mode; with tokens, it may
+/// only repeat the token's workspace).
 pub const HEADER: &str = "x-segd-workspace";
 
-/// The validated workspace name, placed in request extensions by [`interceptor`].
-#[derive(Debug, Clone)]
-pub struct WorkspaceName(pub String);
-
-/// Rejects calls without a valid workspace header and records the name.
+/// The workspace the dev-mode header names.
 ///
 /// # Errors
 /// `INVALID_ARGUMENT` naming the header when it is missing, malformed or
 /// repeated.
-pub fn interceptor(mut req: Request<()>) -> Result<Request<()>, Status> {
-    let mut values = req.metadata().get_all(HEADER).iter();
+pub fn header(headers: &http::HeaderMap) -> Result<String, Status> {
+    let mut values = headers.get_all(HEADER).iter();
     let raw = values
         .next()
         .ok_or_else(|| bad(format!("the `{HEADER}` header is required")))?;
@@ -28,7 +26,7 @@ pub fn interceptor(mut req: Request<()>) -> Result<Request<()>, Status> {
             "`{HEADER}` is given more than once; name exactly one workspace"
         )));
     }
-    let name = raw
+    Ok(raw
         .to_str()
         .ok()
         .map(str::trim)
@@ -38,16 +36,15 @@ pub fn interceptor(mut req: Request<()>) -> Result<Request<()>, Status> {
                 "`{HEADER}` must be 1 to 63 of a-z, 0-9, `-`, `_`, `.`, starting alphanumeric"
             ))
         })?
-        .to_string();
-    req.extensions_mut().insert(WorkspaceName(name));
-    Ok(req)
+        .to_string())
 }
 
 fn bad(msg: String) -> Status {
     super::error::invalid(vec![crate::error::Violation::new(HEADER, msg)])
 }
 
-fn valid(n: &str) -> bool {
+/// Whether `n` is a workspace name.
+pub fn valid(n: &str) -> bool {
     let b = n.as_bytes();
     !b.is_empty()
         && b.len() <= 63
@@ -58,16 +55,30 @@ fn valid(n: &str) -> bool {
 }
 
 impl AppState {
-    /// The workspace of a request that passed [`interceptor`], created on first use.
+    /// The workspace of a request the auth layer let through: the token's,
+    /// which must exist (workspaces are created by an admin), or in dev
+    /// mode the header's, created on first use.
     ///
     /// # Errors
-    /// `INVALID_ARGUMENT` without the header, `UNAVAILABLE` without a database.
+    /// `PERMISSION_DENIED` for a token's workspace that does not exist,
+    /// `UNAUTHENTICATED` for a call the layer did not see, `UNAVAILABLE`
+    /// without a database.
     pub async fn workspace<T>(&self, req: &Request<T>) -> Result<WorkspaceId, Status> {
-        let name = req
+        let caller = req
             .extensions()
-            .get::<WorkspaceName>()
-            .ok_or_else(|| bad(format!("the `{HEADER}` header is required")))?;
-        Ok(self.workspaces.resolve(&name.0).await?)
+            .get::<Caller>()
+            .ok_or_else(|| Status::unauthenticated("the call was not authenticated"))?;
+        let Some(name) = &caller.workspace else {
+            return Err(bad(format!("the `{HEADER}` header is required")));
+        };
+        if caller.dev {
+            return Ok(self.workspaces.resolve(name).await?);
+        }
+        self.workspaces.find(name).await?.ok_or_else(|| {
+            Status::permission_denied(format!(
+                "workspace {name:?} does not exist; an admin creates it with WorkspaceService/CreateWorkspace"
+            ))
+        })
     }
 }
 

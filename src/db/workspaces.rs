@@ -46,6 +46,83 @@ impl Workspaces {
     }
 }
 
+impl Workspaces {
+    /// The id of workspace `name` if it exists (never creating it).
+    ///
+    /// # Errors
+    /// The database is unavailable.
+    pub async fn find(&self, name: &str) -> Result<Option<WorkspaceId>> {
+        if let Some(id) = self.cache.read().expect("cache lock").get(name) {
+            return Ok(Some(*id));
+        }
+        let client = super::conn(&self.pool).await?;
+        let row = client
+            .query_opt(
+                "SELECT workspace_id FROM workspaces WHERE name = $1",
+                &[&name],
+            )
+            .await?;
+        let id = row.map(|r| WorkspaceId(r.get(0)));
+        if let Some(id) = id {
+            self.cache
+                .write()
+                .expect("cache lock")
+                .insert(name.to_string(), id);
+        }
+        Ok(id)
+    }
+
+    /// Creates workspace `name`; `false` when it already existed.
+    ///
+    /// # Errors
+    /// The database is unavailable.
+    pub async fn create(&self, name: &str) -> Result<(WorkspaceId, bool)> {
+        let mut client = super::conn(&self.pool).await?;
+        let existed = self.find(name).await?.is_some();
+        let id = ensure(&mut client, name).await?;
+        Ok((id, !existed))
+    }
+}
+
+/// Every workspace after `after` by name: (id, name, created at), at most
+/// `limit`.
+///
+/// # Errors
+/// The database is unavailable.
+pub async fn list(
+    client: &impl tokio_postgres::GenericClient,
+    after: &str,
+    limit: i64,
+) -> Result<Vec<(WorkspaceId, String, chrono::DateTime<chrono::Utc>)>> {
+    let rows = client
+        .query(
+            "SELECT workspace_id, name, created_at FROM workspaces WHERE name > $1 ORDER BY name LIMIT $2",
+            &[&after, &limit],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| (WorkspaceId(r.get(0)), r.get(1), r.get(2)))
+        .collect())
+}
+
+/// When workspace `ws` was created.
+///
+/// # Errors
+/// The database is unavailable.
+pub async fn created_at(
+    client: &impl tokio_postgres::GenericClient,
+    ws: WorkspaceId,
+) -> Result<chrono::DateTime<chrono::Utc>> {
+    let row = client
+        .query_one(
+            "SELECT created_at FROM workspaces WHERE workspace_id = $1",
+            &[&ws.0],
+        )
+        .await?;
+    Ok(row.get(0))
+}
+
 /// Finds or creates workspace `name` with its built-in definitions.
 ///
 /// # Errors

@@ -136,6 +136,7 @@ impl TestApp {
             stream_url: None,
             drain: std::time::Duration::ZERO,
             pool_size: 8,
+            auth: None,
         }
     }
 }
@@ -146,6 +147,7 @@ pub struct Spawn {
     stream_url: Option<String>,
     drain: std::time::Duration,
     pool_size: usize,
+    auth: Option<segd::api::auth::Auth>,
 }
 
 impl Spawn {
@@ -167,6 +169,12 @@ impl Spawn {
         self
     }
 
+    /// How callers are authenticated (dev mode when unset).
+    pub fn auth(mut self, auth: segd::api::auth::Auth) -> Self {
+        self.auth = Some(auth);
+        self
+    }
+
     /// Connections in the pool.
     pub fn pool_size(mut self, n: usize) -> Self {
         self.pool_size = n;
@@ -180,6 +188,7 @@ impl Spawn {
             stream_url,
             drain,
             pool_size,
+            auth,
         } = self;
         // Server logs, when asked for (SEGD_LOG=debug cargo test -- --nocapture).
         if std::env::var_os("SEGD_LOG").is_some() {
@@ -207,7 +216,10 @@ impl Spawn {
             std::time::Duration::from_secs(30),
         )
         .unwrap();
-        let state = AppState::new(pool, stream_db, limits);
+        let mut state = AppState::new(pool, stream_db, limits);
+        if let Some(auth) = auth {
+            state.auth = std::sync::Arc::new(auth);
+        }
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();

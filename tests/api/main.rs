@@ -2,6 +2,7 @@
 
 mod abandon;
 mod actions;
+mod auth;
 mod contacts;
 mod crash;
 mod differential;

@@ -74,6 +74,7 @@ async fn the_readme_cookbook_works_as_written() {
         "\"eventsMoved\"",
         "\"conversionRate\"",
         "\"sms_open\"",
+        "\"name\": \"globex\"",
     ] {
         assert!(
             stdout.contains(expected),
