@@ -251,6 +251,11 @@ pub struct Config {
     #[arg(long, env = "SEGD_SHUTDOWN_GRACE", default_value = "5s", value_parser = parse_duration, global = true)]
     pub shutdown_grace: Duration,
 
+    /// Serve Prometheus metrics at `/metrics` on this address (off when
+    /// unset).
+    #[arg(long, env = "SEGD_METRICS_LISTEN", global = true)]
+    pub metrics_listen: Option<SocketAddr>,
+
     /// Accept calls without a token: the `x-segd-workspace` header names
     /// the workspace (created on first use) and every caller may do
     /// anything. For a laptop only. It is what segd does when no JWT key is

@@ -34,6 +34,7 @@ pub mod config;
 pub mod db;
 pub mod error;
 pub mod model;
+pub mod observe;
 pub mod proto;
 pub mod segment;
 pub mod server;

@@ -71,6 +71,17 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let stream_db = segd::db::session_config(&db.url, config.statement_timeout)?;
     let mut state = api::AppState::new(db.pool.clone(), stream_db, limits);
     state.auth = std::sync::Arc::new(auth(&config)?);
+    if let Some(addr) = config.metrics_listen {
+        let l = TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding the metrics address {addr}"))?;
+        tracing::info!(%addr, "serving Prometheus metrics at /metrics");
+        tokio::spawn(segd::observe::serve(
+            l,
+            db.pool.clone(),
+            state.shutdown.clone(),
+        ));
+    }
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let mut server = tokio::spawn(server::serve(
         listener,
@@ -100,6 +111,13 @@ async fn serve(config: Config) -> anyhow::Result<()> {
 /// How callers are authenticated: bearer tokens when a key is configured,
 /// else insecure dev mode.
 fn auth(config: &Config) -> anyhow::Result<api::auth::Auth> {
+    if config
+        .jwt_secret
+        .as_ref()
+        .is_some_and(|s| s.expose().is_empty())
+    {
+        anyhow::bail!("--jwt-secret (SEGD_JWT_SECRET) is empty; give a secret or leave it unset");
+    }
     let keys = config.jwt_secret.is_some() || config.jwks_file.is_some();
     match (keys, config.insecure_dev_auth) {
         (true, true) => anyhow::bail!(

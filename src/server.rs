@@ -144,6 +144,7 @@ pub async fn serve(
         Ok::<_, std::io::Error>(conn)
     });
     Server::builder()
+        .layer(crate::observe::MetricsLayer)
         .layer(auth)
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))

@@ -7,9 +7,7 @@
 //! `x-segd-workspace` header alone names the workspace and every caller
 //! may do anything: for a laptop, never for a deployment.
 
-use std::future::Future;
 use std::path::PathBuf;
-use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime};
@@ -378,9 +376,6 @@ pub struct AuthService<S> {
     auth: Arc<Auth>,
 }
 
-type Respond<E> =
-    Pin<Box<dyn Future<Output = Result<http::Response<tonic::body::Body>, E>> + Send + 'static>>;
-
 impl<S, B> tower::Service<http::Request<B>> for AuthService<S>
 where
     S: tower::Service<http::Request<B>, Response = http::Response<tonic::body::Body>>
@@ -392,7 +387,7 @@ where
 {
     type Response = http::Response<tonic::body::Body>;
     type Error = S::Error;
-    type Future = Respond<S::Error>;
+    type Future = crate::observe::Respond<S::Error>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)

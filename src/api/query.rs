@@ -205,6 +205,7 @@ fn respond(members: stream::Members, paths: Vec<String>, first_token: String) ->
         while let Some(item) = items.recv().await {
             for m in messages(item, &paths) {
                 rows += (m.ids.len() + m.contacts.len()) as i64;
+                crate::observe::streamed(m.ids.len() + m.contacts.len(), m.encoded_len());
                 token.clone_from(&m.resume_token);
                 summary = m.summary.as_ref().map(|s| s.total_rows);
                 yield Ok(m);

@@ -93,20 +93,30 @@ fn message(item: Item) -> pb::WatchMembershipResponse {
             snapshot_complete: last,
             ..Default::default()
         },
-        Item::Changes(changes) => pb::WatchMembershipResponse {
-            offset: changes.last().map_or(0, |c| c.offset),
-            changes: changes
-                .into_iter()
-                .map(|c| pb::MembershipChange {
-                    offset: c.offset,
-                    segment_id: c.segment,
-                    contact_id: c.contact,
-                    entered: c.entered,
-                    cause: c.cause,
-                    at: Some(ts(c.at)),
-                })
-                .collect(),
-            ..Default::default()
-        },
+        Item::Changes(changes) => {
+            let now = chrono::Utc::now();
+            for c in &changes {
+                crate::observe::delivered((now - c.at).num_milliseconds().max(0) as f64 / 1000.0);
+            }
+            changes_message(changes)
+        }
+    }
+}
+
+fn changes_message(changes: Vec<crate::db::feed::Change>) -> pb::WatchMembershipResponse {
+    pb::WatchMembershipResponse {
+        offset: changes.last().map_or(0, |c| c.offset),
+        changes: changes
+            .into_iter()
+            .map(|c| pb::MembershipChange {
+                offset: c.offset,
+                segment_id: c.segment,
+                contact_id: c.contact,
+                entered: c.entered,
+                cause: c.cause,
+                at: Some(ts(c.at)),
+            })
+            .collect(),
+        ..Default::default()
     }
 }

@@ -397,6 +397,7 @@ impl Maintainer {
                     // outgrown what the planner believes of it.
                     let before = s.live_state.as_ref().map_or(0, |l| l.size);
                     outgrown |= entered >= 1_000 && entered >= before / 2;
+                    crate::observe::refreshed(s.id, started.elapsed().as_secs_f64());
                     let r = Refreshed {
                         entered,
                         exited,
@@ -433,6 +434,10 @@ impl Maintainer {
         let seqs: Vec<i64> = queued.iter().map(|q| q.seq).collect();
         db::live::done(&*tx, ws, &seqs).await?;
         tx.commit().await?;
+        if let Some(oldest) = queued.first() {
+            let lag = chrono::Utc::now() - oldest.at;
+            crate::observe::live_lag(lag.num_milliseconds().max(0) as f64 / 1000.0);
+        }
         if outgrown {
             // Refreshes restricted to a few contacts plan by these
             // statistics: a segment believed empty is scanned per contact.

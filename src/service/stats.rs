@@ -228,6 +228,7 @@ pub async fn analyze(client: &db::Conn, table: Table) -> Result<bool> {
         .query_one("SELECT pg_advisory_unlock($1)", &[&table.lock_key()])
         .await?;
     done?;
+    crate::observe::analyzed(table.name());
     tracing::info!(table = table.name(), elapsed = ?started.elapsed(), "analyzed");
     Ok(true)
 }

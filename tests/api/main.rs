@@ -11,6 +11,7 @@ mod helpers;
 mod live;
 mod metrics;
 mod newcomer;
+mod observe;
 mod plans;
 mod polyglot;
 mod query;

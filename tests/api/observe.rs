@@ -1,0 +1,155 @@
+//! Prometheus metrics at `/metrics`: every listed series shows up, and
+//! counters move with the calls that feed them. (The recorder is
+//! process-wide and tests run side by side: assertions are about series
+//! present and counters growing, never exact totals.)
+
+use std::time::Duration;
+
+use segd::proto as pb;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::helpers::*;
+
+/// GETs `path` from `addr`; returns the status line and the body.
+async fn get(addr: std::net::SocketAddr, path: &str) -> (String, String) {
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(format!("GET {path} HTTP/1.1\r\nhost: segd\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    let (head, body) = out.split_once("\r\n\r\n").unwrap();
+    (head.lines().next().unwrap().to_string(), body.to_string())
+}
+
+/// The value of the series line starting with `series` (name and labels).
+fn value(text: &str, series: &str) -> Option<f64> {
+    text.lines().find_map(|l| {
+        let rest = l.strip_prefix(series)?;
+        rest.strip_prefix(' ')?.trim().parse().ok()
+    })
+}
+
+#[tokio::test]
+async fn metrics_show_every_listed_series_and_move_with_calls() {
+    let app = TestApp::spawn().await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(segd::observe::serve(
+        listener,
+        app.state.pool.clone(),
+        app.state.shutdown.clone(),
+    ));
+    let ws = "observed";
+    let mut q = app.query().await;
+    let count = |text: &str| pb::CountMembersRequest {
+        selector: inline(text),
+        ..Default::default()
+    };
+    q.count_members(req(ws, count("country = \"US\"")))
+        .await
+        .unwrap();
+    let ok = r#"segd_rpc_requests_total{method="/segd.v1.QueryService/CountMembers",code="OK"}"#;
+    let before = value(&get(addr, "/metrics").await.1, ok).expect("the count is counted");
+
+    // A watcher, then writes: contacts for a stream, leads for the feed,
+    // enough rows for a statistics refresh.
+    let mut watch = q
+        .watch_membership(req(
+            ws,
+            pb::WatchMembershipRequest {
+                segment_ids: vec![1],
+                start: Some(pb::watch_membership_request::Start::Now(true)),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let people: Vec<Vec<pb::Contact>> = (0..2)
+        .map(|b| {
+            (0..1_000)
+                .map(|i| pb::Contact {
+                    external_id: format!("p{b}-{i}"),
+                    country: "US".into(),
+                    labels: vec!["lead".into()],
+                    ..Default::default()
+                })
+                .collect()
+        })
+        .collect();
+    import_all(&mut app.contacts().await, ws, people)
+        .await
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(30), watch.message())
+        .await
+        .expect("a change is delivered")
+        .unwrap()
+        .unwrap();
+    for _ in 0..2 {
+        q.count_members(req(ws, count("country = \"US\"")))
+            .await
+            .unwrap();
+    }
+    let bad = q
+        .count_members(req(ws, count("country = ")))
+        .await
+        .unwrap_err();
+    assert_eq!(bad.code(), tonic::Code::InvalidArgument);
+    let mut s = q
+        .stream_members(req(
+            ws,
+            pb::StreamMembersRequest {
+                selector: inline("country = \"US\""),
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut streamed = 0;
+    while let Some(m) = s.message().await.unwrap() {
+        streamed += m.ids.len();
+    }
+    assert_eq!(streamed, 2_000);
+
+    // The statistics refresh runs in the background: wait for its series.
+    let mut text = String::new();
+    for _ in 0..600 {
+        let (status, body) = get(addr, "/metrics").await;
+        assert_eq!(status, "HTTP/1.1 200 OK");
+        text = body;
+        if text.contains("segd_analyze_runs_total{table=\"contacts\"}") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let after = value(&text, ok).unwrap();
+    assert!(after >= before + 2.0, "{before} then {after}");
+    for series in [
+        r#"segd_rpc_requests_total{method="/segd.v1.QueryService/CountMembers",code="INVALID_ARGUMENT"}"#,
+        r#"segd_rpc_duration_seconds_bucket{method="/segd.v1.QueryService/CountMembers",code="OK",le="0.1"}"#,
+        r#"segd_rpc_requests_total{method="/segd.v1.ContactService/BatchUpsertContacts",code="OK"}"#,
+        r#"segd_rpc_requests_total{method="/segd.v1.QueryService/StreamMembers",code="OK"}"#,
+        "segd_stream_rows_total",
+        "segd_stream_bytes_total",
+        r#"segd_pool_connections{state="max"}"#,
+        r#"segd_pool_connections{state="in_use"}"#,
+        "segd_pool_waiting",
+        "segd_live_lag_seconds",
+        r#"segd_live_refresh_seconds_count{segment="1"}"#,
+        "segd_feed_delivery_lag_seconds_count",
+        r#"segd_analyze_runs_total{table="contacts"}"#,
+    ] {
+        assert!(
+            value(&text, series).is_some(),
+            "{series} missing from:\n{text}"
+        );
+    }
+    assert!(value(&text, "segd_stream_rows_total").unwrap() >= 2_000.0);
+    assert_eq!(
+        value(&text, r#"segd_pool_connections{state="max"}"#),
+        Some(8.0)
+    );
+    // Anything but /metrics is not found.
+    assert_eq!(get(addr, "/").await.0, "HTTP/1.1 404 Not Found");
+}
