@@ -7,6 +7,7 @@ mod contacts;
 mod crash;
 mod differential;
 mod grpcurl;
+mod helm;
 mod helpers;
 mod live;
 mod metrics;
