@@ -25,12 +25,13 @@ fn now() -> i64 {
 }
 
 /// Standard claims for `workspace` and `role`, valid for an hour.
-fn claims(workspace: &str, role: &str) -> serde_json::Value {
+pub(crate) fn claims(workspace: &str, role: &str) -> serde_json::Value {
     json!({"workspace": workspace, "role": role, "iss": ISSUER, "aud": AUDIENCE,
            "exp": now() + 3600, "nbf": now() - 10})
 }
 
-fn hs256(claims: &serde_json::Value) -> String {
+/// An HS256 token of `claims`, signed with the test secret.
+pub(crate) fn hs256(claims: &serde_json::Value) -> String {
     encode(
         &Header::new(Algorithm::HS256),
         claims,
@@ -39,7 +40,8 @@ fn hs256(claims: &serde_json::Value) -> String {
     .unwrap()
 }
 
-fn jwt_app() -> Auth {
+/// Token authentication with the test secret, issuer and audience.
+pub(crate) fn jwt_app() -> Auth {
     Auth::jwt(JwtOptions {
         secret: Some(SECRET.into()),
         issuer: Some(ISSUER.into()),

@@ -1,5 +1,7 @@
-//! A client generated from the proto by another toolchain (Python's
-//! grpcio-tools) streams a segment from a running segd.
+//! Clients generated from the proto by other toolchains (Python's
+//! grpcio-tools, Node's @grpc/proto-loader) stream a segment from a running
+//! segd, and run the same scenario with bearer tokens: create a workspace,
+//! import, define a live segment, stream it and watch it change.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -61,4 +63,71 @@ async fn a_python_client_generated_from_the_proto_streams_a_segment() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "10000");
+}
+
+/// The scenario's arguments: the server, a workspace, and admin, write and
+/// read tokens for it.
+fn scenario_args(app: &TestApp, ws: &str) -> Vec<String> {
+    use crate::auth::{claims, hs256};
+    vec![
+        app.addr.to_string(),
+        ws.to_string(),
+        hs256(&claims(ws, "admin")),
+        hs256(&claims(ws, "write")),
+        hs256(&claims(ws, "read")),
+    ]
+}
+
+fn succeeded(out: &std::process::Output, who: &str) -> String {
+    let stdout = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert!(
+        out.status.success(),
+        "{who} scenario failed: {stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+#[tokio::test]
+async fn the_python_client_runs_the_scenario_with_tokens() {
+    let app = TestApp::with().auth(crate::auth::jwt_app()).spawn().await;
+    let (python, path) = python_with_grpc();
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/polyglot");
+    let args = scenario_args(&app, "python-scenario");
+    let out = tokio::task::spawn_blocking(move || {
+        let mut c = Command::new(python);
+        c.arg(dir.join("scenario.py")).args(&args);
+        let mut paths = vec![dir];
+        paths.extend(path);
+        c.env("PYTHONPATH", std::env::join_paths(paths).unwrap());
+        c.output().expect("running python3")
+    })
+    .await
+    .unwrap();
+    assert_eq!(succeeded(&out, "python"), "ok 4");
+}
+
+#[tokio::test]
+async fn the_node_client_runs_the_scenario_with_tokens() {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    if !root.join("node_modules/@grpc/grpc-js").exists() {
+        let ok = Command::new("npm")
+            .args(["install", "--no-audit", "--no-fund", "--loglevel=error"])
+            .current_dir(&root)
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(
+            ok,
+            "npm install failed: the Node scenario needs @grpc/grpc-js"
+        );
+    }
+    let app = TestApp::with().auth(crate::auth::jwt_app()).spawn().await;
+    let args = scenario_args(&app, "node-scenario");
+    let out = tokio::process::Command::new("node")
+        .arg(root.join("tests/polyglot/scenario.js"))
+        .args(&args)
+        .output()
+        .await
+        .expect("running node");
+    assert_eq!(succeeded(&out, "node"), "ok 4");
 }
