@@ -197,6 +197,21 @@ pub struct Config {
     #[arg(long, env = "SEGD_MAX_STREAMS", default_value_t = 32, global = true)]
     pub max_streams: usize,
 
+    /// Queries (counts, previews, checks, breakdowns, metrics, reads)
+    /// running at once; more wait up to --shed-wait, then get
+    /// RESOURCE_EXHAUSTED with a RetryInfo.
+    #[arg(long, env = "SEGD_MAX_QUERIES", default_value_t = 16, global = true)]
+    pub max_queries: usize,
+
+    /// Writes running at once (see --max-queries).
+    #[arg(long, env = "SEGD_MAX_WRITES", default_value_t = 16, global = true)]
+    pub max_writes: usize,
+
+    /// How long a query or write waits for a slot (at most half its
+    /// deadline).
+    #[arg(long, env = "SEGD_SHED_WAIT", default_value = "1s", value_parser = parse_duration, global = true)]
+    pub shed_wait: Duration,
+
     /// segd analyzes a table it writes to once a workspace has gained this
     /// many rows in it and at least half as many as the planner believes the
     /// workspace has (0 turns this off and leaves statistics to autovacuum).

@@ -55,6 +55,9 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         stream_connect_timeout: config.stream_connect_timeout,
         max_query_cost: config.max_query_cost,
         max_streams: config.max_streams,
+        max_queries: config.max_queries,
+        max_writes: config.max_writes,
+        shed_wait: config.shed_wait,
         statistics: segd::service::stats::Thresholds {
             min_rows: config.analyze_min_rows,
             ..Default::default()

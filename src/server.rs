@@ -99,6 +99,8 @@ pub async fn serve(
         );
     }
     let auth = AuthLayer(state.auth.clone());
+    let l = &state.limits;
+    let shed = crate::api::shed::ShedLayer::new(l.max_queries, l.max_writes, l.shed_wait);
 
     // Keeps planner statistics fresh for what this server writes.
     tokio::spawn(
@@ -146,6 +148,7 @@ pub async fn serve(
     Server::builder()
         .layer(crate::observe::MetricsLayer)
         .layer(auth)
+        .layer(shed)
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
         .add_service(health)

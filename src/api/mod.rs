@@ -10,6 +10,7 @@ pub mod imports;
 pub mod metrics;
 pub mod query;
 pub mod segments;
+pub mod shed;
 pub mod watch;
 pub mod workspace;
 
@@ -42,6 +43,13 @@ pub struct Limits {
     pub max_query_cost: f64,
     /// Member streams running at once, each on its own session.
     pub max_streams: usize,
+    /// Queries (counts, previews, checks, reads) running at once.
+    pub max_queries: usize,
+    /// Writes running at once.
+    pub max_writes: usize,
+    /// How long a query or write waits for a slot before RESOURCE_EXHAUSTED
+    /// (at most half its deadline).
+    pub shed_wait: Duration,
     /// How live segments are maintained.
     pub live: crate::service::live::Options,
 }
@@ -57,6 +65,9 @@ impl Default for Limits {
             statistics: crate::service::stats::Thresholds::default(),
             max_query_cost: 50_000_000.0,
             max_streams: 32,
+            max_queries: 16,
+            max_writes: 16,
+            shed_wait: Duration::from_secs(1),
             live: crate::service::live::Options::default(),
         }
     }

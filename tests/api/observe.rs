@@ -153,3 +153,74 @@ async fn metrics_show_every_listed_series_and_move_with_calls() {
     // Anything but /metrics is not found.
     assert_eq!(get(addr, "/").await.0, "HTTP/1.1 404 Not Found");
 }
+
+/// A saturated class answers at once with RESOURCE_EXHAUSTED and a retry
+/// delay; other classes and the held call carry on.
+#[tokio::test]
+async fn a_full_class_sheds_with_a_retry_delay_and_the_others_carry_on() {
+    use tonic_types::StatusExt;
+    let app = TestApp::spawn_with(segd::api::Limits {
+        max_queries: 1,
+        shed_wait: Duration::from_millis(200),
+        ..Default::default()
+    })
+    .await;
+    let ws = "shed";
+    app.bulk_contacts(ws, 10).await;
+    // Hold the only query slot: a count waits on a lock a test session
+    // holds on contacts.
+    let mut db = app.db().await;
+    let lock = db.transaction().await.unwrap();
+    lock.batch_execute("LOCK TABLE contacts IN ACCESS EXCLUSIVE MODE")
+        .await
+        .unwrap();
+    let count = |text: &str| pb::CountMembersRequest {
+        selector: inline(text),
+        ..Default::default()
+    };
+    let mut q1 = app.query().await;
+    let held = tokio::spawn(async move {
+        q1.count_members(req("shed", count("country = \"US\"")))
+            .await
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let mut q = app.query().await;
+    let started = std::time::Instant::now();
+    let shed = q
+        .count_members(req(ws, count("country = \"CA\"")))
+        .await
+        .unwrap_err();
+    assert_eq!(shed.code(), tonic::Code::ResourceExhausted, "{shed:?}");
+    let retry = shed.get_details_retry_info().expect("a RetryInfo detail");
+    assert!(retry.retry_delay.is_some_and(|d| d > Duration::ZERO));
+    println!("shed after {:?}", started.elapsed());
+    // A write is another class: it runs.
+    q.update_metrics_settings(req(
+        ws,
+        pb::UpdateMetricsSettingsRequest {
+            settings: Some(pb::MetricsSettings {
+                open_types: vec!["email_open".into()],
+                ..Default::default()
+            }),
+            update_mask: Some(prost_types::FieldMask {
+                paths: vec!["open_types".into()],
+            }),
+        },
+    ))
+    .await
+    .unwrap();
+    // A caller's short deadline bounds the wait: refused within it (after
+    // half of it), not at it.
+    let mut quick = req(ws, count("country = \"DE\""));
+    quick.set_timeout(Duration::from_millis(100));
+    let err = q.count_members(quick).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::ResourceExhausted, "{err:?}");
+    // Released, the held count answers, and the slot is free again.
+    lock.commit().await.unwrap();
+    let n = held.await.unwrap().unwrap().into_inner().count;
+    assert!(n > 0);
+    q.count_members(req(ws, count("country = \"CA\"")))
+        .await
+        .unwrap();
+}
