@@ -169,8 +169,13 @@ where
         let started = Instant::now();
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
-        Box::pin(async move {
-            let resp = inner.call(req).await?;
+        let span = call_span(&method, req.headers());
+        let request_id = span.1;
+        let fut = async move {
+            let mut resp = inner.call(req).await?;
+            if let Ok(v) = http::HeaderValue::from_str(&request_id) {
+                resp.headers_mut().insert(REQUEST_ID, v);
+            }
             // An error before any message is a trailers-only response: its
             // code is in the headers.
             if let Some(code) = resp.headers().get("grpc-status") {
@@ -185,8 +190,41 @@ where
                 done: false,
             });
             Ok(http::Response::from_parts(parts, body))
-        })
+        };
+        Box::pin(tracing::Instrument::instrument(fut, span.0))
     }
+}
+
+/// The request id header: the caller's, or one segd makes; echoed in the
+/// response and logged with every line of the call.
+pub const REQUEST_ID: &str = "x-request-id";
+
+/// The span every log line of a call carries: method, request id, the W3C
+/// `traceparent` trace id if given, and the workspace once known (see
+/// `api::auth`). Returns it with the request id.
+fn call_span(method: &str, headers: &http::HeaderMap) -> (tracing::Span, String) {
+    let request_id = headers
+        .get(REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= 128)
+        .map_or_else(|| format!("{:016x}", rand::random::<u64>()), str::to_string);
+    let span = tracing::info_span!(
+        "rpc",
+        method,
+        request_id = %request_id,
+        trace_id = tracing::field::Empty,
+        workspace = tracing::field::Empty,
+    );
+    // traceparent: version-traceid-parentid-flags.
+    let trace = headers
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split('-').nth(1))
+        .filter(|t| t.len() == 32 && t.bytes().all(|b| b.is_ascii_hexdigit()));
+    if let Some(t) = trace {
+        span.record("trace_id", t);
+    }
+    (span, request_id)
 }
 
 /// gRPC status codes by number, as labels.

@@ -137,16 +137,27 @@ impl Auth {
     /// role below the RPC's or a workspace header naming another workspace;
     /// in dev mode, `INVALID_ARGUMENT` for a bad or missing header.
     pub fn check(&self, path: &str, headers: &http::HeaderMap) -> Result<Option<Caller>, Status> {
+        let caller = self.caller(path, headers)?;
+        // Every log line of the call names its workspace.
+        if let Some(ws) = caller.as_ref().and_then(|c| c.workspace.as_deref()) {
+            tracing::Span::current().record("workspace", ws);
+        }
+        if caller.as_ref().is_some_and(|c| c.dev) {
+            tracing::warn!(
+                method = path,
+                "insecure dev auth: the caller is not authenticated (--insecure-dev-auth)"
+            );
+        }
+        Ok(caller)
+    }
+
+    fn caller(&self, path: &str, headers: &http::HeaderMap) -> Result<Option<Caller>, Status> {
         let Some(need) = required(path) else {
             return Ok(None);
         };
         let admin_rpc = path.trim_start_matches('/').starts_with(ADMIN_SERVICE);
         match self {
             Self::InsecureDev => {
-                tracing::warn!(
-                    method = path,
-                    "insecure dev auth: the caller is not authenticated (--insecure-dev-auth)"
-                );
                 let workspace = match admin_rpc {
                     true => None,
                     false => Some(workspace::header(headers)?),

@@ -224,3 +224,68 @@ async fn a_full_class_sheds_with_a_retry_delay_and_the_others_carry_on() {
         .await
         .unwrap();
 }
+
+/// JSON logs carry each call's method, request id, trace id and workspace,
+/// and the response echoes the request id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_logs_name_the_call_and_its_workspace() {
+    let app = TestApp::spawn().await;
+    let addr = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_segd"))
+        .env("DATABASE_URL", &app.db_url)
+        .env("SEGD_LISTEN", addr.to_string())
+        .env("SEGD_LOG_FORMAT", "json")
+        .env("SEGD_INSECURE_DEV_AUTH", "true")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut channel = None;
+    for _ in 0..300 {
+        if let Ok(c) = tonic::transport::Channel::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .connect()
+            .await
+        {
+            channel = Some(c);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut q = pb::query_service_client::QueryServiceClient::new(channel.expect("segd serves"));
+    let mut r = req("logged", pb::GetMetricsSettingsRequest {});
+    r.metadata_mut()
+        .insert("x-request-id", "req-123".parse().unwrap());
+    r.metadata_mut().insert(
+        "traceparent",
+        "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+            .parse()
+            .unwrap(),
+    );
+    let resp = q.get_metrics_settings(r).await.unwrap();
+    assert_eq!(resp.metadata().get("x-request-id").unwrap(), "req-123");
+    child.start_kill().unwrap();
+    let out = child.wait_with_output().await.unwrap();
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    let call = lines
+        .iter()
+        .find(|l| l["span"]["request_id"] == "req-123")
+        .unwrap_or_else(|| panic!("no line of the call in {lines:#?}"));
+    let span = &call["span"];
+    assert_eq!(span["method"], "/segd.v1.QueryService/GetMetricsSettings");
+    assert_eq!(span["trace_id"], "4bf92f3577b34da6a3ce929d0e0e4736");
+    assert_eq!(span["workspace"], "logged");
+    // The start-up warning says the server is in dev mode.
+    assert!(lines.iter().any(|l| {
+        l["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("--insecure-dev-auth"))
+    }));
+}
