@@ -44,6 +44,28 @@ pub enum BenchCommand {
     /// Live segments under a sustained write load: write-to-feed latency,
     /// maintenance cost, lag, catch-up and rebuild times.
     Live(LiveBench),
+    /// A mix of imports, events, counts, streams and checks from many
+    /// clients at a target rate, then at twice it: latency per RPC, codes,
+    /// deadlines, memory.
+    Load(LoadBench),
+}
+
+/// Options of `segd bench load`.
+#[derive(Debug, Clone, Args)]
+pub struct LoadBench {
+    /// Contacts to generate (about 3 events each).
+    #[arg(long, default_value_t = 200_000)]
+    pub contacts: usize,
+    /// Calls per second in the sustained phase (the overload phase sends
+    /// twice as many).
+    #[arg(long, default_value_t = 200)]
+    pub rate: usize,
+    /// Concurrent clients: calls in flight at most.
+    #[arg(long, default_value_t = 256)]
+    pub clients: usize,
+    /// How long each phase lasts.
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    pub duration: Duration,
 }
 
 /// Options of `segd bench live`.

@@ -6,6 +6,7 @@ pub mod data;
 pub mod fresh;
 pub mod import;
 pub mod live;
+pub mod load;
 pub mod sql;
 pub mod stream;
 
@@ -27,7 +28,10 @@ use crate::{db, server, startup};
 /// # Errors
 /// Setup failed (no PostgreSQL) or a call failed.
 pub async fn run(cmd: BenchCommand, config: Config) -> anyhow::Result<()> {
-    let separate = matches!(cmd, BenchCommand::Stream(_) | BenchCommand::Live(_));
+    let separate = matches!(
+        cmd,
+        BenchCommand::Stream(_) | BenchCommand::Live(_) | BenchCommand::Load(_)
+    );
     let keep = match &cmd {
         BenchCommand::Sql(o) => o.keep,
         BenchCommand::Live(o) => o.keep,
@@ -40,6 +44,7 @@ pub async fn run(cmd: BenchCommand, config: Config) -> anyhow::Result<()> {
         BenchCommand::Sql(o) => sql::run(&env, &o).await,
         BenchCommand::Fresh(o) => fresh::run(&env, &o).await,
         BenchCommand::Live(o) => live::run(&env, &o).await,
+        BenchCommand::Load(o) => load::run(&env, &o).await,
     };
     env.stop(keep).await;
     result
@@ -106,7 +111,9 @@ impl BenchEnv {
                     "--log-format",
                     "json",
                 ])
-                .env("SEGD_LOG", "warn")
+                // The dev-auth warning every call logs is not the bench's
+                // subject.
+                .env("SEGD_LOG", "warn,segd::api::auth=error")
                 .kill_on_drop(true)
                 .spawn()
                 .context("starting segd serve")?;
