@@ -288,6 +288,19 @@ pub struct Config {
     #[arg(long, env = "SEGD_SHUTDOWN_GRACE", default_value = "5s", value_parser = parse_duration, global = true)]
     pub shutdown_grace: Duration,
 
+    /// Serve gRPC over TLS with this PEM certificate chain (with
+    /// --tls-key).
+    #[arg(long, env = "SEGD_TLS_CERT", global = true, requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// The PEM private key of --tls-cert.
+    #[arg(long, env = "SEGD_TLS_KEY", global = true, requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
+    /// Require client certificates signed by this PEM CA (with --tls-cert).
+    #[arg(long, env = "SEGD_TLS_CLIENT_CA", global = true, requires = "tls_cert")]
+    pub tls_client_ca: Option<PathBuf>,
+
     /// Serve Prometheus metrics at `/metrics` on this address (off when
     /// unset).
     #[arg(long, env = "SEGD_METRICS_LISTEN", global = true)]

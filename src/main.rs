@@ -92,6 +92,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         server::ServeOptions {
             max_message_bytes: config.max_message_bytes,
             drain: config.shutdown_drain,
+            tls: tls(&config)?,
         },
         async {
             let _ = rx.await;
@@ -109,6 +110,20 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     }
     stop(db).await;
     Ok(())
+}
+
+/// The TLS files the flags name, read.
+fn tls(config: &Config) -> anyhow::Result<Option<server::Tls>> {
+    let read =
+        |p: &std::path::Path| std::fs::read(p).with_context(|| format!("reading {}", p.display()));
+    let (Some(cert), Some(key)) = (&config.tls_cert, &config.tls_key) else {
+        return Ok(None);
+    };
+    Ok(Some(server::Tls {
+        cert: read(cert)?,
+        key: read(key)?,
+        client_ca: config.tls_client_ca.as_deref().map(read).transpose()?,
+    }))
 }
 
 /// How callers are authenticated: bearer tokens when a key is configured,

@@ -18,8 +18,19 @@ use crate::proto::{
     workspace_service_server::WorkspaceServiceServer,
 };
 
+/// TLS for the gRPC server: PEM contents.
+#[derive(Debug, Clone)]
+pub struct Tls {
+    /// The server's certificate chain.
+    pub cert: Vec<u8>,
+    /// Its private key.
+    pub key: Vec<u8>,
+    /// With it, clients must present a certificate signed by this CA.
+    pub client_ca: Option<Vec<u8>>,
+}
+
 /// How the server runs.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct ServeOptions {
     /// Largest request message accepted, in bytes.
     pub max_message_bytes: usize,
@@ -27,6 +38,8 @@ pub struct ServeOptions {
     /// while health reports NOT_SERVING, so load balancers stop routing to it
     /// before it stops accepting.
     pub drain: Duration,
+    /// Serve TLS (else plaintext HTTP/2).
+    pub tls: Option<Tls>,
 }
 
 impl Default for ServeOptions {
@@ -34,6 +47,7 @@ impl Default for ServeOptions {
         Self {
             max_message_bytes: 16 << 20,
             drain: Duration::ZERO,
+            tls: None,
         }
     }
 }
@@ -122,6 +136,7 @@ pub async fn serve(
     tokio::spawn(state.live.clone().run(state.shutdown.clone()));
 
     let token = state.shutdown.clone();
+    let drain = opts.drain;
     let signal = async move {
         shutdown.await;
         for name in HEALTH_NAMES {
@@ -129,9 +144,9 @@ pub async fn serve(
                 .set_service_status(name, tonic_health::ServingStatus::NotServing)
                 .await;
         }
-        if !opts.drain.is_zero() {
-            tracing::info!(drain = ?opts.drain, "shutting down: health is NOT_SERVING; still serving while load balancers notice");
-            tokio::time::sleep(opts.drain).await;
+        if !drain.is_zero() {
+            tracing::info!(drain = ?drain, "shutting down: health is NOT_SERVING; still serving while load balancers notice");
+            tokio::time::sleep(drain).await;
         }
         tracing::info!("shutting down: refusing new calls, cancelling streams");
         token.cancel();
@@ -145,7 +160,20 @@ pub async fn serve(
         conn.set_nodelay(true)?;
         Ok::<_, std::io::Error>(conn)
     });
-    Server::builder()
+    let mut builder = Server::builder();
+    if let Some(tls) = &opts.tls {
+        let mut config = tonic::transport::ServerTlsConfig::new()
+            .identity(tonic::transport::Identity::from_pem(&tls.cert, &tls.key));
+        if let Some(ca) = &tls.client_ca {
+            config = config.client_ca_root(tonic::transport::Certificate::from_pem(ca));
+        }
+        builder = builder.tls_config(config)?;
+        tracing::info!(
+            client_certificates = tls.client_ca.is_some(),
+            "serving gRPC over TLS"
+        );
+    }
+    builder
         .layer(crate::observe::MetricsLayer)
         .layer(auth)
         .layer(shed)

@@ -137,6 +137,7 @@ impl TestApp {
             drain: std::time::Duration::ZERO,
             pool_size: 8,
             auth: None,
+            tls: None,
         }
     }
 }
@@ -148,6 +149,7 @@ pub struct Spawn {
     drain: std::time::Duration,
     pool_size: usize,
     auth: Option<segd::api::auth::Auth>,
+    tls: Option<segd::server::Tls>,
 }
 
 impl Spawn {
@@ -175,6 +177,12 @@ impl Spawn {
         self
     }
 
+    /// Serve TLS.
+    pub fn tls(mut self, tls: segd::server::Tls) -> Self {
+        self.tls = Some(tls);
+        self
+    }
+
     /// Connections in the pool.
     pub fn pool_size(mut self, n: usize) -> Self {
         self.pool_size = n;
@@ -189,6 +197,7 @@ impl Spawn {
             drain,
             pool_size,
             auth,
+            tls,
         } = self;
         // Server logs, when asked for (SEGD_LOG=debug cargo test -- --nocapture).
         if std::env::var_os("SEGD_LOG").is_some() {
@@ -228,6 +237,7 @@ impl Spawn {
             state.clone(),
             segd::server::ServeOptions {
                 drain,
+                tls,
                 ..Default::default()
             },
             async {

@@ -21,4 +21,5 @@ mod restart;
 mod segments;
 mod server;
 mod streams;
+mod tls;
 mod writes;
