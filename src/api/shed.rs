@@ -26,14 +26,26 @@ pub enum Class {
     /// Contact, event, deal, segment and settings writes.
     Write,
     /// Not limited here: member streams and change feeds (their own slots
-    /// and stall limits), health, reflection, administration.
+    /// and stall limits), streamed writes (batch by batch, by the pool),
+    /// health, reflection, administration.
     Unlimited,
 }
 
 /// The class of the RPC at `path`.
 pub fn class(path: &str) -> Class {
     let method = path.rsplit('/').next().unwrap_or("");
-    if matches!(method, "StreamMembers" | "WatchMembership") {
+    // Streams last as long as their callers like: member streams and feeds
+    // have their own slots, and streamed writes hold a connection only
+    // while a batch is written (the pool bounds them, and an idle import
+    // must not hold a slot).
+    if matches!(
+        method,
+        "StreamMembers"
+            | "WatchMembership"
+            | "BatchUpsertContacts"
+            | "BatchUpsertDeals"
+            | "RecordEvents"
+    ) {
         return Class::Unlimited;
     }
     match required(path) {
@@ -197,7 +209,11 @@ mod tests {
             Class::Unlimited
         );
         assert_eq!(class("/segd.v1.ContactService/GetContact"), Class::Query);
-        assert_eq!(class("/segd.v1.ContactService/RecordEvents"), Class::Write);
+        assert_eq!(
+            class("/segd.v1.ContactService/RecordEvents"),
+            Class::Unlimited
+        );
+        assert_eq!(class("/segd.v1.ContactService/UpdateContact"), Class::Write);
         assert_eq!(class("/grpc.health.v1.Health/Check"), Class::Unlimited);
         assert_eq!(
             class("/segd.v1.WorkspaceService/CreateWorkspace"),
