@@ -58,7 +58,7 @@ pub struct LoadBench {
     pub contacts: usize,
     /// Calls per second in the sustained phase (the overload phase sends
     /// twice as many).
-    #[arg(long, default_value_t = 200)]
+    #[arg(long, default_value_t = 100)]
     pub rate: usize,
     /// Concurrent clients: calls in flight at most.
     #[arg(long, default_value_t = 256)]
@@ -231,7 +231,7 @@ pub struct Config {
 
     /// How long a query or write waits for a slot (at most half its
     /// deadline).
-    #[arg(long, env = "SEGD_SHED_WAIT", default_value = "1s", value_parser = parse_duration, global = true)]
+    #[arg(long, env = "SEGD_SHED_WAIT", default_value = "250ms", value_parser = parse_duration, global = true)]
     pub shed_wait: Duration,
 
     /// segd analyzes a table it writes to once a workspace has gained this

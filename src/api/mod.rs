@@ -67,7 +67,7 @@ impl Default for Limits {
             max_streams: 32,
             max_queries: 16,
             max_writes: 16,
-            shed_wait: Duration::from_secs(1),
+            shed_wait: Duration::from_millis(250),
             live: crate::service::live::Options::default(),
         }
     }
