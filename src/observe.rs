@@ -171,6 +171,7 @@ where
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let span = call_span(&method, req.headers());
         let request_id = span.1;
+        let deadline = crate::api::shed::deadline(req.headers()).map(|d| started + d);
         let fut = async move {
             let mut resp = inner.call(req).await?;
             if let Ok(v) = http::HeaderValue::from_str(&request_id) {
@@ -188,6 +189,7 @@ where
                 method,
                 started,
                 done: false,
+                deadline: deadline.map(|d| Box::pin(tokio::time::sleep_until(d.into()))),
             });
             Ok(http::Response::from_parts(parts, body))
         };
@@ -264,12 +266,16 @@ fn record(method: &str, code: &str, started: Instant) {
 
 /// A response body that records its call when its trailers pass (the
 /// call's code), or as CANCELLED when it is dropped before them (the
-/// client went away).
+/// client went away). With a deadline (`grpc-timeout`), a call still
+/// streaming when it passes ends there with DEADLINE_EXCEEDED: tonic's own
+/// timeout bounds only the response headers, so a stream could otherwise
+/// answer past its caller's deadline.
 struct Observed {
     inner: tonic::body::Body,
     method: String,
     started: Instant,
     done: bool,
+    deadline: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl http_body::Body for Observed {
@@ -280,7 +286,25 @@ impl http_body::Body for Observed {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        if self.done {
+            return Poll::Ready(None);
+        }
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if polled.is_pending()
+            && let Some(d) = self.deadline.as_mut()
+            && d.as_mut().poll(cx).is_ready()
+        {
+            // The call's own trailers never come: these end it.
+            self.done = true;
+            record(&self.method, "4", self.started);
+            let mut trailers = http::HeaderMap::new();
+            trailers.insert("grpc-status", http::HeaderValue::from_static("4"));
+            trailers.insert(
+                "grpc-message",
+                http::HeaderValue::from_static("the call's deadline passed"),
+            );
+            return Poll::Ready(Some(Ok(http_body::Frame::trailers(trailers))));
+        }
         if let Poll::Ready(Some(Ok(frame))) = &polled
             && let Some(trailers) = frame.trailers_ref()
             && !self.done

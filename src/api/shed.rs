@@ -93,7 +93,7 @@ pub struct Shed<S> {
 }
 
 /// The `grpc-timeout` header as a duration.
-fn deadline(headers: &http::HeaderMap) -> Option<Duration> {
+pub fn deadline(headers: &http::HeaderMap) -> Option<Duration> {
     let v = headers.get("grpc-timeout")?.to_str().ok()?;
     let (n, unit) = v.split_at(v.len().checked_sub(1)?);
     let n: u64 = n.parse().ok()?;

@@ -289,3 +289,21 @@ async fn json_logs_name_the_call_and_its_workspace() {
             .is_some_and(|m| m.contains("--insecure-dev-auth"))
     }));
 }
+
+/// A streaming call still open at its deadline is ended there by the
+/// server with DEADLINE_EXCEEDED (tonic bounds only the response headers by
+/// the deadline; the client sets no timer of its own for a stream).
+#[tokio::test]
+async fn a_stream_open_at_its_deadline_ends_there() {
+    let app = TestApp::spawn().await;
+    let (tx, rx) = tokio::sync::mpsc::channel::<pb::BatchUpsertContactsRequest>(1);
+    let mut c = app.contacts().await;
+    let mut r = req("deadline", tokio_stream::wrappers::ReceiverStream::new(rx));
+    r.set_timeout(Duration::from_millis(300));
+    let mut acks = c.batch_upsert_contacts(r).await.unwrap().into_inner();
+    let end = tokio::time::timeout(Duration::from_secs(30), acks.message())
+        .await
+        .expect("the server ends the call");
+    assert_eq!(end.unwrap_err().code(), tonic::Code::DeadlineExceeded);
+    drop(tx);
+}
