@@ -65,8 +65,9 @@ fn with<T>(msg: T, token: Option<&str>, header: Option<&str>) -> tonic::Request<
 }
 
 /// Calls `path` with one empty message, whatever its kind, and returns the
-/// first status: the call's, or its stream's first message's (a stream that
-/// is still open after a second has passed its checks: OK).
+/// first status: the call's, or its stream's first message's. The auth
+/// layer answers in the response headers, so a stream that is still open
+/// after its headers (a watch waits for changes) has passed it: OK.
 async fn raw_call(
     channel: &Channel,
     path: &str,
@@ -79,18 +80,16 @@ async fn raw_call(
     let body = tokio_stream::iter(vec![()]);
     let req = with(body, token, header);
     let path = http::uri::PathAndQuery::try_from(path).unwrap();
-    let call = async {
-        match grpc.streaming(req, path, codec).await {
-            Err(s) => s.code(),
-            Ok(r) => match r.into_inner().message().await {
-                Err(s) => s.code(),
-                Ok(_) => Code::Ok,
-            },
+    match grpc.streaming(req, path, codec).await {
+        Err(s) => s.code(),
+        Ok(r) => {
+            let mut s = r.into_inner();
+            match tokio::time::timeout(Duration::from_secs(5), s.message()).await {
+                Ok(Err(s)) => s.code(),
+                Ok(Ok(_)) | Err(_) => Code::Ok,
+            }
         }
-    };
-    tokio::time::timeout(Duration::from_secs(1), call)
-        .await
-        .unwrap_or(Code::Ok)
+    }
 }
 
 /// Every segd RPC path, from the descriptor set reflection serves.

@@ -161,7 +161,9 @@ async fn a_full_class_sheds_with_a_retry_delay_and_the_others_carry_on() {
     use tonic_types::StatusExt;
     let app = TestApp::spawn_with(segd::api::Limits {
         max_queries: 1,
-        shed_wait: Duration::from_millis(200),
+        // Longer than any deadline here: the caller's deadline bounds the
+        // wait.
+        shed_wait: Duration::from_secs(600),
         ..Default::default()
     })
     .await;
@@ -183,18 +185,33 @@ async fn a_full_class_sheds_with_a_retry_delay_and_the_others_carry_on() {
         q1.count_members(req("shed", count("country = \"US\"")))
             .await
     });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Until it waits on the lock (it then holds the slot).
+    let watcher = app.db().await;
+    for _ in 0..600 {
+        let waiting: i64 = watcher
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity
+                 WHERE wait_event_type = 'Lock' AND query LIKE '%count(%' AND query LIKE '%country%'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if waiting > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 
+    // The next query waits for a slot at most half its deadline, then is
+    // refused: RESOURCE_EXHAUSTED, not the deadline's code.
     let mut q = app.query().await;
-    let started = std::time::Instant::now();
-    let shed = q
-        .count_members(req(ws, count("country = \"CA\"")))
-        .await
-        .unwrap_err();
+    let mut r = req(ws, count("country = \"CA\""));
+    r.set_timeout(Duration::from_secs(10));
+    let shed = q.count_members(r).await.unwrap_err();
     assert_eq!(shed.code(), tonic::Code::ResourceExhausted, "{shed:?}");
     let retry = shed.get_details_retry_info().expect("a RetryInfo detail");
     assert!(retry.retry_delay.is_some_and(|d| d > Duration::ZERO));
-    println!("shed after {:?}", started.elapsed());
     // A write is another class: it runs.
     q.update_metrics_settings(req(
         ws,
@@ -210,12 +227,6 @@ async fn a_full_class_sheds_with_a_retry_delay_and_the_others_carry_on() {
     ))
     .await
     .unwrap();
-    // A caller's short deadline bounds the wait: refused within it (after
-    // half of it), not at it.
-    let mut quick = req(ws, count("country = \"DE\""));
-    quick.set_timeout(Duration::from_millis(100));
-    let err = q.count_members(quick).await.unwrap_err();
-    assert_eq!(err.code(), tonic::Code::ResourceExhausted, "{err:?}");
     // Released, the held count answers, and the slot is free again.
     lock.commit().await.unwrap();
     let n = held.await.unwrap().unwrap().into_inner().count;
@@ -299,9 +310,9 @@ async fn a_stream_open_at_its_deadline_ends_there() {
     let (tx, rx) = tokio::sync::mpsc::channel::<pb::BatchUpsertContactsRequest>(1);
     let mut c = app.contacts().await;
     let mut r = req("deadline", tokio_stream::wrappers::ReceiverStream::new(rx));
-    r.set_timeout(Duration::from_millis(300));
+    r.set_timeout(Duration::from_secs(3));
     let mut acks = c.batch_upsert_contacts(r).await.unwrap().into_inner();
-    let end = tokio::time::timeout(Duration::from_secs(30), acks.message())
+    let end = tokio::time::timeout(Duration::from_secs(120), acks.message())
         .await
         .expect("the server ends the call");
     assert_eq!(end.unwrap_err().code(), tonic::Code::DeadlineExceeded);
