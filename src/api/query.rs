@@ -550,23 +550,11 @@ impl QueryService for Query {
         req: Request<pb::UpdateMetricsSettingsRequest>,
     ) -> Result<Response<pb::UpdateMetricsSettingsResponse>, Status> {
         let ws = self.state.workspace(&req).await?;
-        let mut client = self.state.conn().await?;
-        let tx = client
-            .transaction()
-            .await
-            .map_err(crate::error::Error::from)?;
-        // One update at a time per workspace: a masked update reads the
-        // others' values.
-        tx.execute(
-            "SELECT pg_advisory_xact_lock(hashtextextended('segd.metrics_settings', $1))",
-            &[&ws.0],
-        )
-        .await
-        .map_err(crate::error::Error::from)?;
-        let current = db::metrics::settings(&*tx, ws).await?;
-        let t = checked("", metrics::updated(req.get_ref(), &current))?;
-        db::metrics::set_settings(&*tx, ws, &t).await?;
-        tx.commit().await.map_err(crate::error::Error::from)?;
+        let r = req.into_inner();
+        let t = crate::service::metrics::update_settings(&self.state.pool, ws, |current| {
+            metrics::updated(&r, current)
+        })
+        .await?;
         Ok(Response::new(pb::UpdateMetricsSettingsResponse {
             settings: Some(metrics::settings(&t)),
         }))

@@ -30,6 +30,20 @@ pub async fn settings(client: &impl GenericClient, ws: WorkspaceId) -> Result<Ev
     }))
 }
 
+/// Holds, until the transaction ends, workspace `ws`'s settings against
+/// other changes.
+///
+/// # Errors
+/// The database is unavailable.
+pub async fn lock_settings(tx: &impl GenericClient, ws: WorkspaceId) -> Result<()> {
+    tx.execute(
+        "SELECT pg_advisory_xact_lock(hashtextextended('segd.metrics_settings', $1))",
+        &[&ws.0],
+    )
+    .await?;
+    Ok(())
+}
+
 /// Stores the workspace's event types.
 ///
 /// # Errors

@@ -78,9 +78,7 @@ impl Workspaces {
     /// The database is unavailable.
     pub async fn create(&self, name: &str) -> Result<(WorkspaceId, bool)> {
         let mut client = super::conn(&self.pool).await?;
-        let existed = self.find(name).await?.is_some();
-        let id = ensure(&mut client, name).await?;
-        Ok((id, !existed))
+        find_or_create(&mut client, name).await
     }
 }
 
@@ -128,9 +126,17 @@ pub async fn created_at(
 /// # Errors
 /// The database is unavailable.
 pub async fn ensure(client: &mut tokio_postgres::Client, name: &str) -> Result<WorkspaceId> {
+    Ok(find_or_create(client, name).await?.0)
+}
+
+/// Workspace `name` and whether this call created it.
+async fn find_or_create(
+    client: &mut tokio_postgres::Client,
+    name: &str,
+) -> Result<(WorkspaceId, bool)> {
     let find = "SELECT workspace_id FROM workspaces WHERE name = $1";
     if let Some(row) = client.query_opt(find, &[&name]).await? {
-        return Ok(WorkspaceId(row.get(0)));
+        return Ok((WorkspaceId(row.get(0)), false));
     }
     let tx = client.transaction().await?;
     let created = tx
@@ -143,7 +149,7 @@ pub async fn ensure(client: &mut tokio_postgres::Client, name: &str) -> Result<W
         // Another request created it concurrently.
         tx.rollback().await?;
         let row = client.query_one(find, &[&name]).await?;
-        return Ok(WorkspaceId(row.get(0)));
+        return Ok((WorkspaceId(row.get(0)), false));
     };
     let ws = WorkspaceId(row.get(0));
     let (names, descriptions): (Vec<&str>, Vec<&str>) = BUILTIN_LABELS.iter().copied().unzip();
@@ -158,5 +164,5 @@ pub async fn ensure(client: &mut tokio_postgres::Client, name: &str) -> Result<W
     super::segments::insert_rules(&tx, ws).await?;
     tx.commit().await?;
     tracing::info!(workspace = name, id = ws.0, "created workspace");
-    Ok(ws)
+    Ok((ws, true))
 }

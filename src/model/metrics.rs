@@ -40,22 +40,12 @@ impl Default for EventTypes {
 }
 
 impl EventTypes {
-    /// The roles and their field names.
-    pub fn roles(&self) -> [(&'static str, &[String]); 4] {
-        [
-            ("open_types", &self.open),
-            ("click_types", &self.click),
-            ("purchase_types", &self.purchase),
-            ("revenue_types", &self.revenue),
-        ]
-    }
-
-    /// Every type in any role, once each.
+    /// Every type in any role, once each, sorted.
     pub fn all(&self) -> Vec<String> {
-        let mut all: Vec<String> = self
-            .roles()
-            .iter()
-            .flat_map(|(_, t)| t.iter().cloned())
+        let mut all: Vec<String> = [&self.open, &self.click, &self.purchase, &self.revenue]
+            .into_iter()
+            .flatten()
+            .cloned()
             .collect();
         all.sort();
         all.dedup();

@@ -122,14 +122,8 @@ pub struct Metrics {
     pub from: chrono::DateTime<chrono::Utc>,
     /// The window's end, excluded.
     pub to: chrono::DateTime<chrono::Utc>,
-    /// Event types that are opens.
-    pub open: Vec<String>,
-    /// Event types that are clicks.
-    pub click: Vec<String>,
-    /// Event types that are purchases.
-    pub purchase: Vec<String>,
-    /// Event types whose values are revenue.
-    pub revenue: Vec<String>,
+    /// Which event types are opens, clicks, purchases and revenue.
+    pub types: crate::model::metrics::EventTypes,
     /// Group members by bucket of `count` with this salt, as
     /// [`Sample::Bucket`] does.
     pub split: Option<(i32, String)>,
@@ -718,21 +712,15 @@ impl<'a> Writer<'a> {
 
     /// Counts for segment metrics: see [`Select::Metrics`].
     fn metrics(&mut self, plan: &Plan, q: &Query<'_>, m: &Metrics) {
+        let t = &m.types;
         let mut text = |v: &[String]| hole::param(self.bind(Param::TextArray(v.to_vec())));
         let (open, click, purchase, revenue) = (
-            text(&m.open),
-            text(&m.click),
-            text(&m.purchase),
-            text(&m.revenue),
+            text(&t.open),
+            text(&t.click),
+            text(&t.purchase),
+            text(&t.revenue),
         );
-        let mut all: Vec<String> = [&m.open, &m.click, &m.purchase, &m.revenue]
-            .into_iter()
-            .flatten()
-            .cloned()
-            .collect();
-        all.sort();
-        all.dedup();
-        let all = text(&all);
+        let all = text(&t.all());
         let from = hole::param(self.bind(Param::Time(m.from)));
         let to = hole::param(self.bind(Param::Time(m.to)));
         let group = match &m.split {

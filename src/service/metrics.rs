@@ -11,7 +11,7 @@ use chrono::{DateTime, Utc};
 use super::query::{Reader, compile_guarded};
 use super::segments::Target;
 use crate::db;
-use crate::error::Result;
+use crate::error::{Error, Result, Violation};
 use crate::model::WorkspaceId;
 use crate::model::metrics::{Comparison, Counts, EventTypes, compare};
 use crate::segment::render::{Metrics, Query, Select};
@@ -72,10 +72,7 @@ impl Reader<'_> {
             let m = Metrics {
                 from: ask.from,
                 to: ask.to,
-                open: types.open.clone(),
-                click: types.click.clone(),
-                purchase: types.purchase.clone(),
-                revenue: types.revenue.clone(),
+                types,
                 split: ask.split.clone(),
             };
             let mut groups = Vec::new();
@@ -135,9 +132,31 @@ impl Reader<'_> {
             Ok(Report {
                 comparisons: compare(&counts),
                 groups,
-                types,
+                types: m.types,
             })
         })
         .await
     }
+}
+
+/// Changes workspace `ws`'s event types to what `change` makes of the
+/// current ones, one change at a time per workspace (a masked change keeps
+/// the other roles as they are).
+///
+/// # Errors
+/// `InvalidArgument` with `change`'s violations (nothing is written); the
+/// database is unavailable.
+pub async fn update_settings(
+    pool: &deadpool_postgres::Pool,
+    ws: WorkspaceId,
+    change: impl FnOnce(&EventTypes) -> std::result::Result<EventTypes, Vec<Violation>>,
+) -> Result<EventTypes> {
+    let mut client = db::conn(pool).await?;
+    let tx = client.transaction().await?;
+    db::metrics::lock_settings(&*tx, ws).await?;
+    let current = db::metrics::settings(&*tx, ws).await?;
+    let t = change(&current).map_err(Error::InvalidArgument)?;
+    db::metrics::set_settings(&*tx, ws, &t).await?;
+    tx.commit().await?;
+    Ok(t)
 }

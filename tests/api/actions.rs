@@ -12,25 +12,13 @@ use crate::helpers::*;
 
 /// A contact `email` with `labels` and `status`; returns its id.
 async fn contact(app: &TestApp, ws: &str, email: &str, labels: &[&str], status: &str) -> i64 {
-    app.contacts()
-        .await
-        .create_contact(req(
-            ws,
-            pb::CreateContactRequest {
-                contact: Some(pb::Contact {
-                    email: email.into(),
-                    labels: labels.iter().map(|l| (*l).to_string()).collect(),
-                    status: status.into(),
-                    ..Default::default()
-                }),
-            },
-        ))
-        .await
-        .unwrap()
-        .into_inner()
-        .contact
-        .unwrap()
-        .id
+    let c = pb::Contact {
+        email: email.into(),
+        labels: labels.iter().map(|l| (*l).to_string()).collect(),
+        status: status.into(),
+        ..Default::default()
+    };
+    create_contact_id(app, ws, c).await
 }
 
 /// A purchase by contact `id`, `back` days before the app's clock.

@@ -659,3 +659,21 @@ pub async fn tag_emails(app: &TestApp, ws: &str, contacts: &[(&str, &str)]) {
         .unwrap();
     app.drained().await;
 }
+
+/// Creates `contact` through CreateContact; returns its id.
+pub async fn create_contact_id(app: &TestApp, ws: &str, contact: segd::proto::Contact) -> i64 {
+    app.contacts()
+        .await
+        .create_contact(req(
+            ws,
+            segd::proto::CreateContactRequest {
+                contact: Some(contact),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .contact
+        .unwrap()
+        .id
+}

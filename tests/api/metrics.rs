@@ -15,25 +15,13 @@ use crate::live::create_live;
 
 /// A contact `email` in `country` with `tags`; returns its id.
 async fn contact(app: &TestApp, ws: &str, email: &str, country: &str, tags: &[&str]) -> i64 {
-    app.contacts()
-        .await
-        .create_contact(req(
-            ws,
-            pb::CreateContactRequest {
-                contact: Some(pb::Contact {
-                    email: email.into(),
-                    country: country.into(),
-                    tags: tags.iter().map(|t| (*t).to_string()).collect(),
-                    ..Default::default()
-                }),
-            },
-        ))
-        .await
-        .unwrap()
-        .into_inner()
-        .contact
-        .unwrap()
-        .id
+    let c = pb::Contact {
+        email: email.into(),
+        country: country.into(),
+        tags: tags.iter().map(|t| (*t).to_string()).collect(),
+        ..Default::default()
+    };
+    create_contact_id(app, ws, c).await
 }
 
 fn event(id: i64, ty: &str, at: DateTime<Utc>, value: Option<f64>) -> pb::Event {
