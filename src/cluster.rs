@@ -98,6 +98,60 @@ impl LocalCluster {
         Ok(cluster)
     }
 
+    /// Starts a hot standby of this cluster under `dir`: a base backup
+    /// streamed with `pg_basebackup -R` (which writes `standby.signal` and
+    /// the primary's connection), `extra_conf` appended to its
+    /// `postgresql.conf`, then started on a port of its own. Tests use it
+    /// to serve reads from a real replica.
+    ///
+    /// Blocking, as [`LocalCluster::start`].
+    ///
+    /// # Errors
+    /// The base backup or the start failed.
+    pub fn start_standby(&self, dir: &Path, extra_conf: &str) -> Result<Self> {
+        fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        let dir = dir
+            .canonicalize()
+            .with_context(|| format!("resolving {}", dir.display()))?;
+        if self.as_postgres {
+            prepare_for_postgres_user(&dir)?;
+        }
+        let pgdata = dir.join("pgdata");
+        let (target, port) = (pgdata.to_string_lossy(), self.port.to_string());
+        let out = self.run(
+            &self.bindir.join("pg_basebackup"),
+            &[
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &port,
+                "-U",
+                DB_USER,
+                "-D",
+                &target,
+                "-R",
+                "-X",
+                "stream",
+                "-c",
+                "fast",
+            ],
+        )?;
+        if !out.status.success() {
+            bail!(
+                "pg_basebackup failed: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        let conf = pgdata.join("postgresql.conf");
+        let mut text =
+            fs::read_to_string(&conf).context("reading the standby's postgresql.conf")?;
+        text.push_str("\n# Added for the standby.\n");
+        text.push_str(extra_conf);
+        text.push('\n');
+        fs::write(&conf, text).context("writing the standby's postgresql.conf")?;
+        Self::start(&dir, ClusterOptions { durable: false })
+    }
+
     /// A connection URL for `database` on this cluster.
     pub fn url(&self, database: &str) -> String {
         format!("postgres://{DB_USER}@127.0.0.1:{}/{database}", self.port)

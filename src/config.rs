@@ -171,6 +171,30 @@ pub struct Config {
     #[arg(long, env = "DATABASE_URL", global = true)]
     pub database_url: Option<Secret>,
 
+    /// A PostgreSQL hot standby of the primary to serve reads from (member
+    /// streams, counts, previews, breakdowns, overlaps); repeat the flag,
+    /// or separate URLs with commas in the variable, for several. Writes,
+    /// membership checks, live-segment maintenance and the change feed stay
+    /// on the primary.
+    #[arg(
+        long = "read-database-url",
+        env = "SEGD_READ_DATABASE_URLS",
+        value_delimiter = ',',
+        global = true
+    )]
+    pub read_database_urls: Vec<Secret>,
+
+    /// How stale a replica may be for a read that does not say
+    /// (`max_staleness` in the request); a read no replica is fresh enough
+    /// for goes to the primary.
+    #[arg(long, env = "SEGD_REPLICA_MAX_STALENESS", default_value = "10s", value_parser = parse_duration, global = true)]
+    pub replica_max_staleness: Duration,
+
+    /// How often each replica's replay position is checked against the
+    /// primary's (its staleness is known to about this).
+    #[arg(long, env = "SEGD_REPLICA_CHECK_INTERVAL", default_value = "1s", value_parser = parse_duration, global = true)]
+    pub replica_check_interval: Duration,
+
     /// Where the private PostgreSQL cluster lives when DATABASE_URL is unset
     /// [default: ./.segd, or, when running as root where the `postgres` user
     /// cannot reach ./.segd, a directory for this checkout under /var/tmp].

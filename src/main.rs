@@ -69,11 +69,30 @@ async fn serve(config: Config) -> anyhow::Result<()> {
             max_action_depth: config.max_action_depth,
             ..Default::default()
         },
+        replica_max_staleness: config.replica_max_staleness,
+        replica_check_interval: config.replica_check_interval,
         ..api::Limits::default()
     };
     let stream_db = segd::db::session_config(&db.url, config.statement_timeout)?;
     let mut state = api::AppState::new(db.pool.clone(), stream_db, limits);
     state.auth = std::sync::Arc::new(auth(&config)?);
+    let read_urls: Vec<&str> = config
+        .read_database_urls
+        .iter()
+        .map(|u| u.expose())
+        .collect();
+    if !read_urls.is_empty() {
+        let replicas = segd::db::replicas::Replicas::connect(
+            &read_urls,
+            config.pool_size,
+            config.statement_timeout,
+            state.limits.stream_socket_buffer,
+        )?;
+        for r in replicas.all() {
+            tracing::info!(replica = %r.name, max_staleness = ?config.replica_max_staleness, "reading from a replica");
+        }
+        state.replicas = std::sync::Arc::new(replicas);
+    }
     if let Some(addr) = config.metrics_listen {
         let l = TcpListener::bind(addr)
             .await

@@ -121,6 +121,19 @@ pub fn refreshed(segment: i64, seconds: f64) {
         .record(seconds);
 }
 
+/// How stale read replica `name` may be (`None`: never found caught up,
+/// reported as infinity).
+pub fn replica_staleness(name: &str, staleness: Option<std::time::Duration>) {
+    let v = staleness.map_or(f64::INFINITY, |d| d.as_secs_f64());
+    metrics::gauge!("segd_replica_staleness_seconds", "replica" => name.to_string()).set(v);
+}
+
+/// A read went to a replica (`true`) or the primary.
+pub fn read_routed(replica: bool) {
+    let to = if replica { "replica" } else { "primary" };
+    metrics::counter!("segd_reads_total", "served_by" => to).increment(1);
+}
+
 /// A membership change reached a watcher `seconds` after it was applied.
 pub fn delivered(seconds: f64) {
     metrics::histogram!("segd_feed_delivery_lag_seconds").record(seconds);

@@ -132,6 +132,13 @@ pub async fn serve(
             .run(state.feed_db.clone(), state.shutdown.clone()),
     );
 
+    // Keeps read replicas' staleness known.
+    tokio::spawn(state.replicas.clone().run(
+        state.pool.clone(),
+        state.limits.replica_check_interval,
+        state.shutdown.clone(),
+    ));
+
     // Keeps live segments' stored memberships current.
     tokio::spawn(state.live.clone().run(state.shutdown.clone()));
 

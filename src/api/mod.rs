@@ -9,6 +9,7 @@ pub mod error;
 pub mod imports;
 pub mod metrics;
 pub mod query;
+pub mod route;
 pub mod segments;
 pub mod shed;
 pub mod watch;
@@ -52,6 +53,10 @@ pub struct Limits {
     pub shed_wait: Duration,
     /// How live segments are maintained.
     pub live: crate::service::live::Options,
+    /// How stale a replica may be for a read that does not say.
+    pub replica_max_staleness: Duration,
+    /// How often replicas are checked against the primary.
+    pub replica_check_interval: Duration,
 }
 
 impl Default for Limits {
@@ -69,6 +74,8 @@ impl Default for Limits {
             max_writes: 16,
             shed_wait: Duration::from_millis(250),
             live: crate::service::live::Options::default(),
+            replica_max_staleness: Duration::from_secs(10),
+            replica_check_interval: Duration::from_secs(1),
         }
     }
 }
@@ -100,6 +107,8 @@ pub struct AppState {
     pub clock: crate::clock::Clock,
     /// How callers are authenticated.
     pub auth: Arc<auth::Auth>,
+    /// Hot standbys that serve reads (none by default).
+    pub replicas: Arc<crate::db::replicas::Replicas>,
 }
 
 impl AppState {
@@ -128,6 +137,7 @@ impl AppState {
             shutdown: CancellationToken::new(),
             limits,
             auth: Arc::new(auth::Auth::InsecureDev),
+            replicas: Arc::default(),
         }
     }
 

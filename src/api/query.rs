@@ -10,6 +10,7 @@ use super::AppState;
 use super::convert::{contact as cc, rules, ts};
 use super::error::{checked, invalid};
 use super::metrics;
+use super::route::Route;
 use crate::db;
 use crate::error::Violation;
 use crate::proto::{self as pb, query_service_server::QueryService};
@@ -36,11 +37,21 @@ impl Query {
         Self { state }
     }
 
+    /// Queries on the primary.
     fn reader(&self) -> q::Reader<'_> {
         q::Reader {
             pool: &self.state.pool,
+            replica: None,
             timeout: self.state.limits.query_timeout,
             max_cost: self.state.limits.max_query_cost,
+        }
+    }
+
+    /// Queries where `route` says, falling back to the primary.
+    fn reader_on<'a>(&'a self, route: &'a Route) -> q::Reader<'a> {
+        q::Reader {
+            replica: route.replica(),
+            ..self.reader()
         }
     }
 }
@@ -280,6 +291,7 @@ impl QueryService for Query {
             .as_ref()
             .map_or_else(|| self.state.clock.now_ms(), Cursor::now);
         let limits = &self.state.limits;
+        let route = self.state.route(r.max_staleness.as_ref())?;
         let t = {
             let conn = self.state.conn().await?;
             q::compile_guarded(
@@ -337,12 +349,12 @@ impl QueryService for Query {
             deadline,
         };
         let members = stream::spawn(
-            self.state.streams.clone(),
+            route.streams(&self.state.streams),
             plan,
             self.state.shutdown.clone(),
             permit,
         );
-        Ok(Response::new(respond(members, paths, first_token)))
+        Ok(route.annotate(Response::new(respond(members, paths, first_token))))
     }
 
     async fn count_members(
@@ -353,8 +365,9 @@ impl QueryService for Query {
         let r = req.into_inner();
         let target = selector(r.selector.as_ref())?;
         let sample = sample(r.sample.as_ref())?;
+        let route = self.state.route(r.max_staleness.as_ref())?;
         let (count, live) = self
-            .reader()
+            .reader_on(&route)
             .count(
                 ws,
                 &target,
@@ -363,11 +376,11 @@ impl QueryService for Query {
                 self.state.clock.now_ms(),
             )
             .await?;
-        Ok(Response::new(pb::CountMembersResponse {
+        Ok(route.annotate(Response::new(pb::CountMembersResponse {
             count,
             from_live: live.is_some(),
             live_changed_at: live.flatten().map(super::convert::ts),
-        }))
+        })))
     }
 
     async fn preview_segment(
@@ -383,11 +396,12 @@ impl QueryService for Query {
             n @ 1..=100 => i64::from(n),
             _ => return Err(bad("sample_size", "must be 0 to 100")),
         };
+        let route = self.state.route(r.max_staleness.as_ref())?;
         let p = self
-            .reader()
+            .reader_on(&route)
             .preview(ws, &target, n, r.allow_expensive, self.state.clock.now_ms())
             .await?;
-        Ok(Response::new(pb::PreviewSegmentResponse {
+        Ok(route.annotate(Response::new(pb::PreviewSegmentResponse {
             count: p.count,
             sample: p
                 .sample
@@ -397,7 +411,7 @@ impl QueryService for Query {
             estimated_cost: p.cost,
             estimated_rows: p.rows,
             elapsed_ms: p.elapsed.as_secs_f64() * 1000.0,
-        }))
+        })))
     }
 
     async fn check_membership(
@@ -457,8 +471,9 @@ impl QueryService for Query {
             n @ 1..=1000 => i64::from(n),
             _ => return Err(bad("top_n", "must be 0 to 1000")),
         };
+        let route = self.state.route(r.max_staleness.as_ref())?;
         let b = self
-            .reader()
+            .reader_on(&route)
             .breakdown(
                 ws,
                 &target,
@@ -468,7 +483,7 @@ impl QueryService for Query {
                 self.state.clock.now_ms(),
             )
             .await?;
-        Ok(Response::new(pb::BreakdownSegmentResponse {
+        Ok(route.annotate(Response::new(pb::BreakdownSegmentResponse {
             rows: b
                 .groups
                 .into_iter()
@@ -481,7 +496,7 @@ impl QueryService for Query {
             other_count: b.other,
             group_count: b.group_count,
             total: b.total,
-        }))
+        })))
     }
 
     async fn overlap_segments(
@@ -489,7 +504,9 @@ impl QueryService for Query {
         req: Request<pb::OverlapSegmentsRequest>,
     ) -> Result<Response<pb::OverlapSegmentsResponse>, Status> {
         let ws = self.state.workspace(&req).await?;
-        let ids = req.into_inner().segment_ids;
+        let r = req.into_inner();
+        let route = self.state.route(r.max_staleness.as_ref())?;
+        let ids = r.segment_ids;
         if !(2..=5).contains(&ids.len()) {
             return Err(bad("segment_ids", "give 2 to 5 segments"));
         }
@@ -504,14 +521,14 @@ impl QueryService for Query {
             ));
         }
         let o = self
-            .reader()
+            .reader_on(&route)
             .overlap(ws, &ids, self.state.clock.now_ms())
             .await?;
         let overlap = |(ids, count): (Vec<i64>, i64)| pb::Overlap {
             segment_ids: ids,
             count,
         };
-        Ok(Response::new(pb::OverlapSegmentsResponse {
+        Ok(route.annotate(Response::new(pb::OverlapSegmentsResponse {
             segments: o
                 .sizes
                 .into_iter()
@@ -519,7 +536,7 @@ impl QueryService for Query {
                 .collect(),
             intersections: o.intersections.into_iter().map(overlap).collect(),
             union_count: o.union,
-        }))
+        })))
     }
 
     async fn segment_metrics(

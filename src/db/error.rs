@@ -66,6 +66,14 @@ pub fn from_sqlstate(code: &str, detail: &str) -> Error {
     let e = match code {
         UNIQUE_VIOLATION => Error::AlreadyExists("a unique key is already taken".into()),
         FOREIGN_KEY_VIOLATION => Error::NotFound("a row this write refers to is gone".into()),
+        // A hot standby cancels a query whose rows replication must
+        // remove or lock (max_standby_streaming_delay): the same code as a
+        // serialization failure, told apart by PostgreSQL's wording. The
+        // caller retries (a stream resumes), perhaps on the primary.
+        SERIALIZATION_FAILURE if detail.contains("conflict with recovery") => Error::Unavailable(
+            "the read replica cancelled the query to apply replication; retry (streams: resume with the last token)"
+                .into(),
+        ),
         SERIALIZATION_FAILURE | DEADLOCK_DETECTED | LOCK_NOT_AVAILABLE => {
             Error::Aborted("the write conflicted with a concurrent one; retry".into())
         }
@@ -144,6 +152,29 @@ mod tests {
         ));
         assert!(matches!(
             from_sqlstate("40P01", "deadlock detected"),
+            Error::Aborted(_)
+        ));
+    }
+
+    #[test]
+    fn a_replication_conflict_is_retryable_and_a_serialization_failure_aborts() {
+        let conflict = from_sqlstate(
+            "40001",
+            "canceling statement due to conflict with recovery (User query might have needed to see row versions that must be removed.)",
+        );
+        assert!(matches!(conflict, Error::Unavailable(_)), "{conflict}");
+        assert!(matches!(
+            from_sqlstate(
+                "40001",
+                "terminating connection due to conflict with recovery"
+            ),
+            Error::Unavailable(_)
+        ));
+        assert!(matches!(
+            from_sqlstate(
+                "40001",
+                "could not serialize access due to concurrent update"
+            ),
             Error::Aborted(_)
         ));
     }

@@ -16,6 +16,7 @@ pub mod live;
 pub mod merge;
 pub mod metrics;
 pub mod migrate;
+pub mod replicas;
 pub mod segments;
 pub mod stream_conn;
 pub mod workspaces;

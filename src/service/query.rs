@@ -3,6 +3,7 @@
 //! rebuilds it.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
@@ -22,11 +23,14 @@ pub use crate::segment::render::Sample;
 
 /// Runs membership queries, each in its own transaction with the query
 /// class's statement timeout, compiling inline definitions under the cost
-/// ceiling.
+/// ceiling; on a read replica when one is given.
 #[derive(Debug, Clone, Copy)]
 pub struct Reader<'a> {
-    /// Where connections come from.
+    /// The primary's connections.
     pub pool: &'a deadpool_postgres::Pool,
+    /// A read replica's connections, to try first, and where to note
+    /// that the read went to the primary after all.
+    pub replica: Option<(&'a deadpool_postgres::Pool, &'a AtomicBool)>,
     /// Statement timeout for these queries.
     pub timeout: Duration,
     /// Cost ceiling for inline definitions.
@@ -34,14 +38,34 @@ pub struct Reader<'a> {
 }
 
 impl Reader<'_> {
-    /// Runs `f` in a fresh transaction under the statement timeout. If the
-    /// call is dropped meanwhile, the statement is cancelled (see
-    /// [`db::Session`]).
+    /// Runs `f` in a fresh transaction under the statement timeout, on the
+    /// replica if there is one. A replica that cannot answer (down, a query
+    /// cancelled by replication, a segment or contact it has not received
+    /// yet) hands the read to the primary. If the call is dropped
+    /// meanwhile, the statement is cancelled (see [`db::Session`]).
     pub(crate) async fn within<T>(
         &self,
+        f: impl AsyncFnOnce(&tokio_postgres::Transaction<'_>) -> Result<T> + Clone,
+    ) -> Result<T> {
+        let Some((replica, fell_back)) = self.replica else {
+            return self.attempt(self.pool, f).await;
+        };
+        match self.attempt(replica, f.clone()).await {
+            Err(e @ (Error::Unavailable(_) | Error::NotFound(_))) => {
+                tracing::info!(error = %e, "the read replica could not answer; asking the primary");
+                fell_back.store(true, Ordering::Relaxed);
+                self.attempt(self.pool, f).await
+            }
+            other => other,
+        }
+    }
+
+    async fn attempt<T>(
+        &self,
+        pool: &deadpool_postgres::Pool,
         f: impl AsyncFnOnce(&tokio_postgres::Transaction<'_>) -> Result<T>,
     ) -> Result<T> {
-        let mut session = db::Session::get(self.pool).await?;
+        let mut session = db::Session::get(pool).await?;
         let tx = session.client().transaction().await?;
         set_timeout(&*tx, self.timeout).await?;
         let out = f(&tx).await;

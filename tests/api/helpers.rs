@@ -398,17 +398,38 @@ pub fn filter(text: &str) -> Option<segd::proto::Definition> {
     })
 }
 
+/// A channel to `addr` with large receive windows (for streams).
+pub async fn wide_channel(addr: std::net::SocketAddr) -> Channel {
+    tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .initial_stream_window_size(Some(4 << 20))
+        .initial_connection_window_size(Some(8 << 20))
+        .connect()
+        .await
+        .expect("connect to segd")
+}
+
+/// Serves `state` on a free port, for tests that build their own state;
+/// dropping or sending on the returned sender stops the server.
+pub async fn serve(state: AppState) -> (std::net::SocketAddr, tokio::sync::oneshot::Sender<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(segd::server::serve(
+        listener,
+        state,
+        Default::default(),
+        async {
+            let _ = stopped.await;
+        },
+    ));
+    (addr, stop)
+}
+
 impl TestApp {
     /// A QueryService client with large receive windows.
     pub async fn query(&self) -> segd::proto::query_service_client::QueryServiceClient<Channel> {
-        let ch = tonic::transport::Endpoint::from_shared(format!("http://{}", self.addr))
-            .unwrap()
-            .initial_stream_window_size(Some(4 << 20))
-            .initial_connection_window_size(Some(8 << 20))
-            .connect()
-            .await
-            .expect("connect to segd");
-        segd::proto::query_service_client::QueryServiceClient::new(ch)
+        segd::proto::query_service_client::QueryServiceClient::new(wide_channel(self.addr).await)
     }
 
     /// Inserts `n` contacts straight into the database, in workspace `ws`:

@@ -17,6 +17,7 @@ mod plans;
 mod polyglot;
 mod query;
 mod readme;
+mod replicas;
 mod restart;
 mod segments;
 mod server;

@@ -366,6 +366,7 @@ async fn splits_are_disjoint_complete_and_stable() {
         .count_members(req(
             "w",
             pb::CountMembersRequest {
+                max_staleness: None,
                 selector: named("Leads"),
                 sample: Some(frac),
                 allow_expensive: false,
@@ -599,6 +600,7 @@ async fn preview_counts_samples_and_times() {
         .preview_segment(req(
             "w",
             pb::PreviewSegmentRequest {
+                max_staleness: None,
                 selector: inline("country = \"CA\""),
                 sample_size: 5,
                 read_mask: Some(prost_types::FieldMask {
@@ -806,6 +808,7 @@ async fn breakdowns_and_overlaps_match_hand_counts() {
         .breakdown_segment(req(
             "w",
             pb::BreakdownSegmentRequest {
+                max_staleness: None,
                 selector: named("Leads"),
                 group_by: vec!["status_reason".into()],
                 top_n: 2,
@@ -828,6 +831,7 @@ async fn breakdowns_and_overlaps_match_hand_counts() {
         .breakdown_segment(req(
             "w",
             pb::BreakdownSegmentRequest {
+                max_staleness: None,
                 selector: named("Leads"),
                 group_by: vec!["status_reason".into(), "country".into()],
                 top_n: 10,
@@ -856,6 +860,7 @@ async fn breakdowns_and_overlaps_match_hand_counts() {
         .breakdown_segment(req(
             "w",
             pb::BreakdownSegmentRequest {
+                max_staleness: None,
                 selector: inline("status = rejected"),
                 group_by: vec!["labels".into()],
                 top_n: 10,
@@ -931,6 +936,7 @@ async fn breakdowns_and_overlaps_match_hand_counts() {
         .overlap_segments(req(
             "w",
             pb::OverlapSegmentsRequest {
+                max_staleness: None,
                 segment_ids: vec![leads.id, us.id, exp.id],
             },
         ))
@@ -965,6 +971,7 @@ async fn breakdowns_and_overlaps_match_hand_counts() {
         .overlap_segments(req(
             "w",
             pb::OverlapSegmentsRequest {
+                max_staleness: None,
                 segment_ids: vec![us.id],
             },
         ))

@@ -9,7 +9,6 @@ use futures::StreamExt;
 use segd::api::{AppState, Limits};
 use segd::cluster::{ClusterOptions, LocalCluster};
 use segd::proto::{self as pb, query_service_client::QueryServiceClient};
-use tokio::net::TcpListener;
 use tonic::Code;
 
 use crate::helpers::{inline, req};
@@ -54,17 +53,7 @@ async fn a_database_restart_ends_the_stream_and_the_client_resumes() {
         .collect();
     drop(db);
 
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(segd::server::serve(
-        listener,
-        state,
-        Default::default(),
-        async {
-            let _ = stopped.await;
-        },
-    ));
+    let (addr, stop) = crate::helpers::serve(state).await;
     let ch = tonic::transport::Channel::from_shared(format!("http://{addr}"))
         .unwrap()
         .connect()
