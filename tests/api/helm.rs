@@ -136,6 +136,11 @@ fn the_chart_lints_renders_and_holds_what_a_deployment_needs() {
     );
     assert!(secret["stringData"]["DATABASE_URL"].is_string());
     assert!(secret["stringData"].get("SEGD_JWT_SECRET").is_none());
+    assert!(
+        secret["stringData"]
+            .get("SEGD_READ_DATABASE_URLS")
+            .is_none()
+    );
     let job = one(small, "Job");
     assert_eq!(
         job["metadata"]["annotations"]["helm.sh/hook"],
@@ -172,8 +177,13 @@ fn the_chart_lints_renders_and_holds_what_a_deployment_needs() {
         "segd-credentials"
     );
 
-    // Production: autoscaled (no fixed replicas), monitored, JWKS mounted.
+    // Production: autoscaled (no fixed replicas), monitored, JWKS mounted,
+    // reading from two replicas.
     let prod = render["production-values.yaml"].as_array().unwrap();
+    assert_eq!(
+        one(prod, "Secret")["stringData"]["SEGD_READ_DATABASE_URLS"],
+        "postgres://segd:secret@postgres-r1:5432/segd,postgres://segd:secret@postgres-r2:5432/segd"
+    );
     let hpa = one(prod, "HorizontalPodAutoscaler");
     assert_eq!(
         (

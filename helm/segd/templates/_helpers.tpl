@@ -64,6 +64,12 @@ env:
       secretKeyRef:
         name: {{ include "segd.secretName" . }}
         key: DATABASE_URL
+  - name: SEGD_READ_DATABASE_URLS
+    valueFrom:
+      secretKeyRef:
+        name: {{ include "segd.secretName" . }}
+        key: SEGD_READ_DATABASE_URLS
+        optional: true
   - name: SEGD_JWT_SECRET
     valueFrom:
       secretKeyRef:
