@@ -37,7 +37,7 @@ impl ContactService for Contacts {
         let ws = self.state.workspace(&req).await?;
         let p = req.into_inner().contact.unwrap_or_default();
         let c = checked("contact", cc::from_proto(p))?;
-        let mut client = self.state.conn().await?;
+        let mut client = self.state.conn_in(ws).await?;
         let created = writes::run(&mut client, ws, &writes::CreateContact(&c)).await?;
         self.state.statistics.inserted(Table::Contacts, ws, 1);
         Ok(Response::new(pb::CreateContactResponse {
@@ -54,7 +54,7 @@ impl ContactService for Contacts {
             "contact",
             cc::key_from_proto(req.get_ref().contact.as_ref()),
         )?;
-        let client = self.state.conn().await?;
+        let client = self.state.conn_in(ws).await?;
         let c = db::contacts::get(&**client, ws, &key).await?;
         Ok(Response::new(pb::GetContactResponse {
             contact: Some(cc::to_proto(&c)),
@@ -73,7 +73,7 @@ impl ContactService for Contacts {
         }
         let (id, expected) = (p.id, parse_etag("contact.etag", &p.etag)?);
         let patch = checked("", cc::patch_from_mask(p, r.update_mask))?;
-        let mut client = self.state.conn().await?;
+        let mut client = self.state.conn_in(ws).await?;
         let update = writes::UpdateContact {
             id,
             expected,
@@ -95,7 +95,7 @@ impl ContactService for Contacts {
             return Err(invalid(vec![Violation::new("id", "required")]));
         }
         let expected = parse_etag("etag", &r.etag)?;
-        let mut client = self.state.conn().await?;
+        let mut client = self.state.conn_in(ws).await?;
         let delete = writes::DeleteContact { id: r.id, expected };
         writes::run(&mut client, ws, &delete).await?;
         Ok(Response::new(pb::DeleteContactResponse {}))
@@ -129,7 +129,7 @@ impl ContactService for Contacts {
                     })?,
             ),
         };
-        let client = self.state.conn().await?;
+        let client = self.state.conn_in(ws).await?;
         let (contacts, next) =
             db::contacts::list(&**client, ws, &r.order_by, order, after.as_ref(), limit).await?;
         Ok(Response::new(pb::ListContactsResponse {
@@ -201,7 +201,7 @@ impl ContactService for Contacts {
                 invalid(vec![Violation::new("page_token", "not a ListEvents token")])
             })?),
         };
-        let client = self.state.conn().await?;
+        let client = self.state.conn_in(ws).await?;
         let events = db::events::list(&**client, ws, &key, event_type, after, limit + 1).await?;
         let more = events.len() as i64 > limit;
         let events = &events[..events.len().min(limit as usize)];
@@ -234,7 +234,7 @@ impl ContactService for Contacts {
                 )])
             })?,
         };
-        let client = self.state.conn().await?;
+        let client = self.state.conn_in(ws).await?;
         let mut changes = db::history::list(&**client, ws, &key, field, after, limit + 1).await?;
         let next = if changes.len() as i64 > limit {
             changes.truncate(limit as usize);
@@ -275,7 +275,7 @@ impl ContactService for Contacts {
             "deal",
             activity::deal_from_proto(&req.into_inner().deal.unwrap_or_default()),
         )?;
-        let mut client = self.state.conn().await?;
+        let mut client = self.state.conn_in(ws).await?;
         let (d, created) = writes::upsert_deal(&mut client, ws, &deal).await?;
         self.state
             .statistics
@@ -301,7 +301,7 @@ impl ContactService for Contacts {
             })?,
         };
         let contact = (r.contact_id != 0).then_some(r.contact_id);
-        let client = self.state.conn().await?;
+        let client = self.state.conn_in(ws).await?;
         let mut deals = db::deals::list(&**client, ws, contact, after, limit + 1).await?;
         let next = if deals.len() as i64 > limit {
             deals.truncate(limit as usize);
@@ -327,7 +327,7 @@ impl ContactService for Contacts {
             "field",
             cc::custom_field_from_proto(&req.into_inner().field.unwrap_or_default()),
         )?;
-        let client = self.state.conn().await?;
+        let client = self.state.conn_in(ws).await?;
         let d = db::definitions::define_custom_field(&**client, ws, &def).await?;
         Ok(Response::new(pb::DefineCustomFieldResponse {
             field: Some(cc::custom_field_to_proto(&d)),
@@ -339,7 +339,7 @@ impl ContactService for Contacts {
         req: Request<pb::ListCustomFieldsRequest>,
     ) -> Result<Response<pb::ListCustomFieldsResponse>, Status> {
         let ws = self.state.workspace(&req).await?;
-        let client = self.state.conn().await?;
+        let client = self.state.conn_in(ws).await?;
         let defs = db::definitions::list_custom_fields(&**client, ws).await?;
         Ok(Response::new(pb::ListCustomFieldsResponse {
             fields: defs.iter().map(cc::custom_field_to_proto).collect(),
@@ -355,7 +355,7 @@ impl ContactService for Contacts {
             "label",
             cc::label_from_proto(&req.into_inner().label.unwrap_or_default()),
         )?;
-        let client = self.state.conn().await?;
+        let client = self.state.conn_in(ws).await?;
         let l = db::definitions::define_label(&**client, ws, &def).await?;
         Ok(Response::new(pb::DefineLabelResponse {
             label: Some(cc::label_to_proto(&l)),
@@ -367,7 +367,7 @@ impl ContactService for Contacts {
         req: Request<pb::ListLabelsRequest>,
     ) -> Result<Response<pb::ListLabelsResponse>, Status> {
         let ws = self.state.workspace(&req).await?;
-        let client = self.state.conn().await?;
+        let client = self.state.conn_in(ws).await?;
         let labels = db::definitions::list_labels(&**client, ws).await?;
         Ok(Response::new(pb::ListLabelsResponse {
             labels: labels.iter().map(cc::label_to_proto).collect(),
@@ -401,7 +401,7 @@ impl ContactService for Contacts {
         if !v.is_empty() {
             return Err(invalid(v));
         }
-        let mut client = self.state.conn().await?;
+        let mut client = self.state.conn_in(ws).await?;
         let merge = writes::MergeContacts {
             primary: r.primary_id,
             duplicates: &r.duplicate_ids,

@@ -129,7 +129,7 @@ async fn apply<W: BatchWrite>(
     if rows.is_empty() {
         return Ok(vec![]);
     }
-    let mut session = db::Session::get(pool).await?;
+    let mut session = db::Session::get_in(pool, ws).await?;
     let applied = W::apply(session.client(), ws, rows).await;
     session.finish();
     Ok(applied?)

@@ -148,4 +148,16 @@ impl AppState {
     pub async fn conn(&self) -> Result<crate::db::Conn, tonic::Status> {
         Ok(crate::db::conn(&self.pool).await?)
     }
+
+    /// A pooled connection for a call in workspace `ws`: its statements
+    /// run under row-level security, scoped to `ws` (see `db::scope`).
+    ///
+    /// # Errors
+    /// `UNAVAILABLE` when the database cannot be reached.
+    pub async fn conn_in(
+        &self,
+        ws: crate::model::WorkspaceId,
+    ) -> Result<crate::db::Conn, tonic::Status> {
+        Ok(crate::db::scope::conn_in(&self.pool, ws).await?)
+    }
 }

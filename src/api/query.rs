@@ -293,7 +293,7 @@ impl QueryService for Query {
         let limits = &self.state.limits;
         let route = self.state.route(r.max_staleness.as_ref())?;
         let t = {
-            let conn = self.state.conn().await?;
+            let conn = self.state.conn_in(ws).await?;
             q::compile_guarded(
                 &**conn,
                 ws,
@@ -555,7 +555,7 @@ impl QueryService for Query {
         req: Request<pb::GetMetricsSettingsRequest>,
     ) -> Result<Response<pb::GetMetricsSettingsResponse>, Status> {
         let ws = self.state.workspace(&req).await?;
-        let client = self.state.conn().await?;
+        let client = self.state.conn_in(ws).await?;
         let t = db::metrics::settings(&**client, ws).await?;
         Ok(Response::new(pb::GetMetricsSettingsResponse {
             settings: Some(metrics::settings(&t)),

@@ -197,7 +197,7 @@ impl SegmentService for Segments {
                 action::from_proto("segment.actions", &s.actions),
             )?),
         };
-        let mut client = self.state.conn().await?;
+        let mut client = self.state.conn_in(ws).await?;
         let created = svc::create(&mut client, ws, kind, changes).await?;
         Ok(Response::new(pb::CreateSegmentResponse {
             segment: Self::one(&**client, ws, created).await?,
@@ -210,7 +210,7 @@ impl SegmentService for Segments {
     ) -> Result<Response<pb::GetSegmentResponse>, Status> {
         let ws = self.state.workspace(&req).await?;
         let r = reference(req.get_ref().segment.as_ref(), "segment")?;
-        let client = self.state.conn().await?;
+        let client = self.state.conn_in(ws).await?;
         let s = db::segments::get(&**client, ws, &r).await?;
         Ok(Response::new(pb::GetSegmentResponse {
             segment: Self::one(&**client, ws, s).await?,
@@ -234,7 +234,7 @@ impl SegmentService for Segments {
                 )])
             })?,
         };
-        let client = self.state.conn().await?;
+        let client = self.state.conn_in(ws).await?;
         let mut segs = db::segments::list(&**client, ws, after, limit + 1).await?;
         let next = if segs.len() as i64 > limit {
             segs.truncate(limit as usize);
@@ -304,7 +304,7 @@ impl SegmentService for Segments {
                 }
             }
         }
-        let mut client = self.state.conn().await?;
+        let mut client = self.state.conn_in(ws).await?;
         let updated = svc::update(&mut client, ws, s.id, expected, c).await?;
         Ok(Response::new(pb::UpdateSegmentResponse {
             segment: Self::one(&**client, ws, updated).await?,
@@ -321,7 +321,7 @@ impl SegmentService for Segments {
             return Err(invalid(vec![Violation::new("id", "required")]));
         }
         let expected = etag("etag", &r.etag)?;
-        let client = self.state.conn().await?;
+        let client = self.state.conn_in(ws).await?;
         db::segments::delete(&**client, ws, r.id, expected).await?;
         Ok(Response::new(pb::DeleteSegmentResponse {}))
     }
@@ -333,7 +333,7 @@ impl SegmentService for Segments {
         let ws = self.state.workspace(&req).await?;
         let r = req.into_inner();
         member_ids(&r.contact_ids)?;
-        let mut client = self.state.conn().await?;
+        let mut client = self.state.conn_in(ws).await?;
         let edit = writes::EditMembers {
             segment: r.segment_id,
             ids: &r.contact_ids,
@@ -352,7 +352,7 @@ impl SegmentService for Segments {
         let ws = self.state.workspace(&req).await?;
         let r = req.into_inner();
         member_ids(&r.contact_ids)?;
-        let mut client = self.state.conn().await?;
+        let mut client = self.state.conn_in(ws).await?;
         let edit = writes::EditMembers {
             segment: r.segment_id,
             ids: &r.contact_ids,
@@ -372,7 +372,7 @@ impl SegmentService for Segments {
         let r = req.into_inner();
         let source = reference(r.source.as_ref(), "source")?;
         let name = checked("", svc::name("name", &r.name))?;
-        let mut client = self.state.conn().await?;
+        let mut client = self.state.conn_in(ws).await?;
         let (s, n) = svc::snapshot(
             &mut client,
             ws,
@@ -397,7 +397,7 @@ impl SegmentService for Segments {
             "",
             rules::definition(req.get_ref().definition.as_ref(), "definition"),
         )?;
-        let client = self.state.conn().await?;
+        let client = self.state.conn_in(ws).await?;
         let v = svc::validate(&**client, ws, &rule, None).await?;
         Ok(Response::new(pb::ValidateSegmentResponse {
             rule: Some(rules::to_proto(&v.rule)),
@@ -416,7 +416,7 @@ impl SegmentService for Segments {
             return Err(invalid(vec![Violation::new("segment_id", "required")]));
         }
         self.state.live.rebuild(ws, id).await?;
-        let client = self.state.conn().await?;
+        let client = self.state.conn_in(ws).await?;
         let s = db::segments::get(&**client, ws, &SegmentRef::Id(id)).await?;
         Ok(Response::new(pb::RebuildSegmentResponse {
             segment: Self::one(&**client, ws, s).await?,
@@ -473,7 +473,7 @@ impl SegmentService for Segments {
         let (Some(start), Some(end), true) = (start, end, bad.is_empty()) else {
             return Err(invalid(bad));
         };
-        let client = self.state.conn().await?;
+        let client = self.state.conn_in(ws).await?;
         let s = db::segments::get(&**client, ws, &SegmentRef::Id(r.segment_id)).await?;
         if !s.live {
             return Err(crate::error::Error::FailedPrecondition(format!(
@@ -505,7 +505,7 @@ impl SegmentService for Segments {
         if id <= 0 {
             return Err(invalid(vec![Violation::new("segment_id", "required")]));
         }
-        let mut client = self.state.conn().await?;
+        let mut client = self.state.conn_in(ws).await?;
         let d = crate::service::live::verify(&mut client, ws, id, self.state.clock.now()).await?;
         Ok(Response::new(pb::VerifySegmentResponse {
             missing_count: d.missing,
@@ -535,7 +535,7 @@ impl SegmentService for Segments {
                 )]));
             }
         };
-        let client = self.state.conn().await?;
+        let client = self.state.conn_in(ws).await?;
         let t = svc::compile(&**client, ws, &target, self.state.clock.now(), false).await?;
         let e = svc::explain(&**client, &t.compiled, r.analyze).await?;
         Ok(Response::new(pb::ExplainSegmentResponse {

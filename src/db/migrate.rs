@@ -18,6 +18,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "history_columns",
         include_str!("migrations/0007_history_columns.sql"),
     ),
+    (
+        8,
+        "row_security",
+        include_str!("migrations/0008_row_security.sql"),
+    ),
 ];
 
 /// Arbitrary key for `pg_advisory_lock`, shared by every segd replica.

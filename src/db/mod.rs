@@ -17,6 +17,7 @@ pub mod merge;
 pub mod metrics;
 pub mod migrate;
 pub mod replicas;
+pub mod scope;
 pub mod segments;
 pub mod stream_conn;
 pub mod workspaces;
@@ -44,7 +45,9 @@ pub fn pool(url: &str, size: usize, statement_timeout: Duration) -> Result<Pool>
         cfg,
         NoTls,
         ManagerConfig {
-            recycling_method: RecyclingMethod::Fast,
+            // A connection a call scoped (see `scope`) is unscoped before
+            // anyone else takes it.
+            recycling_method: RecyclingMethod::Custom(scope::RESET.into()),
         },
     );
     Pool::builder(mgr)
@@ -156,6 +159,17 @@ impl Session {
             conn: Some(conn),
             cancel,
         })
+    }
+
+    /// A connection from the pool, scoped to workspace `ws` (see
+    /// [`scope`]).
+    ///
+    /// # Errors
+    /// `Unavailable` when no connection can be had.
+    pub async fn get_in(pool: &Pool, ws: crate::model::WorkspaceId) -> Result<Self> {
+        let mut s = Self::get(pool).await?;
+        scope::enter(&***s.client(), ws, false).await?;
+        Ok(s)
     }
 
     /// The connection.

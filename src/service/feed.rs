@@ -160,7 +160,7 @@ pub async fn start(
     stop: CancellationToken,
 ) -> Result<Watching> {
     let wake = listener.subscribe();
-    let client = db::conn(pool).await?;
+    let client = db::scope::conn_in(pool, w.ws).await?;
     let (last, oldest) = db::feed::bounds(&**client, w.ws).await?;
     drop(client);
     let after = match w.start {
@@ -217,7 +217,7 @@ async fn produce(
     loop {
         wake.mark_unchanged();
         let page = {
-            let client = db::conn(pool).await?;
+            let client = db::scope::conn_in(pool, w.ws).await?;
             db::feed::after(&**client, w.ws, after, segments, PAGE).await?
         };
         let full = page.len() as i64 == PAGE;
@@ -238,7 +238,7 @@ async fn snapshot(
     w: &Watch,
     items: &mpsc::Sender<Item>,
 ) -> Result<i64> {
-    let mut client = db::conn(pool).await?;
+    let mut client = db::scope::conn_in(pool, w.ws).await?;
     let tx = client
         .build_transaction()
         .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)

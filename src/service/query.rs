@@ -45,16 +45,17 @@ impl Reader<'_> {
     /// meanwhile, the statement is cancelled (see [`db::Session`]).
     pub(crate) async fn within<T>(
         &self,
+        ws: WorkspaceId,
         f: impl AsyncFnOnce(&tokio_postgres::Transaction<'_>) -> Result<T> + Clone,
     ) -> Result<T> {
         let Some((replica, fell_back)) = self.replica else {
-            return self.attempt(self.pool, f).await;
+            return self.attempt(self.pool, ws, f).await;
         };
-        match self.attempt(replica, f.clone()).await {
+        match self.attempt(replica, ws, f.clone()).await {
             Err(e @ (Error::Unavailable(_) | Error::NotFound(_))) => {
                 tracing::info!(error = %e, "the read replica could not answer; asking the primary");
                 fell_back.store(true, Ordering::Relaxed);
-                self.attempt(self.pool, f).await
+                self.attempt(self.pool, ws, f).await
             }
             other => other,
         }
@@ -63,10 +64,14 @@ impl Reader<'_> {
     async fn attempt<T>(
         &self,
         pool: &deadpool_postgres::Pool,
+        ws: WorkspaceId,
         f: impl AsyncFnOnce(&tokio_postgres::Transaction<'_>) -> Result<T>,
     ) -> Result<T> {
         let mut session = db::Session::get(pool).await?;
         let tx = session.client().transaction().await?;
+        // SET, not SELECT set_config: a query would take the snapshot
+        // before `f` may choose its isolation level.
+        tx.batch_execute(&db::scope::enter_local_sql(ws)).await?;
         set_timeout(&*tx, self.timeout).await?;
         let out = f(&tx).await;
         drop(tx);
@@ -86,7 +91,7 @@ impl Reader<'_> {
         allow_expensive: bool,
         now: DateTime<Utc>,
     ) -> Result<(i64, Option<Option<DateTime<Utc>>>)> {
-        self.within(async |tx| {
+        self.within(ws, async |tx| {
             let t = compile_guarded(tx, ws, target, now, self.max_cost, allow_expensive).await?;
             let n = count(tx, &t.compiled, sample).await?;
             Ok((n, t.live()))
@@ -106,7 +111,7 @@ impl Reader<'_> {
         allow_expensive: bool,
         now: DateTime<Utc>,
     ) -> Result<Preview> {
-        self.within(async |tx| {
+        self.within(ws, async |tx| {
             let t = compile_guarded(tx, ws, target, now, self.max_cost, allow_expensive).await?;
             preview(tx, ws, &t.compiled, n).await
         })
@@ -125,8 +130,10 @@ impl Reader<'_> {
         with_explain: bool,
         now: DateTime<Utc>,
     ) -> Result<(i64, Vec<Membership>)> {
-        self.within(async |tx| check_membership(tx, ws, contact, only, with_explain, now).await)
-            .await
+        self.within(ws, async |tx| {
+            check_membership(tx, ws, contact, only, with_explain, now).await
+        })
+        .await
     }
 
     /// A breakdown of a target; see [`breakdown`].
@@ -142,7 +149,7 @@ impl Reader<'_> {
         allow_expensive: bool,
         now: DateTime<Utc>,
     ) -> Result<Breakdown> {
-        self.within(async |tx| {
+        self.within(ws, async |tx| {
             let t = compile_guarded(tx, ws, target, now, self.max_cost, allow_expensive).await?;
             breakdown(tx, ws, &t.compiled, fields, n).await
         })
@@ -159,7 +166,7 @@ impl Reader<'_> {
         ids: &[i64],
         now: DateTime<Utc>,
     ) -> Result<Overlaps> {
-        self.within(async |tx| overlap(tx, ws, ids, now).await)
+        self.within(ws, async |tx| overlap(tx, ws, ids, now).await)
             .await
     }
 }

@@ -293,8 +293,9 @@ async fn run(session: &stream_conn::StreamSession, plan: &Job, out: &mut Out<'_>
     out.wait(async {
         client
             .batch_execute(&format!(
-                "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY; SET LOCAL statement_timeout = {}",
-                plan.timeouts.statement.as_millis()
+                "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY; SET LOCAL statement_timeout = {}; {}",
+                plan.timeouts.statement.as_millis(),
+                crate::db::scope::enter_local_sql(plan.ws)
             ))
             .await
             .map_err(Error::from)

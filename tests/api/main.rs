@@ -19,6 +19,7 @@ mod query;
 mod readme;
 mod replicas;
 mod restart;
+mod rls;
 mod segments;
 mod server;
 mod streams;
