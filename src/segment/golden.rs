@@ -38,11 +38,25 @@ pub(crate) fn compile(src: &str) -> (String, Vec<Param>) {
     (r.sql, r.params)
 }
 
-/// Checks `src` against the fixture workspace: segment 40 is dynamic
-/// (`tags:vip`), 41 static.
+/// Checks `src` against the fixture workspace (see [`segments`]).
 pub(crate) fn checked(src: &str) -> crate::segment::ir::Pred {
     let s = schema();
-    let segs = vec![
+    let segs = segments();
+    check(
+        &parse(src).unwrap(),
+        &Catalog {
+            schema: &s,
+            segments: &segs,
+            current: None,
+        },
+    )
+    .unwrap_or_else(|e| panic!("{src}: {e:?}"))
+    .pred
+}
+
+/// The fixture workspace's segments: 40 is dynamic (`tags:vip`), 41 static.
+pub(crate) fn segments() -> Vec<SegmentInfo> {
+    vec![
         SegmentInfo {
             id: 40,
             name: "engaged".into(),
@@ -59,17 +73,7 @@ pub(crate) fn checked(src: &str) -> crate::segment::ir::Pred {
             enabled: true,
             stored: false,
         },
-    ];
-    check(
-        &parse(src).unwrap(),
-        &Catalog {
-            schema: &s,
-            segments: &segs,
-            current: None,
-        },
-    )
-    .unwrap_or_else(|e| panic!("{src}: {e:?}"))
-    .pred
+    ]
 }
 
 /// The plan of `src` in the fixture workspace, without segments.
@@ -87,8 +91,16 @@ fn plan(src: &str) -> crate::segment::plan::Plan {
     lower(&checked.pred, WorkspaceId(7), now())
 }
 
+/// Every statement rendered from `src` follows the routing rules (see
+/// [`routing`](super::routing)), the golden ones among them.
+fn assert_routes(src: &str) {
+    let plan = lower(&checked(src), WorkspaceId(7), now());
+    super::routing_tests::assert_routes(src, &plan);
+}
+
 /// The ids-only body of `src`, if it has one.
 fn ids_body(src: &str) -> Option<String> {
+    assert_routes(src);
     let plan = plan(src);
     plan.driver?;
     let ids = plan.render(&Query::of(Select::Ids)).sql;
@@ -114,6 +126,7 @@ fn date(y: i32, m: u32, d: u32) -> Param {
 const BASE: &str = "SELECT c.id FROM contacts c";
 
 fn assert_golden(src: &str, joins: &str, cond: &str, params: Vec<Param>) {
+    assert_routes(src);
     let (sql, got) = compile(src);
     assert_eq!(
         sql,
@@ -547,7 +560,10 @@ fn a_shared_source_keeps_tests_contacts_without_rows_pass() {
 
 #[test]
 fn counting_a_bare_driver_counts_its_distinct_contacts() {
-    let count = |src: &str| plan(src).render(&Query::of(Select::Count)).sql;
+    let count = |src: &str| {
+        assert_routes(src);
+        plan(src).render(&Query::of(Select::Count)).sql
+    };
     assert_eq!(
         count("event(email_open|email_click, last 30d)"),
         "SELECT count(DISTINCT e.contact_id) FROM events e WHERE e.workspace_id = $1 AND e.type = ANY($2) AND e.occurred_at >= $3"

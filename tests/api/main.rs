@@ -18,6 +18,10 @@ mod polyglot;
 mod query;
 mod readme;
 mod restart;
+/// The compiler's routing checker (see its module doc), shared with the
+/// unit tests.
+#[path = "../../src/segment/routing.rs"]
+mod routing;
 mod segments;
 mod server;
 mod streams;
