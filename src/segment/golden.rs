@@ -38,11 +38,25 @@ pub(crate) fn compile(src: &str) -> (String, Vec<Param>) {
     (r.sql, r.params)
 }
 
-/// Checks `src` against the fixture workspace: segment 40 is dynamic
-/// (`tags:vip`), 41 static.
+/// Checks `src` against the fixture workspace (see [`segments`]).
 pub(crate) fn checked(src: &str) -> crate::segment::ir::Pred {
     let s = schema();
-    let segs = vec![
+    let segs = segments();
+    check(
+        &parse(src).unwrap(),
+        &Catalog {
+            schema: &s,
+            segments: &segs,
+            current: None,
+        },
+    )
+    .unwrap_or_else(|e| panic!("{src}: {e:?}"))
+    .pred
+}
+
+/// The fixture workspace's segments: 40 is dynamic (`tags:vip`), 41 static.
+pub(crate) fn segments() -> Vec<SegmentInfo> {
+    vec![
         SegmentInfo {
             id: 40,
             name: "engaged".into(),
@@ -59,17 +73,7 @@ pub(crate) fn checked(src: &str) -> crate::segment::ir::Pred {
             enabled: true,
             stored: false,
         },
-    ];
-    check(
-        &parse(src).unwrap(),
-        &Catalog {
-            schema: &s,
-            segments: &segs,
-            current: None,
-        },
-    )
-    .unwrap_or_else(|e| panic!("{src}: {e:?}"))
-    .pred
+    ]
 }
 
 /// The plan of `src` in the fixture workspace, without segments.
@@ -87,8 +91,16 @@ fn plan(src: &str) -> crate::segment::plan::Plan {
     lower(&checked.pred, WorkspaceId(7), now())
 }
 
+/// Every statement rendered from `src` follows the routing rules (see
+/// [`routing`](super::routing)), the golden ones among them.
+fn assert_routes(src: &str) {
+    let plan = lower(&checked(src), WorkspaceId(7), now());
+    super::routing_tests::assert_routes(src, &plan);
+}
+
 /// The ids-only body of `src`, if it has one.
 fn ids_body(src: &str) -> Option<String> {
+    assert_routes(src);
     let plan = plan(src);
     plan.driver?;
     let ids = plan.render(&Query::of(Select::Ids)).sql;
@@ -114,6 +126,7 @@ fn date(y: i32, m: u32, d: u32) -> Param {
 const BASE: &str = "SELECT c.id FROM contacts c";
 
 fn assert_golden(src: &str, joins: &str, cond: &str, params: Vec<Param>) {
+    assert_routes(src);
     let (sql, got) = compile(src);
     assert_eq!(
         sql,
@@ -340,7 +353,7 @@ fn sets_and_subscriptions() {
 fn events_group_once_per_condition() {
     let ev = |n: usize, value: &str, conds: &str| {
         format!(
-            " LEFT JOIN (SELECT e.contact_id, {value} AS v FROM events e WHERE e.workspace_id = $1 AND {conds} GROUP BY e.contact_id) ev{n} ON ev{n}.contact_id = c.id"
+            " LEFT JOIN (SELECT e.contact_id, e.workspace_id, {value} AS v FROM events e WHERE e.workspace_id = $1 AND {conds} GROUP BY e.contact_id, e.workspace_id) ev{n} ON ev{n}.contact_id = c.id AND ev{n}.workspace_id = c.workspace_id"
         )
     };
     assert_golden(
@@ -353,7 +366,7 @@ fn events_group_once_per_condition() {
     assert_golden(
         "NOT event(purchase)",
         "",
-        "NOT EXISTS (SELECT 1 FROM events e WHERE e.workspace_id = $1 AND e.contact_id = c.id AND e.type = $2)",
+        "NOT EXISTS (SELECT 1 FROM events e WHERE e.workspace_id = $1 AND e.contact_id = c.id AND e.workspace_id = c.workspace_id AND e.type = $2)",
         vec![t("purchase")],
     );
     // Anywhere else, the grouped join.
@@ -411,12 +424,12 @@ fn events_group_once_per_condition() {
     assert_golden(
         "event(purchase, since cart_abandoned).count = 0",
         "",
-        "NOT EXISTS (SELECT 1 FROM events e WHERE e.workspace_id = $1 AND e.contact_id = c.id AND e.type = $2 AND e.occurred_at > coalesce((SELECT max(s.occurred_at) FROM events s WHERE s.workspace_id = $1 AND s.contact_id = c.id AND s.type = $3), '-infinity'))",
+        "NOT EXISTS (SELECT 1 FROM events e WHERE e.workspace_id = $1 AND e.contact_id = c.id AND e.workspace_id = c.workspace_id AND e.type = $2 AND e.occurred_at > coalesce((SELECT max(s.occurred_at) FROM events s WHERE s.workspace_id = $1 AND s.contact_id = c.id AND s.workspace_id = c.workspace_id AND s.type = $3), '-infinity'))",
         vec![t("purchase"), t("cart_abandoned")],
     );
     assert_golden(
         "event(purchase, since cart_abandoned).count >= 2",
-        " LEFT JOIN (SELECT e.contact_id, count(*) AS v FROM events e LEFT JOIN (SELECT s.contact_id, max(s.occurred_at) AS t FROM events s WHERE s.workspace_id = $1 AND s.type = $3 GROUP BY s.contact_id) s ON s.contact_id = e.contact_id WHERE e.workspace_id = $1 AND e.type = $2 AND (s.t IS NULL OR e.occurred_at > s.t) GROUP BY e.contact_id) ev1 ON ev1.contact_id = c.id",
+        " LEFT JOIN (SELECT e.contact_id, e.workspace_id, count(*) AS v FROM events e LEFT JOIN (SELECT s.contact_id, s.workspace_id, max(s.occurred_at) AS t FROM events s WHERE s.workspace_id = $1 AND s.type = $3 GROUP BY s.contact_id, s.workspace_id) s ON s.contact_id = e.contact_id AND s.workspace_id = e.workspace_id WHERE e.workspace_id = $1 AND e.type = $2 AND (s.t IS NULL OR e.occurred_at > s.t) GROUP BY e.contact_id, e.workspace_id) ev1 ON ev1.contact_id = c.id AND ev1.workspace_id = c.workspace_id",
         "ev1.v >= $4",
         vec![t("purchase"), t("cart_abandoned"), Param::Float8(2.0)],
     );
@@ -466,13 +479,13 @@ fn any_event_type_and_type_lists() {
     assert_golden(
         "NOT event(*, last 90d)",
         "",
-        "NOT EXISTS (SELECT 1 FROM events e WHERE e.workspace_id = $1 AND e.contact_id = c.id AND e.occurred_at >= $2)",
+        "NOT EXISTS (SELECT 1 FROM events e WHERE e.workspace_id = $1 AND e.contact_id = c.id AND e.workspace_id = c.workspace_id AND e.occurred_at >= $2)",
         vec![ts(2025, 12, 15, 12)],
     );
     // Several types are one source, bound as one array, sorted.
     assert_golden(
         "event(email_open|email_click, last 30d).count >= 3",
-        " LEFT JOIN (SELECT e.contact_id, count(*) AS v FROM events e WHERE e.workspace_id = $1 AND e.type = ANY($2) AND e.occurred_at >= $3 GROUP BY e.contact_id) ev1 ON ev1.contact_id = c.id",
+        " LEFT JOIN (SELECT e.contact_id, e.workspace_id, count(*) AS v FROM events e WHERE e.workspace_id = $1 AND e.type = ANY($2) AND e.occurred_at >= $3 GROUP BY e.contact_id, e.workspace_id) ev1 ON ev1.contact_id = c.id AND ev1.workspace_id = c.workspace_id",
         "ev1.v >= $4",
         vec![
             Param::TextArray(vec!["email_click".into(), "email_open".into()]),
@@ -483,13 +496,13 @@ fn any_event_type_and_type_lists() {
     assert_eq!(
         ids_body("event(email_open|email_click, last 30d)").as_deref(),
         Some(
-            "FROM (SELECT DISTINCT e.contact_id AS id FROM events e WHERE e.workspace_id = $1 AND e.type = ANY($2) AND e.occurred_at >= $3) c WHERE TRUE"
+            "FROM (SELECT DISTINCT e.contact_id AS id, e.workspace_id FROM events e WHERE e.workspace_id = $1 AND e.type = ANY($2) AND e.occurred_at >= $3) c WHERE TRUE"
         )
     );
     // Any type, with filters and an aggregate.
     assert_golden(
         "event(*, value > 10).sum(value) > 100",
-        " LEFT JOIN (SELECT e.contact_id, sum(e.value) AS v FROM events e WHERE e.workspace_id = $1 AND (e.value > $2) GROUP BY e.contact_id) ev1 ON ev1.contact_id = c.id",
+        " LEFT JOIN (SELECT e.contact_id, e.workspace_id, sum(e.value) AS v FROM events e WHERE e.workspace_id = $1 AND (e.value > $2) GROUP BY e.contact_id, e.workspace_id) ev1 ON ev1.contact_id = c.id AND ev1.workspace_id = c.workspace_id",
         "ev1.v > $3",
         vec![Param::Float8(10.0), Param::Float8(100.0)],
     );
@@ -502,7 +515,7 @@ fn conditions_on_the_same_events_share_one_source() {
     let src = "event(purchase, last 30d).count >= 2 AND event(purchase, last 30d).sum(value) > 300";
     assert_golden(
         src,
-        " LEFT JOIN (SELECT e.contact_id, count(*) AS v1, sum(e.value) AS v2 FROM events e WHERE e.workspace_id = $1 AND e.type = $2 AND e.occurred_at >= $3 GROUP BY e.contact_id) ev1 ON ev1.contact_id = c.id",
+        " LEFT JOIN (SELECT e.contact_id, e.workspace_id, count(*) AS v1, sum(e.value) AS v2 FROM events e WHERE e.workspace_id = $1 AND e.type = $2 AND e.occurred_at >= $3 GROUP BY e.contact_id, e.workspace_id) ev1 ON ev1.contact_id = c.id AND ev1.workspace_id = c.workspace_id",
         "(ev1.v1 >= $4) AND (ev1.v2 > $5)",
         vec![
             t("purchase"),
@@ -515,7 +528,7 @@ fn conditions_on_the_same_events_share_one_source() {
     assert_eq!(
         ids_body(src).as_deref(),
         Some(
-            "FROM (SELECT e.contact_id AS id FROM events e WHERE e.workspace_id = $1 AND e.type = $2 AND e.occurred_at >= $3 GROUP BY e.contact_id HAVING (count(*) >= $4) AND (sum(e.value) > $5)) c WHERE TRUE"
+            "FROM (SELECT e.contact_id AS id, e.workspace_id FROM events e WHERE e.workspace_id = $1 AND e.type = $2 AND e.occurred_at >= $3 GROUP BY e.contact_id, e.workspace_id HAVING (count(*) >= $4) AND (sum(e.value) > $5)) c WHERE TRUE"
         )
     );
 }
@@ -528,7 +541,7 @@ fn a_shared_source_keeps_tests_contacts_without_rows_pass() {
     let src = "event(purchase, last 30d).count >= 1 AND event(purchase, last 30d).count <= 5";
     assert_golden(
         src,
-        " LEFT JOIN (SELECT e.contact_id, count(*) AS v1, count(*) AS v2 FROM events e WHERE e.workspace_id = $1 AND e.type = $2 AND e.occurred_at >= $3 GROUP BY e.contact_id) ev1 ON ev1.contact_id = c.id",
+        " LEFT JOIN (SELECT e.contact_id, e.workspace_id, count(*) AS v1, count(*) AS v2 FROM events e WHERE e.workspace_id = $1 AND e.type = $2 AND e.occurred_at >= $3 GROUP BY e.contact_id, e.workspace_id) ev1 ON ev1.contact_id = c.id AND ev1.workspace_id = c.workspace_id",
         "(ev1.v1 >= $4) AND (coalesce(ev1.v2, 0) <= $5)",
         vec![
             t("purchase"),
@@ -540,22 +553,26 @@ fn a_shared_source_keeps_tests_contacts_without_rows_pass() {
     assert_eq!(
         ids_body(src).as_deref(),
         Some(
-            "FROM (SELECT e.contact_id AS id FROM events e WHERE e.workspace_id = $1 AND e.type = $2 AND e.occurred_at >= $3 GROUP BY e.contact_id HAVING (count(*) >= $4) AND (coalesce(count(*), 0) <= $5)) c WHERE TRUE"
+            "FROM (SELECT e.contact_id AS id, e.workspace_id FROM events e WHERE e.workspace_id = $1 AND e.type = $2 AND e.occurred_at >= $3 GROUP BY e.contact_id, e.workspace_id HAVING (count(*) >= $4) AND (coalesce(count(*), 0) <= $5)) c WHERE TRUE"
         )
     );
 }
 
 #[test]
 fn counting_a_bare_driver_counts_its_distinct_contacts() {
-    let count = |src: &str| plan(src).render(&Query::of(Select::Count)).sql;
+    let count = |src: &str| {
+        assert_routes(src);
+        plan(src).render(&Query::of(Select::Count)).sql
+    };
     assert_eq!(
         count("event(email_open|email_click, last 30d)"),
         "SELECT count(DISTINCT e.contact_id) FROM events e WHERE e.workspace_id = $1 AND e.type = ANY($2) AND e.occurred_at >= $3"
     );
     // With anything else to test, the ids-only body is counted.
     assert!(
-        count("event(email_open, last 30d) AND NOT event(purchase)")
-            .starts_with("SELECT count(*) FROM (SELECT DISTINCT e.contact_id AS id FROM events e")
+        count("event(email_open, last 30d) AND NOT event(purchase)").starts_with(
+            "SELECT count(*) FROM (SELECT DISTINCT e.contact_id AS id, e.workspace_id FROM events e"
+        )
     );
 }
 
@@ -565,7 +582,7 @@ fn deals_and_segments() {
         r#"deal(status = "open", stage = "Negotiation", value > 10000)"#,
         // "At least one" alone at the top: a semi-join where contacts are read.
         "",
-        "EXISTS (SELECT 1 FROM deals d WHERE d.workspace_id = $1 AND (d.status = $2) AND (d.stage = $3) AND (d.value > $4) AND d.contact_id = c.id)",
+        "EXISTS (SELECT 1 FROM deals d WHERE d.workspace_id = $1 AND (d.status = $2) AND (d.stage = $3) AND (d.value > $4) AND d.contact_id = c.id AND d.workspace_id = c.workspace_id)",
         vec![
             t("open"),
             t("negotiation"),
@@ -575,13 +592,13 @@ fn deals_and_segments() {
     );
     assert_golden(
         "deal(status = won).count >= 2 OR deal().max(value) > 5",
-        " LEFT JOIN (SELECT d.contact_id, count(*) AS v FROM deals d WHERE d.workspace_id = $1 AND (d.status = $2) GROUP BY d.contact_id) dl1 ON dl1.contact_id = c.id LEFT JOIN (SELECT d.contact_id, max(d.value) AS v FROM deals d WHERE d.workspace_id = $1 GROUP BY d.contact_id) dl2 ON dl2.contact_id = c.id",
+        " LEFT JOIN (SELECT d.contact_id, d.workspace_id, count(*) AS v FROM deals d WHERE d.workspace_id = $1 AND (d.status = $2) GROUP BY d.contact_id, d.workspace_id) dl1 ON dl1.contact_id = c.id AND dl1.workspace_id = c.workspace_id LEFT JOIN (SELECT d.contact_id, d.workspace_id, max(d.value) AS v FROM deals d WHERE d.workspace_id = $1 GROUP BY d.contact_id, d.workspace_id) dl2 ON dl2.contact_id = c.id AND dl2.workspace_id = c.workspace_id",
         "(dl1.v >= $3) OR (dl2.v > $4)",
         vec![t("won"), Param::Float8(2.0), Param::Float8(5.0)],
     );
     assert_golden(
         r#"segment("engaged") AND segment("vip list")"#,
-        " LEFT JOIN (SELECT m.contact_id FROM segment_members m WHERE m.workspace_id = $1 AND m.segment_id = $3) sm1 ON sm1.contact_id = c.id",
+        " LEFT JOIN (SELECT m.contact_id, m.workspace_id FROM segment_members m WHERE m.workspace_id = $1 AND m.segment_id = $3) sm1 ON sm1.contact_id = c.id AND sm1.workspace_id = c.workspace_id",
         "(c.tags && $2) AND (sm1.contact_id IS NOT NULL)",
         vec![Param::TextArray(vec!["vip".into()]), Param::Int8(41)],
     );
@@ -634,7 +651,7 @@ fn text_properties_compare_as_json_strings() {
 
 fn ev_join(value: &str, conds: &str) -> String {
     format!(
-        " LEFT JOIN (SELECT e.contact_id, {value} AS v FROM events e WHERE e.workspace_id = $1 AND {conds} GROUP BY e.contact_id) ev1 ON ev1.contact_id = c.id"
+        " LEFT JOIN (SELECT e.contact_id, e.workspace_id, {value} AS v FROM events e WHERE e.workspace_id = $1 AND {conds} GROUP BY e.contact_id, e.workspace_id) ev1 ON ev1.contact_id = c.id AND ev1.workspace_id = c.workspace_id"
     )
 }
 
@@ -645,7 +662,7 @@ fn ids_bodies_skip_the_contacts_table() {
     assert_eq!(
         ids_body("event(purchase, last 90d).count >= 2").as_deref(),
         Some(
-            "FROM (SELECT e.contact_id AS id FROM events e WHERE e.workspace_id = $1 AND e.type = $2 AND e.occurred_at >= $3 GROUP BY e.contact_id HAVING count(*) >= $4) c WHERE TRUE"
+            "FROM (SELECT e.contact_id AS id, e.workspace_id FROM events e WHERE e.workspace_id = $1 AND e.type = $2 AND e.occurred_at >= $3 GROUP BY e.contact_id, e.workspace_id HAVING count(*) >= $4) c WHERE TRUE"
         )
     );
     // Other conditions stay, over the driver's ids; "since the last X"
@@ -654,20 +671,20 @@ fn ids_bodies_skip_the_contacts_table() {
         ids_body("event(cart_abandoned, last 7d) AND NOT event(purchase, since cart_abandoned)")
             .as_deref(),
         Some(
-            "FROM (SELECT e.contact_id AS id, max(e.occurred_at) AS t FROM events e WHERE e.workspace_id = $1 AND e.type = $2 AND e.occurred_at >= $3 GROUP BY e.contact_id HAVING count(*) >= $4) c WHERE (NOT EXISTS (SELECT 1 FROM events e WHERE e.workspace_id = $1 AND e.contact_id = c.id AND e.type = $5 AND e.occurred_at > c.t))"
+            "FROM (SELECT e.contact_id AS id, e.workspace_id, max(e.occurred_at) AS t FROM events e WHERE e.workspace_id = $1 AND e.type = $2 AND e.occurred_at >= $3 GROUP BY e.contact_id, e.workspace_id HAVING count(*) >= $4) c WHERE (NOT EXISTS (SELECT 1 FROM events e WHERE e.workspace_id = $1 AND e.contact_id = c.id AND e.workspace_id = c.workspace_id AND e.type = $5 AND e.occurred_at > c.t))"
         )
     );
     assert_eq!(
         ids_body("deal(status = won).count >= 2").as_deref(),
         Some(
-            "FROM (SELECT d.contact_id AS id FROM deals d WHERE d.workspace_id = $1 AND (d.status = $2) GROUP BY d.contact_id HAVING count(*) >= $3) c WHERE TRUE"
+            "FROM (SELECT d.contact_id AS id, d.workspace_id FROM deals d WHERE d.workspace_id = $1 AND (d.status = $2) GROUP BY d.contact_id, d.workspace_id HAVING count(*) >= $3) c WHERE TRUE"
         )
     );
     // "At least one" needs no count.
     assert_eq!(
         ids_body("deal(status = open)").as_deref(),
         Some(
-            "FROM (SELECT DISTINCT d.contact_id AS id FROM deals d WHERE d.workspace_id = $1 AND (d.status = $2)) c WHERE TRUE"
+            "FROM (SELECT DISTINCT d.contact_id AS id, d.workspace_id FROM deals d WHERE d.workspace_id = $1 AND (d.status = $2)) c WHERE TRUE"
         )
     );
     // A contact column, a test contacts without events pass, or OR at the

@@ -4,10 +4,16 @@
 //!
 //! ```sql
 //! FROM contacts c
-//! LEFT JOIN (SELECT e.contact_id, count(*) AS v FROM events e WHERE ... GROUP BY e.contact_id) ev1
-//!        ON ev1.contact_id = c.id
+//! LEFT JOIN (SELECT e.contact_id, e.workspace_id, count(*) AS v FROM events e
+//!            WHERE e.workspace_id = $1 AND ... GROUP BY e.contact_id, e.workspace_id) ev1
+//!        ON ev1.contact_id = c.id AND ev1.workspace_id = c.workspace_id
 //! WHERE c.workspace_id = $1 AND (<boolean expression over c and the joins>)
 //! ```
+//!
+//! Every table is read with its own `workspace_id = $1`, and every join or
+//! correlation between rows of contacts, events, deals and memberships also
+//! matches `workspace_id`, so each statement routes to one shard of a
+//! cluster distributed by workspace (Citus).
 //!
 //! Event and deal conditions become grouped subqueries joined once, never a
 //! subquery per contact; boolean structure stays a plain expression over the
@@ -403,7 +409,7 @@ impl Lowerer {
                     _ => "segment_members",
                 };
                 let sub = format!(
-                    "SELECT m.contact_id FROM {table} m WHERE m.workspace_id = {} AND m.segment_id = {seg}{}",
+                    "SELECT m.contact_id, m.workspace_id FROM {table} m WHERE m.workspace_id = {} AND m.segment_id = {seg}{}",
                     hole::param(0),
                     hole::only('m')
                 );
@@ -648,7 +654,10 @@ impl Lowerer {
         match absence(p) {
             Some(Absent::Event(e)) => {
                 let (from, mut conds) = self.event_scope(e, true);
-                conds.insert(1, "e.contact_id = c.id".into());
+                conds.insert(
+                    1,
+                    "e.contact_id = c.id AND e.workspace_id = c.workspace_id".into(),
+                );
                 format!(
                     "NOT EXISTS (SELECT 1 FROM {from} WHERE {})",
                     conds.join(" AND ")
@@ -656,7 +665,10 @@ impl Lowerer {
             }
             Some(Absent::Deal(d)) => {
                 let mut conds = self.deal_scope(d);
-                conds.insert(1, "d.contact_id = c.id".into());
+                conds.insert(
+                    1,
+                    "d.contact_id = c.id AND d.workspace_id = c.workspace_id".into(),
+                );
                 format!(
                     "NOT EXISTS (SELECT 1 FROM deals d WHERE {})",
                     conds.join(" AND ")
@@ -682,6 +694,7 @@ impl Lowerer {
         };
         let g = Grouped {
             key: "e.contact_id",
+            tenant: "e.workspace_id",
             from,
             conds,
             values: vec![value],
@@ -742,7 +755,7 @@ impl Lowerer {
                 let u = self.bind(Param::Text(u.clone()));
                 let _ = write!(
                     from,
-                    " LEFT JOIN (SELECT s.contact_id, max(s.occurred_at) AS t FROM events s WHERE s.workspace_id = {} AND s.type = {u}{} GROUP BY s.contact_id) s ON s.contact_id = e.contact_id",
+                    " LEFT JOIN (SELECT s.contact_id, s.workspace_id, max(s.occurred_at) AS t FROM events s WHERE s.workspace_id = {} AND s.type = {u}{} GROUP BY s.contact_id, s.workspace_id) s ON s.contact_id = e.contact_id AND s.workspace_id = e.workspace_id",
                     hole::param(0),
                     hole::only('s')
                 );
@@ -908,6 +921,7 @@ impl Lowerer {
         };
         let g = Grouped {
             key: "d.contact_id",
+            tenant: "d.workspace_id",
             from: "deals d".into(),
             conds,
             values: vec![value],

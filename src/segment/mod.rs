@@ -17,6 +17,9 @@
 //! - [`eval`]: a reference evaluator over in-memory data, used by the
 //!   differential test and to explain why a contact is in a segment.
 //! - [`time`]: calendar arithmetic both `lower` and `eval` rely on.
+//!
+//! In tests, `routing` checks that each statement `render` writes would run
+//! on one shard of a cluster distributed by workspace (Citus).
 
 pub mod ast;
 pub mod check;
@@ -37,3 +40,9 @@ mod golden;
 
 #[cfg(test)]
 mod proptests;
+
+#[cfg(test)]
+pub(crate) mod routing;
+
+#[cfg(test)]
+mod routing_tests;

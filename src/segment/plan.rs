@@ -91,11 +91,18 @@ fn parse_hole(h: &str) -> Hole {
 }
 
 /// A grouped event or deal source:
-/// `SELECT <key>, <values> FROM <from> WHERE <conds> GROUP BY <key>`.
+/// `SELECT <key>, <tenant>, <values> FROM <from> WHERE <conds> GROUP BY
+/// <key>, <tenant>`.
+///
+/// The workspace column goes along with the key (it is constant in each
+/// group) so that every join of the source to a contact also matches the
+/// workspace: a join on the column a Citus cluster distributes by.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Grouped {
     /// `e.contact_id` or `d.contact_id`.
     pub key: &'static str,
+    /// The key's workspace: `e.workspace_id` or `d.workspace_id`.
+    pub tenant: &'static str,
     /// The `FROM` list (template).
     pub from: String,
     /// The `WHERE` conditions, ANDed (templates).
@@ -111,9 +118,11 @@ pub struct Grouped {
 /// What a query joins to `contacts c`, under an alias.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Source {
-    /// A grouped subquery, `LEFT JOIN (...) <alias> ON <alias>.contact_id = c.id`.
+    /// A grouped subquery, `LEFT JOIN (...) <alias> ON <alias>.contact_id =
+    /// c.id AND <alias>.workspace_id = c.workspace_id`.
     Grouped(String, Grouped),
-    /// Any subquery with a `contact_id` column (a static member list).
+    /// Any subquery with `contact_id` and `workspace_id` columns (a stored
+    /// member list), joined as a grouped source is.
     Rows(String, String),
 }
 

@@ -196,6 +196,62 @@ pub(crate) fn rule() -> impl Strategy<Value = Rule> {
     })
 }
 
+/// Conditions the golden fixture accepts, one of each shape the compiler
+/// has: contact fields, sets, subscriptions, segments, events (every
+/// window, filter and aggregate kind, one type, several, any) and deals.
+const VALID_LEAVES: &[&str] = &[
+    r#"country = "US""#,
+    r#"city STARTS_WITH "New""#,
+    "lead_score BETWEEN 10 AND 20",
+    "age >= 30",
+    "birth_date ANNIVERSARY_WITHIN 3d",
+    "created_at WITHIN_LAST 30d",
+    r#"custom.plan IN ("pro", "team")"#,
+    "custom.seats > 10",
+    "custom.trial = true",
+    r#"custom.pets HAS_ANY ("cat")"#,
+    "tags:vip",
+    r#"labels HAS_ALL ("lead", "donor")"#,
+    "subscription(email, subscribed)",
+    r#"segment("engaged")"#,
+    r#"segment("vip list")"#,
+    "event(purchase)",
+    "event(purchase, last 90d).count >= 2",
+    "event(purchase).count < 3",
+    "event(purchase, older_than 1w).sum(value) > 100",
+    "event(page_view, between 2026-01-01 and 2026-02-01).distinct(url) >= 2",
+    "event(purchase, before 2026-01-01).avg(properties.qty) <= 2",
+    "event(login, after 2026-03-01).first IS SET",
+    "event(purchase).last OLDER_THAN 60d",
+    "event(purchase, since cart_abandoned)",
+    "event(purchase, since cart_abandoned).count >= 2",
+    "event(cart_abandoned, last 7d)",
+    r#"event(purchase, properties.sku IN ("a", "1")).count >= 2"#,
+    r#"event(page_view, url STARTS_WITH "/pricing", properties.n > 2)"#,
+    "event(email_open|email_click, last 30d).count >= 3",
+    "event(*, last 90d)",
+    r#"event(donation, currency = "usd").max(value) > 5"#,
+    "event(purchase, last 30d).count >= 2 AND event(purchase, last 30d).sum(value) > 300",
+    r#"deal(status = open, stage = "Negotiation", value > 10000)"#,
+    "deal(status = won).count >= 2",
+    "deal().max(value) > 5",
+    "deal().count = 0",
+    "deal(closed_at WITHIN_LAST 30d).last IS SET",
+];
+
+/// Trees of [`VALID_LEAVES`] under AND, OR and NOT: trees the fixture
+/// accepts, with every shape of the differential test.
+pub(crate) fn valid_rule() -> impl Strategy<Value = Rule> {
+    let leaf = prop::sample::select(VALID_LEAVES).prop_map(|s| parse(s).expect("a valid leaf"));
+    leaf.prop_recursive(3, 16, 4, |inner| {
+        prop_oneof![
+            prop::collection::vec(inner.clone(), 0..4).prop_map(Rule::All),
+            prop::collection::vec(inner.clone(), 0..4).prop_map(Rule::Any),
+            inner.prop_map(|r| Rule::Not(Box::new(r))),
+        ]
+    })
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
 

@@ -115,7 +115,7 @@ pub enum Select<'a> {
 
 /// What [`Select::Metrics`] counts: the members (by bucket of a split, or
 /// all as group 0) and their events of the given types in a window, read
-/// once by a semi-join on the members.
+/// once by an outer join from the members.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Metrics {
     /// The window's start, included.
@@ -404,7 +404,9 @@ impl<'a> Writer<'a> {
                             "coalesce((SELECT max(s.occurred_at) FROM events s WHERE s.workspace_id = ",
                         );
                         self.param(0);
-                        self.out.push_str(" AND s.contact_id = c.id AND s.type = ");
+                        self.out.push_str(
+                            " AND s.contact_id = c.id AND s.workspace_id = c.workspace_id AND s.type = ",
+                        );
                         self.param(i);
                         self.out.push_str("), '-infinity')");
                     }
@@ -452,7 +454,7 @@ impl<'a> Writer<'a> {
             }
             match s {
                 Source::Grouped(alias, g) => {
-                    let _ = write!(self.out, " LEFT JOIN (SELECT {}, ", g.key);
+                    let _ = write!(self.out, " LEFT JOIN (SELECT {}, {}, ", g.key, g.tenant);
                     let single = g.values.len() == 1;
                     for (k, v) in g.values.iter().enumerate() {
                         if k > 0 {
@@ -471,14 +473,17 @@ impl<'a> Writer<'a> {
                     self.source_conds(g);
                     let _ = write!(
                         self.out,
-                        " GROUP BY {}) {alias} ON {alias}.contact_id = c.id",
-                        g.key
+                        " GROUP BY {}, {}) {alias} ON {alias}.contact_id = c.id AND {alias}.workspace_id = c.workspace_id",
+                        g.key, g.tenant
                     );
                 }
                 Source::Rows(alias, sub) => {
                     self.out.push_str(" LEFT JOIN (");
                     self.template(sub, &Ctx::default());
-                    let _ = write!(self.out, ") {alias} ON {alias}.contact_id = c.id");
+                    let _ = write!(
+                        self.out,
+                        ") {alias} ON {alias}.contact_id = c.id AND {alias}.workspace_id = c.workspace_id"
+                    );
                 }
             }
         }
@@ -557,7 +562,11 @@ impl<'a> Writer<'a> {
                 self.template(&g.from, &Ctx::default());
                 self.out.push_str(" WHERE ");
                 self.list(&g.conds, " AND ", &Ctx::default());
-                let _ = write!(self.out, " AND {} = c.id)", g.key);
+                let _ = write!(
+                    self.out,
+                    " AND {} = c.id AND {} = c.workspace_id)",
+                    g.key, g.tenant
+                );
             }
             _ => self.template(&c.sql, ctx),
         }
@@ -584,9 +593,13 @@ impl<'a> Writer<'a> {
             .collect();
         let some = !with_last && own.len() == 1 && own[0].some;
         if some {
-            let _ = write!(self.out, "(SELECT DISTINCT {} AS id FROM ", g.key);
+            let _ = write!(
+                self.out,
+                "(SELECT DISTINCT {} AS id, {} FROM ",
+                g.key, g.tenant
+            );
         } else {
-            let _ = write!(self.out, "(SELECT {} AS id", g.key);
+            let _ = write!(self.out, "(SELECT {} AS id, {}", g.key, g.tenant);
             if with_last {
                 self.out.push_str(", max(e.occurred_at) AS t");
             }
@@ -596,7 +609,7 @@ impl<'a> Writer<'a> {
         self.out.push_str(" WHERE ");
         self.source_conds(g);
         if !some {
-            let _ = write!(self.out, " GROUP BY {} HAVING ", g.key);
+            let _ = write!(self.out, " GROUP BY {}, {} HAVING ", g.key, g.tenant);
             let having = Ctx {
                 having: Some(d),
                 ..Ctx::default()
@@ -731,14 +744,19 @@ impl<'a> Writer<'a> {
             }
             None => "0".into(),
         };
-        self.out.push_str("WITH m AS MATERIALIZED (SELECT c.id, ");
+        self.out
+            .push_str("WITH m AS MATERIALIZED (SELECT c.id, c.workspace_id, ");
         self.template(&group, &Ctx::default());
         self.out.push_str(" AS g ");
         self.ids_from(plan, q);
-        // Each member's events of the window, once: a semi-join on the
-        // members, then one row per contact with its counts.
+        // Each member's events of the window, once: the members left-joined
+        // to them (matching the workspace), one row per member with its
+        // counts. Not a semi-join of the events on the members: that would
+        // match `m.workspace_id` to the events' `workspace_id = $1`, and
+        // the planner, with no statistics on `m`, would take that as 0.5%
+        // of the members and probe the events once per member.
         self.out
-            .push_str("), e AS (SELECT e.contact_id, count(*) FILTER (WHERE e.type = ANY(");
+            .push_str("), pm AS (SELECT m.g, count(*) FILTER (WHERE e.type = ANY(");
         self.template(&open, &Ctx::default());
         self.out
             .push_str(")) AS opens, count(*) FILTER (WHERE e.type = ANY(");
@@ -749,8 +767,10 @@ impl<'a> Writer<'a> {
         self.out
             .push_str(")) AS orders, sum(e.value) FILTER (WHERE e.type = ANY(");
         self.template(&revenue, &Ctx::default());
-        self.out
-            .push_str(")) AS revenue FROM events e WHERE e.workspace_id = ");
+        self.out.push_str(
+            ")) AS revenue FROM m LEFT JOIN events e ON e.contact_id = m.id AND e.workspace_id = m.workspace_id \
+             AND e.workspace_id = ",
+        );
         self.param(0);
         self.out.push_str(" AND e.type = ANY(");
         self.template(&all, &Ctx::default());
@@ -759,13 +779,13 @@ impl<'a> Writer<'a> {
         self.out.push_str(" AND e.occurred_at < ");
         self.template(&to, &Ctx::default());
         self.out.push_str(
-            " AND e.contact_id IN (SELECT id FROM m) GROUP BY e.contact_id) \
-             SELECT m.g, count(*), count(*) FILTER (WHERE e.opens > 0), count(*) FILTER (WHERE e.clicks > 0), \
-             count(*) FILTER (WHERE e.opens > 0 AND e.clicks > 0), coalesce(sum(e.opens), 0)::bigint, \
-             coalesce(sum(e.clicks), 0)::bigint, count(*) FILTER (WHERE e.orders > 0), \
-             coalesce(sum(e.orders), 0)::bigint, count(*) FILTER (WHERE e.orders > 1), \
-             coalesce(sum(e.revenue), 0)::float8 \
-             FROM m LEFT JOIN e ON e.contact_id = m.id GROUP BY m.g ORDER BY m.g",
+            " GROUP BY m.id, m.workspace_id, m.g) \
+             SELECT pm.g, count(*), count(*) FILTER (WHERE pm.opens > 0), count(*) FILTER (WHERE pm.clicks > 0), \
+             count(*) FILTER (WHERE pm.opens > 0 AND pm.clicks > 0), sum(pm.opens)::bigint, \
+             sum(pm.clicks)::bigint, count(*) FILTER (WHERE pm.orders > 0), \
+             sum(pm.orders)::bigint, count(*) FILTER (WHERE pm.orders > 1), \
+             coalesce(sum(pm.revenue), 0)::float8 \
+             FROM pm GROUP BY pm.g ORDER BY pm.g",
         );
     }
 
@@ -847,23 +867,28 @@ impl<'a> Writer<'a> {
         let base = self.bind(Param::Int8(r.base));
         let cause = self.bind(Param::Text(r.cause.clone()));
         let at = self.bind(Param::Time(r.at));
-        self.out.push_str("WITH new AS MATERIALIZED (SELECT c.id ");
+        self.out
+            .push_str("WITH new AS MATERIALIZED (SELECT c.id, c.workspace_id ");
         self.ids_from(plan, q);
         // The stored rows' ctids: exits are deleted by TID, a plan no
         // estimate of the membership table can turn into a scan per exit.
         self.out.push_str("), old AS MATERIALIZED (");
-        self.stored(seg, ", m.ctid AS tid");
+        self.stored(seg, ", m.workspace_id, m.ctid AS tid");
         self.out.push_str(
             "), diff AS MATERIALIZED (SELECT coalesce(n.id, o.id) AS id, o.id IS NULL AS entered, o.tid \
-             FROM new n FULL JOIN old o ON o.id = n.id WHERE n.id IS NULL OR o.id IS NULL), \
+             FROM new n FULL JOIN old o ON o.id = n.id AND o.workspace_id = n.workspace_id \
+             WHERE n.id IS NULL OR o.id IS NULL), \
              ins AS (INSERT INTO live_members (workspace_id, segment_id, contact_id) SELECT ",
         );
         self.param(0);
         self.out.push_str(", ");
         self.param(seg);
         self.out.push_str(
-            ", id FROM diff WHERE entered), \
-             del AS (DELETE FROM live_members m WHERE m.ctid = ANY(ARRAY(SELECT tid FROM diff WHERE NOT entered))), \
+            ", id FROM diff WHERE entered), del AS (DELETE FROM live_members m WHERE m.workspace_id = ",
+        );
+        self.param(0);
+        self.out.push_str(
+            " AND m.ctid = ANY(ARRAY(SELECT tid FROM diff WHERE NOT entered))), \
              log AS (INSERT INTO membership_changes \
              (workspace_id, \"offset\", segment_id, contact_id, entered, cause, at) SELECT ",
         );

@@ -20,6 +20,10 @@ mod readme;
 mod replicas;
 mod restart;
 mod rls;
+/// The compiler's routing checker (see its module doc), shared with the
+/// unit tests.
+#[path = "../../src/segment/routing.rs"]
+mod routing;
 mod segments;
 mod server;
 mod streams;

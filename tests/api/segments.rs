@@ -626,8 +626,9 @@ async fn explain_and_validate_return_sql_and_both_forms() {
         .unwrap()
         .into_inner();
     assert!(
-        e.sql
-            .starts_with("SELECT c.id FROM contacts c LEFT JOIN (SELECT e.contact_id, count(*)"),
+        e.sql.starts_with(
+            "SELECT c.id FROM contacts c LEFT JOIN (SELECT e.contact_id, e.workspace_id, count(*)"
+        ),
         "{}",
         e.sql
     );
