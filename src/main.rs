@@ -71,7 +71,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         },
         ..api::Limits::default()
     };
-    let stream_db = segd::db::session_config(&db.url, config.statement_timeout)?;
+    let stream_db = db.conn.session(config.statement_timeout);
     let mut state = api::AppState::new(db.pool.clone(), stream_db, limits);
     state.auth = std::sync::Arc::new(auth(&config)?);
     if let Some(addr) = config.metrics_listen {

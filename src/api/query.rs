@@ -39,6 +39,7 @@ impl Query {
     fn reader(&self) -> q::Reader<'_> {
         q::Reader {
             pool: &self.state.pool,
+            tls: &self.state.db_tls,
             timeout: self.state.limits.query_timeout,
             max_cost: self.state.limits.max_query_cost,
         }

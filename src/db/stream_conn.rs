@@ -11,6 +11,11 @@
 //! A session that finished cleanly goes back to a small idle list (a fresh
 //! backend is slow on its first large query); one that was abandoned or
 //! failed is closed.
+//!
+//! With TLS (`sslmode`), segd asks for it and performs the handshake itself
+//! ([`Tls::negotiate`]) before tokio-postgres starts the session over the
+//! decrypted stream, so what segd borrows is still the plain protocol:
+//! TLS adds the decryption and nothing else to the direct read.
 
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -22,13 +27,25 @@ use tokio::net::{TcpStream, UnixStream};
 use tokio_postgres::config::Host;
 use tokio_postgres::{CancelToken, Client, NoTls};
 
+use super::ConnInfo;
+use super::tls::{Negotiated, Tls};
 use crate::error::{Error, Result};
 
-/// A TCP or Unix socket.
+/// A TCP or Unix socket, or TLS over one.
 #[derive(Debug)]
 enum Sock {
     Tcp(TcpStream),
     Unix(UnixStream),
+    Tls(Box<tokio_rustls::client::TlsStream<Sock>>),
+}
+
+impl From<Negotiated<Sock>> for Sock {
+    fn from(n: Negotiated<Sock>) -> Self {
+        match n {
+            Negotiated::Plain(s) => s,
+            Negotiated::Tls(s) => Sock::Tls(s),
+        }
+    }
 }
 
 impl AsyncRead for Sock {
@@ -40,6 +57,7 @@ impl AsyncRead for Sock {
         match self.get_mut() {
             Sock::Tcp(s) => Pin::new(s).poll_read(cx, buf),
             Sock::Unix(s) => Pin::new(s).poll_read(cx, buf),
+            Sock::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
         }
     }
 }
@@ -53,6 +71,7 @@ impl AsyncWrite for Sock {
         match self.get_mut() {
             Sock::Tcp(s) => Pin::new(s).poll_write(cx, buf),
             Sock::Unix(s) => Pin::new(s).poll_write(cx, buf),
+            Sock::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
         }
     }
 
@@ -60,6 +79,7 @@ impl AsyncWrite for Sock {
         match self.get_mut() {
             Sock::Tcp(s) => Pin::new(s).poll_flush(cx),
             Sock::Unix(s) => Pin::new(s).poll_flush(cx),
+            Sock::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
         }
     }
 
@@ -67,6 +87,7 @@ impl AsyncWrite for Sock {
         match self.get_mut() {
             Sock::Tcp(s) => Pin::new(s).poll_shutdown(cx),
             Sock::Unix(s) => Pin::new(s).poll_shutdown(cx),
+            Sock::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
         }
     }
 }
@@ -154,31 +175,83 @@ enum Addr {
 }
 
 impl Addr {
+    /// The first server of `cfg` (its `hostaddr` if given) and the name its
+    /// TLS certificate must carry (the host).
+    fn of(cfg: &tokio_postgres::Config) -> (Self, String) {
+        let port = cfg.get_ports().first().copied().unwrap_or(5432);
+        let host = match cfg.get_hosts().first() {
+            Some(Host::Tcp(h)) => h.clone(),
+            Some(Host::Unix(dir)) => {
+                return (
+                    Addr::Unix(dir.join(format!(".s.PGSQL.{port}"))),
+                    String::new(),
+                );
+            }
+            None => "localhost".into(),
+        };
+        let to = match cfg.get_hostaddrs().first() {
+            Some(ip) => ip.to_string(),
+            None => host.clone(),
+        };
+        (Addr::Tcp(to, port), host)
+    }
+
     /// Connects; `recv_buffer` (bytes, 0 for the system default) sizes the
     /// socket's receive buffer.
     async fn connect(&self, recv_buffer: u32) -> std::io::Result<Sock> {
         match self {
             Addr::Tcp(h, p) => {
-                let addr = tokio::net::lookup_host((h.as_str(), *p))
-                    .await?
-                    .next()
-                    .ok_or_else(|| std::io::Error::other(format!("{h} has no address")))?;
-                let sock = if addr.is_ipv4() {
-                    tokio::net::TcpSocket::new_v4()?
-                } else {
-                    tokio::net::TcpSocket::new_v6()?
-                };
-                // A deep receive buffer lets PostgreSQL keep writing rows
-                // while this process is briefly off the CPU.
-                if recv_buffer > 0 {
-                    sock.set_recv_buffer_size(recv_buffer)?;
+                // Each address in turn, as tokio-postgres does (`localhost`
+                // may be ::1 first, and the server on 127.0.0.1 only).
+                let mut last = std::io::Error::other(format!("{h} has no address"));
+                for addr in tokio::net::lookup_host((h.as_str(), *p)).await? {
+                    match tcp(addr, recv_buffer).await {
+                        Ok(s) => return Ok(Sock::Tcp(s)),
+                        Err(e) => last = e,
+                    }
                 }
-                let s = sock.connect(addr).await?;
-                s.set_nodelay(true)?;
-                Ok(Sock::Tcp(s))
+                Err(last)
             }
             Addr::Unix(dir) => Ok(Sock::Unix(UnixStream::connect(dir).await?)),
         }
+    }
+}
+
+/// A TCP connection to `addr`; `recv_buffer` as in [`Addr::connect`].
+async fn tcp(addr: std::net::SocketAddr, recv_buffer: u32) -> std::io::Result<TcpStream> {
+    let sock = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    // A deep receive buffer lets PostgreSQL keep writing rows while this
+    // process is briefly off the CPU.
+    if recv_buffer > 0 {
+        sock.set_recv_buffer_size(recv_buffer)?;
+    }
+    let s = sock.connect(addr).await?;
+    s.set_nodelay(true)?;
+    Ok(s)
+}
+
+/// The server's address, and how to speak TLS to it.
+#[derive(Debug, Clone)]
+struct Server {
+    addr: Addr,
+    tls: Tls,
+    /// The name its certificate is checked against.
+    name: String,
+}
+
+impl Server {
+    /// A socket to the server, TLS negotiated as configured.
+    async fn connect(&self, recv_buffer: u32) -> Result<Sock> {
+        let sock = self
+            .addr
+            .connect(recv_buffer)
+            .await
+            .map_err(|e| Error::Unavailable(format!("connecting for a stream: {e}")))?;
+        Ok(self.tls.negotiate(sock, &self.name).await?.into())
     }
 }
 
@@ -199,28 +272,31 @@ pub struct StreamSession {
     tap: Tap,
     task: AbortOnDrop,
     cancel: CancelToken,
-    addr: Addr,
+    server: Server,
 }
 
-/// Opens a session with the settings of `cfg` (first host only).
+/// Opens a session with the settings of `db` (first host only).
 ///
 /// # Errors
-/// `Unavailable` when the server cannot be reached or refuses.
-pub async fn connect(cfg: &tokio_postgres::Config, recv_buffer: u32) -> Result<StreamSession> {
-    let port = cfg.get_ports().first().copied().unwrap_or(5432);
-    let addr = match cfg.get_hosts().first() {
-        Some(Host::Tcp(h)) => Addr::Tcp(h.clone(), port),
-        Some(Host::Unix(dir)) => Addr::Unix(dir.join(format!(".s.PGSQL.{port}"))),
-        None => Addr::Tcp("localhost".into(), port),
+/// `Unavailable` when the server cannot be reached, refuses, or its TLS
+/// does not check out.
+pub async fn connect(db: &ConnInfo, recv_buffer: u32) -> Result<StreamSession> {
+    let (addr, name) = Addr::of(&db.config);
+    let server = Server {
+        addr,
+        name,
+        tls: db.tls.clone(),
     };
-    let sock = addr
-        .connect(recv_buffer)
-        .await
-        .map_err(|e| Error::Unavailable(format!("connecting for a stream: {e}")))?;
+    let sock = server.connect(recv_buffer).await?;
     let tap = Tap(Arc::new(Mutex::new(TapState {
         sock: Some(sock),
         wakers: Vec::new(),
     })));
+    // TLS, if any, is already under the tap: tokio-postgres speaks plain
+    // protocol over it (and so sends cancel requests plain over whatever
+    // socket it is given; see `Canceller`).
+    let mut cfg = db.config.clone();
+    cfg.ssl_mode(tokio_postgres::config::SslMode::Disable);
     let (client, conn) = cfg.connect_raw(tap.clone(), NoTls).await?;
     let task = AbortOnDrop(tokio::spawn(async move {
         let _ = conn.await;
@@ -231,7 +307,7 @@ pub async fn connect(cfg: &tokio_postgres::Config, recv_buffer: u32) -> Result<S
         tap,
         task,
         cancel,
-        addr,
+        server,
     })
 }
 
@@ -240,7 +316,7 @@ impl StreamSession {
     pub fn canceller(&self) -> Canceller {
         Canceller {
             token: self.cancel.clone(),
-            addr: self.addr.clone(),
+            server: self.server.clone(),
         }
     }
 
@@ -277,7 +353,7 @@ impl StreamSession {
 /// Idle stream sessions, reused so streams start on a warm backend.
 #[derive(Debug)]
 pub struct StreamSessions {
-    cfg: tokio_postgres::Config,
+    db: ConnInfo,
     idle: Mutex<Vec<StreamSession>>,
     max_idle: usize,
     recv_buffer: u32,
@@ -290,10 +366,11 @@ impl std::fmt::Debug for StreamSession {
 }
 
 impl StreamSessions {
-    /// Sessions with `cfg` (whose application name marks them as streams),
+    /// Sessions on `db` (whose application name marks them as streams),
     /// keeping at most `max_idle` idle, with sockets asking for a receive
     /// buffer of `recv_buffer` bytes (0: the system default).
-    pub fn new(mut cfg: tokio_postgres::Config, max_idle: usize, recv_buffer: u32) -> Self {
+    pub fn new(mut db: ConnInfo, max_idle: usize, recv_buffer: u32) -> Self {
+        let cfg = &mut db.config;
         cfg.application_name("segd-stream");
         // A stream reads a plain scan in id order. Past `jit_above_cost`
         // (large workspaces), PostgreSQL would first spend 50-100 ms
@@ -301,7 +378,7 @@ impl StreamSessions {
         let options = format!("{} -c jit=off", cfg.get_options().unwrap_or_default());
         cfg.options(options.trim());
         Self {
-            cfg,
+            db,
             idle: Mutex::new(Vec::new()),
             max_idle,
             recv_buffer,
@@ -318,7 +395,7 @@ impl StreamSessions {
             match s {
                 Some(s) if s.is_healthy() => return Ok(s),
                 Some(_) => continue,
-                None => return connect(&self.cfg, self.recv_buffer).await,
+                None => return connect(&self.db, self.recv_buffer).await,
             }
         }
     }
@@ -336,7 +413,7 @@ impl StreamSessions {
 #[derive(Clone)]
 pub struct Canceller {
     token: CancelToken,
-    addr: Addr,
+    server: Server,
 }
 
 impl Canceller {
@@ -344,7 +421,9 @@ impl Canceller {
     /// giving up after a few seconds when the server does not respond.
     pub async fn cancel(&self) {
         let send = async {
-            match self.addr.connect(0).await {
+            // Over TLS when the session is: the token sends its request
+            // plain over the stream it is given.
+            match self.server.connect(0).await {
                 Ok(s) => self
                     .token
                     .cancel_query_raw(s, NoTls)
@@ -393,6 +472,8 @@ impl RawCopy {
         let mut out = BytesMut::new();
         postgres_protocol::message::frontend::query(sql, &mut out).map_err(Error::internal)?;
         self.sock.write_all(&out).await.map_err(gone)?;
+        // TLS may hold the record back until flushed.
+        self.sock.flush().await.map_err(gone)?;
         Ok(())
     }
 

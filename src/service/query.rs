@@ -27,6 +27,8 @@ pub use crate::segment::render::Sample;
 pub struct Reader<'a> {
     /// Where connections come from.
     pub pool: &'a deadpool_postgres::Pool,
+    /// The pool's TLS, for cancel requests.
+    pub tls: &'a db::tls::Tls,
     /// Statement timeout for these queries.
     pub timeout: Duration,
     /// Cost ceiling for inline definitions.
@@ -41,7 +43,7 @@ impl Reader<'_> {
         &self,
         f: impl AsyncFnOnce(&tokio_postgres::Transaction<'_>) -> Result<T>,
     ) -> Result<T> {
-        let mut session = db::Session::get(self.pool).await?;
+        let mut session = db::Session::get(self.pool, self.tls).await?;
         let tx = session.client().transaction().await?;
         set_timeout(&*tx, self.timeout).await?;
         let out = f(&tx).await;
