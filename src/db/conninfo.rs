@@ -49,6 +49,15 @@ impl ConnInfo {
                 "sslrootcert=system is not supported; name a CA file",
             ));
         }
+        if config.get_channel_binding() == tokio_postgres::config::ChannelBinding::Require {
+            // Stream sessions run tokio-postgres over a TLS stream segd
+            // owns, where it cannot bind SCRAM to the channel: they would
+            // fail at the first stream rather than at start-up.
+            return Err(Error::invalid(
+                "database_url",
+                "channel_binding=require is not supported (member streams' sessions cannot bind); use prefer",
+            ));
+        }
         let tls = Tls::new(mode, ca.as_deref())?;
         config.ssl_mode(mode.to_tokio_postgres());
         Ok(Self { config, tls })
@@ -296,6 +305,7 @@ mod tests {
             "postgres://db/x?sslmode=verify-full",
             "postgres://db/x?sslmode=verify-ca&sslrootcert=system",
             "postgres://db/x?nonsense=1",
+            "postgres://db/x?sslmode=require&channel_binding=require",
         ] {
             let e = ConnInfo::parse(url, None).unwrap_err();
             assert!(matches!(e, Error::InvalidArgument(_)), "{url}: {e:?}");
