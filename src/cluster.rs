@@ -24,10 +24,25 @@ pub const DB_USER: &str = "segd";
 pub const DB_NAME: &str = "segd";
 
 /// How to run the private cluster.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Default)]
 pub struct ClusterOptions {
     /// Keep fsync on. Tests turn it off for speed; the served cluster keeps it.
     pub durable: bool,
+    /// Serve TLS (for this run only: nothing is written to the cluster's
+    /// configuration).
+    pub tls: Option<ServerTls>,
+}
+
+/// A certificate for the private cluster to serve TLS with.
+#[derive(Debug, Clone)]
+pub struct ServerTls {
+    /// PEM certificate (chain).
+    pub cert: PathBuf,
+    /// Its PEM private key.
+    pub key: PathBuf,
+    /// Refuse TCP connections without TLS (an `hba_file` of its own), so
+    /// a test can prove that every connection uses TLS.
+    pub only: bool,
 }
 
 /// A running private PostgreSQL cluster. Dropping it stops the server.
@@ -37,6 +52,8 @@ pub struct LocalCluster {
     pgdata: PathBuf,
     log: PathBuf,
     port: u16,
+    /// `postgres` options for `pg_ctl -o` (port, TLS).
+    server_opts: String,
     as_postgres: bool,
     stopped: AtomicBool,
 }
@@ -61,16 +78,22 @@ impl LocalCluster {
         if as_postgres {
             prepare_for_postgres_user(&dir)?;
         }
+        let port = free_port()?;
+        let mut server_opts = format!("-p {port}");
+        if let Some(tls) = &opts.tls {
+            server_opts.push_str(&tls_options(&dir, tls, as_postgres)?);
+        }
         let cluster = Self {
             pgdata: dir.join("pgdata"),
             log: dir.join("postgres.log"),
-            port: free_port()?,
+            port,
+            server_opts,
             bindir,
             as_postgres,
             stopped: AtomicBool::new(false),
         };
         if !cluster.pgdata.join("PG_VERSION").exists() {
-            cluster.initdb(opts)?;
+            cluster.initdb(&opts)?;
         }
         cluster.check_version()?;
         // A segd killed without a clean shutdown may have left its server
@@ -79,9 +102,17 @@ impl LocalCluster {
             tracing::warn!(pgdata = %cluster.pgdata.display(), "stopping a PostgreSQL left running by an earlier segd");
             cluster.pg_ctl(&["stop", "-m", "fast", "-w", "-t", "30"])?;
         }
-        let port_opt = format!("-p {}", cluster.port);
         let log = cluster.log.to_string_lossy().into_owned();
-        let out = cluster.pg_ctl(&["start", "-w", "-t", "60", "-l", &log, "-o", &port_opt])?;
+        let out = cluster.pg_ctl(&[
+            "start",
+            "-w",
+            "-t",
+            "60",
+            "-l",
+            &log,
+            "-o",
+            &cluster.server_opts,
+        ])?;
         if !out.status.success() {
             let tail = fs::read_to_string(&cluster.log).unwrap_or_default();
             let tail: Vec<&str> = tail.lines().rev().take(15).collect();
@@ -149,7 +180,13 @@ impl LocalCluster {
         text.push_str(extra_conf);
         text.push('\n');
         fs::write(&conf, text).context("writing the standby's postgresql.conf")?;
-        Self::start(&dir, ClusterOptions { durable: false })
+        Self::start(
+            &dir,
+            ClusterOptions {
+                durable: false,
+                tls: None,
+            },
+        )
     }
 
     /// A connection URL for `database` on this cluster.
@@ -190,11 +227,19 @@ impl LocalCluster {
     /// # Errors
     /// `pg_ctl restart` failed.
     pub fn restart(&self) -> Result<()> {
-        let port_opt = format!("-p {}", self.port);
         // With its log file, so the new server does not hold our output pipes open.
         let log = self.log.to_string_lossy().into_owned();
         let out = self.pg_ctl(&[
-            "restart", "-m", "fast", "-w", "-t", "30", "-l", &log, "-o", &port_opt,
+            "restart",
+            "-m",
+            "fast",
+            "-w",
+            "-t",
+            "30",
+            "-l",
+            &log,
+            "-o",
+            &self.server_opts,
         ])?;
         if !out.status.success() {
             bail!(
@@ -205,7 +250,7 @@ impl LocalCluster {
         Ok(())
     }
 
-    fn initdb(&self, opts: ClusterOptions) -> Result<()> {
+    fn initdb(&self, opts: &ClusterOptions) -> Result<()> {
         let initdb = self.bindir.join("initdb");
         let pgdata = self.pgdata.to_string_lossy().into_owned();
         let base = ["-D", &pgdata, "-U", DB_USER, "--auth=trust", "-E", "UTF8"];
@@ -410,6 +455,36 @@ fn prepare_for_postgres_user(dir: &Path) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// Copies the certificate and key into `dir/tls` (owned by the server's
+/// user, the key private, as PostgreSQL insists) and returns the `postgres`
+/// options that serve TLS with them.
+fn tls_options(dir: &Path, tls: &ServerTls, as_postgres: bool) -> Result<String> {
+    use std::os::unix::fs::PermissionsExt;
+    let tls_dir = dir.join("tls");
+    fs::create_dir_all(&tls_dir).with_context(|| format!("creating {}", tls_dir.display()))?;
+    let (cert, key) = (tls_dir.join("server.crt"), tls_dir.join("server.key"));
+    fs::copy(&tls.cert, &cert).with_context(|| format!("copying {}", tls.cert.display()))?;
+    fs::copy(&tls.key, &key).with_context(|| format!("copying {}", tls.key.display()))?;
+    fs::set_permissions(&key, fs::Permissions::from_mode(0o600))?;
+    let mut opts = format!(
+        " -c ssl=on -c ssl_cert_file={} -c ssl_key_file={}",
+        cert.display(),
+        key.display()
+    );
+    if tls.only {
+        let hba = tls_dir.join("pg_hba.conf");
+        fs::write(
+            &hba,
+            "# Written by segd: TLS only.\nhostssl all all all trust\nhostnossl all all all reject\n",
+        )?;
+        opts.push_str(&format!(" -c hba_file={}", hba.display()));
+    }
+    if as_postgres {
+        prepare_for_postgres_user(&tls_dir)?;
+    }
+    Ok(opts)
 }
 
 fn free_port() -> Result<u16> {

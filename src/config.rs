@@ -109,6 +109,11 @@ pub struct StreamBench {
     /// How many measured rounds of each method.
     #[arg(long, default_value_t = 9)]
     pub rounds: usize,
+    /// Also measure both over TLS to PostgreSQL (sslmode=require; the
+    /// private cluster serves it with a throwaway certificate), against
+    /// plain, in the same rounds.
+    #[arg(long)]
+    pub tls: bool,
 }
 
 /// Options of `segd bench sql`.
@@ -168,6 +173,8 @@ pub struct Config {
 
     /// PostgreSQL connection URL. Without it, segd runs its own private
     /// PostgreSQL cluster in --data-dir, using the installed binaries.
+    /// TLS follows libpq: `sslmode` (disable, the default; prefer; require;
+    /// verify-ca; verify-full) and `sslrootcert` (a PEM CA file) in the URL.
     #[arg(long, env = "DATABASE_URL", global = true)]
     pub database_url: Option<Secret>,
 
@@ -194,6 +201,12 @@ pub struct Config {
     /// primary's (its staleness is known to about this).
     #[arg(long, env = "SEGD_REPLICA_CHECK_INTERVAL", default_value = "1s", value_parser = parse_duration, global = true)]
     pub replica_check_interval: Duration,
+
+    /// PEM file of the CA that signed PostgreSQL's certificate (overrides
+    /// `sslrootcert` in DATABASE_URL). Needed by sslmode verify-ca and
+    /// verify-full; with prefer and require it makes segd check the chain.
+    #[arg(long, env = "SEGD_DATABASE_CA", global = true)]
+    pub database_ca: Option<PathBuf>,
 
     /// Where the private PostgreSQL cluster lives when DATABASE_URL is unset
     /// [default: ./.segd, or, when running as root where the `postgres` user

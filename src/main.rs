@@ -73,7 +73,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         replica_check_interval: config.replica_check_interval,
         ..api::Limits::default()
     };
-    let stream_db = segd::db::session_config(&db.url, config.statement_timeout)?;
+    let stream_db = db.conn.session(config.statement_timeout);
     let mut state = api::AppState::new(db.pool.clone(), stream_db, limits);
     state.auth = std::sync::Arc::new(auth(&config)?);
     let read_urls: Vec<&str> = config
@@ -84,6 +84,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     if !read_urls.is_empty() {
         let replicas = segd::db::replicas::Replicas::connect(
             &read_urls,
+            config.database_ca.as_deref(),
             config.pool_size,
             config.statement_timeout,
             state.limits.stream_socket_buffer,

@@ -80,6 +80,7 @@ where
     W::Request: Rows,
 {
     let pool = state.pool.clone();
+    let tls = state.db_tls.clone();
     let statistics = state.statistics.clone();
     Box::pin(async_stream::try_stream! {
         let mut batch = 0usize;
@@ -96,7 +97,7 @@ where
             let (rows, mut outcomes) = W::rows(msg);
             // Read ahead while PostgreSQL applies this batch, but acknowledge
             // it as soon as it commits, whether or not more has arrived.
-            let applying = apply::<W>(&pool, ws, &rows);
+            let applying = apply::<W>(&pool, &tls, ws, &rows);
             let reading = requests.message();
             tokio::pin!(applying, reading);
             let mut read = None;
@@ -123,13 +124,14 @@ where
 
 async fn apply<W: BatchWrite>(
     pool: &deadpool_postgres::Pool,
+    tls: &db::tls::Tls,
     ws: WorkspaceId,
     rows: &[(usize, W::Row)],
 ) -> Result<Vec<(usize, W::Outcome)>, Status> {
     if rows.is_empty() {
         return Ok(vec![]);
     }
-    let mut session = db::Session::get_in(pool, ws).await?;
+    let mut session = db::Session::get_in(pool, tls, ws).await?;
     let applied = W::apply(session.client(), ws, rows).await;
     session.finish();
     Ok(applied?)

@@ -100,7 +100,9 @@ pub struct AppState {
     /// Hears the change feed's notifications.
     pub feed: Arc<crate::service::feed::Listener>,
     /// Where the feed listener connects.
-    pub feed_db: tokio_postgres::Config,
+    pub feed_db: crate::db::ConnInfo,
+    /// The TLS of every database connection (cancel requests use it).
+    pub db_tls: crate::db::tls::Tls,
     /// Limits and timeouts.
     pub limits: Limits,
     /// The instant definitions are evaluated at (tests move it).
@@ -113,9 +115,10 @@ pub struct AppState {
 
 impl AppState {
     /// State over `pool`; member streams open their own sessions with
-    /// `stream_db` (see `db::session_config`).
-    pub fn new(pool: Pool, stream_db: tokio_postgres::Config, limits: Limits) -> Self {
+    /// `stream_db` (see `db::ConnInfo::session`), with its TLS.
+    pub fn new(pool: Pool, stream_db: crate::db::ConnInfo, limits: Limits) -> Self {
         let feed_db = stream_db.clone();
+        let db_tls = stream_db.tls.clone();
         let statistics = crate::service::stats::Statistics::new(limits.statistics);
         let clock = crate::clock::Clock::default();
         Self {
@@ -133,6 +136,7 @@ impl AppState {
             stream_slots: Arc::new(tokio::sync::Semaphore::new(limits.max_streams)),
             feed: crate::service::feed::Listener::new(),
             feed_db,
+            db_tls,
             pool,
             shutdown: CancellationToken::new(),
             limits,

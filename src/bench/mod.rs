@@ -11,16 +11,18 @@ pub mod sql;
 pub mod stream;
 
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use tokio::net::TcpListener;
-use tokio_postgres::NoTls;
 
 use crate::api::{AppState, Limits};
-use crate::cluster::{ClusterOptions, LocalCluster};
+use crate::cluster::{ClusterOptions, LocalCluster, ServerTls};
 use crate::config::{BenchCommand, Config};
+use crate::db::ConnInfo;
+use crate::db::tls::{SslMode, Tls};
 use crate::{db, server, startup};
 
 /// Runs one benchmark.
@@ -37,7 +39,9 @@ pub async fn run(cmd: BenchCommand, config: Config) -> anyhow::Result<()> {
         BenchCommand::Live(o) => o.keep,
         _ => false,
     };
-    let env = BenchEnv::start(&config, separate).await?;
+    // The private cluster serves TLS too when a benchmark compares it.
+    let tls = matches!(&cmd, BenchCommand::Stream(o) if o.tls);
+    let env = BenchEnv::start(&config, separate, tls).await?;
     let result = match cmd {
         BenchCommand::Import(o) => import::run(&env, &o).await,
         BenchCommand::Stream(o) => stream::run(&env, &o).await,
@@ -65,59 +69,56 @@ enum Server {
 pub struct BenchEnv {
     /// Where segd listens.
     pub addr: SocketAddr,
-    /// URL of the fresh database.
-    pub url: String,
+    /// The fresh database, as configured (plain on the private cluster).
+    pub conn: ConnInfo,
     /// A pool on the fresh database, for setup and measurement.
     pub pool: deadpool_postgres::Pool,
-    admin_url: String,
+    admin: ConnInfo,
     db_name: String,
     cluster: Option<Arc<LocalCluster>>,
     server: Server,
 }
 
 impl BenchEnv {
-    async fn start(config: &Config, separate: bool) -> anyhow::Result<Self> {
-        let (admin_url, cluster) = match &config.database_url {
-            Some(u) => (u.expose().to_string(), None),
+    /// `tls`: the private cluster (if used) also serves TLS, with a
+    /// throwaway self-signed certificate.
+    async fn start(config: &Config, separate: bool, tls: bool) -> anyhow::Result<Self> {
+        let (admin, cluster) = match &config.database_url {
+            Some(u) => (
+                ConnInfo::parse(u.expose(), config.database_ca.as_deref())?,
+                None,
+            ),
             None => {
                 let dir =
                     crate::cluster::data_dir(config.data_dir.as_deref(), &std::env::current_dir()?);
                 let c = tokio::task::spawn_blocking(move || {
-                    LocalCluster::start(&dir, ClusterOptions { durable: false })
+                    let tls = if tls { Some(self_signed(&dir)?) } else { None };
+                    LocalCluster::start(
+                        &dir,
+                        ClusterOptions {
+                            durable: false,
+                            tls,
+                        },
+                    )
                 })
                 .await??;
-                (c.url("postgres"), Some(Arc::new(c)))
+                (
+                    ConnInfo::parse(&c.url("postgres"), None)?,
+                    Some(Arc::new(c)),
+                )
             }
         };
         let db_name = format!("segd_bench_{}", std::process::id());
-        startup::create_database(&admin_url, &db_name).await?;
-        let mut cfg: tokio_postgres::Config = admin_url.parse()?;
-        cfg.dbname(&db_name);
-        let url = pg_url(&cfg);
-        startup::migrate(&url).await?;
+        startup::create_database(&admin, &db_name).await?;
+        let conn = admin.with_dbname(&db_name);
+        startup::migrate(&conn).await?;
         // Loading and indexing millions of rows outlasts any ordinary timeout.
-        let pool = db::pool(&url, config.pool_size, Duration::ZERO)?;
+        let pool = db::pool(&conn, config.pool_size, Duration::ZERO)?;
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let server = if separate {
             drop(listener);
-            let child = tokio::process::Command::new(std::env::current_exe()?)
-                .args([
-                    "serve",
-                    "--listen",
-                    &addr.to_string(),
-                    "--database-url",
-                    &url,
-                    "--log-format",
-                    "json",
-                ])
-                // The dev-auth warning every call logs is not the bench's
-                // subject.
-                .env("SEGD_LOG", "warn,segd::api::auth=error")
-                .kill_on_drop(true)
-                .spawn()
-                .context("starting segd serve")?;
-            Server::Child(child)
+            Server::Child(serve_child(addr, &conn)?)
         } else {
             let limits = Limits {
                 statistics: crate::service::stats::Thresholds {
@@ -126,11 +127,7 @@ impl BenchEnv {
                 },
                 ..Limits::default()
             };
-            let state = AppState::new(
-                pool.clone(),
-                db::session_config(&url, Duration::ZERO)?,
-                limits,
-            );
+            let state = AppState::new(pool.clone(), conn.session(Duration::ZERO), limits);
             let (tx, rx) = tokio::sync::oneshot::channel::<()>();
             let task = tokio::spawn(server::serve(
                 listener,
@@ -147,25 +144,27 @@ impl BenchEnv {
         };
         let env = Self {
             addr,
-            url,
+            conn,
             pool,
-            admin_url,
+            admin,
             db_name,
             cluster,
             server,
         };
-        env.wait_ready().await?;
+        wait_ready(env.addr).await?;
         Ok(env)
     }
 
-    async fn wait_ready(&self) -> anyhow::Result<()> {
-        for _ in 0..200 {
-            if tokio::net::TcpStream::connect(self.addr).await.is_ok() {
-                return Ok(());
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        anyhow::bail!("segd did not start listening on {}", self.addr)
+    /// Another `segd serve` process on the fresh database, reached through
+    /// `conn` (the same database with other TLS settings, say).
+    ///
+    /// # Errors
+    /// It did not start.
+    pub async fn serve_also(&self, conn: &ConnInfo) -> anyhow::Result<Served> {
+        let addr = TcpListener::bind("127.0.0.1:0").await?.local_addr()?;
+        let child = serve_child(addr, conn)?;
+        wait_ready(addr).await?;
+        Ok(Served { addr, child })
     }
 
     /// The server process id, when it runs separately.
@@ -181,13 +180,7 @@ impl BenchEnv {
     /// # Errors
     /// The server is unreachable.
     pub async fn channel(&self) -> anyhow::Result<tonic::transport::Channel> {
-        tonic::transport::Endpoint::from_shared(format!("http://{}", self.addr))?
-            .initial_stream_window_size(Some(8 << 20))
-            .initial_connection_window_size(Some(16 << 20))
-            .tcp_nodelay(true)
-            .connect()
-            .await
-            .context("connecting to the benchmark server")
+        channel(self.addr).await
     }
 
     async fn stop(mut self, keep: bool) {
@@ -198,18 +191,16 @@ impl BenchEnv {
                 }
                 let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
             }
-            Server::Child(child) => {
-                if let Some(pid) = child.id() {
-                    // SIGTERM: a graceful stop.
-                    unsafe { libc::kill(pid as i32, libc::SIGTERM) };
-                }
-                let _ = tokio::time::timeout(Duration::from_secs(10), child.wait()).await;
-            }
+            Server::Child(child) => stop_child(child).await,
         }
         self.pool.close();
         if keep {
-            println!("kept database {:?} in {}", self.db_name, self.admin_url);
-        } else if let Ok((client, conn)) = tokio_postgres::connect(&self.admin_url, NoTls).await {
+            println!(
+                "kept database {:?} in {}",
+                self.db_name,
+                pg_url(&self.admin)
+            );
+        } else if let Ok((client, conn)) = self.admin.connect().await {
             tokio::spawn(conn);
             let _ = client
                 .batch_execute(&format!(
@@ -224,8 +215,136 @@ impl BenchEnv {
     }
 }
 
-/// A `postgres://` URL for a parsed config.
-fn pg_url(cfg: &tokio_postgres::Config) -> String {
+/// Another server process (see [`BenchEnv::serve_also`]), stopped by
+/// [`Served::stop`] or killed when dropped.
+pub struct Served {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    child: tokio::process::Child,
+}
+
+impl Served {
+    /// A channel to it, as [`BenchEnv::channel`].
+    ///
+    /// # Errors
+    /// The server is unreachable.
+    pub async fn channel(&self) -> anyhow::Result<tonic::transport::Channel> {
+        channel(self.addr).await
+    }
+
+    /// Its process id.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
+    /// Stops it gracefully.
+    pub async fn stop(mut self) {
+        stop_child(&mut self.child).await;
+    }
+}
+
+/// `segd serve` on `addr` over `conn`, as a child process.
+fn serve_child(addr: SocketAddr, conn: &ConnInfo) -> anyhow::Result<tokio::process::Child> {
+    let mut cmd = tokio::process::Command::new(std::env::current_exe()?);
+    cmd.args([
+        "serve",
+        "--listen",
+        &addr.to_string(),
+        "--database-url",
+        &pg_url(conn),
+        "--log-format",
+        "json",
+    ]);
+    // The URL says all about TLS; a CA in the environment would override it.
+    cmd.env_remove("SEGD_DATABASE_CA");
+    // The dev-auth warning every call logs is not the bench's subject.
+    cmd.env("SEGD_LOG", "warn,segd::api::auth=error")
+        .kill_on_drop(true)
+        .spawn()
+        .context("starting segd serve")
+}
+
+async fn stop_child(child: &mut tokio::process::Child) {
+    if let Some(pid) = child.id() {
+        // SIGTERM: a graceful stop.
+        unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(10), child.wait()).await;
+}
+
+async fn wait_ready(addr: SocketAddr) -> anyhow::Result<()> {
+    for _ in 0..200 {
+        if tokio::net::TcpStream::connect(addr).await.is_ok() {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    anyhow::bail!("segd did not start listening on {addr}")
+}
+
+/// A tonic channel to `addr` with large flow-control windows.
+async fn channel(addr: SocketAddr) -> anyhow::Result<tonic::transport::Channel> {
+    tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
+        .initial_stream_window_size(Some(8 << 20))
+        .initial_connection_window_size(Some(16 << 20))
+        .tcp_nodelay(true)
+        .connect()
+        .await
+        .context("connecting to the benchmark server")
+}
+
+/// `conn` with TLS mode `mode` (keeping its CA, if any).
+///
+/// # Errors
+/// The mode needs a CA that `conn` lacks.
+pub fn with_ssl_mode(conn: &ConnInfo, mode: SslMode) -> anyhow::Result<ConnInfo> {
+    let mut c = conn.clone();
+    c.tls = Tls::new(mode, conn.tls.ca())?;
+    c.config.ssl_mode(mode.to_tokio_postgres());
+    Ok(c)
+}
+
+/// A throwaway self-signed certificate for `localhost` and 127.0.0.1, made
+/// with the `openssl` command in `dir/bench-tls`, for the private cluster
+/// (clients do not check it: sslmode=require).
+fn self_signed(dir: &Path) -> anyhow::Result<ServerTls> {
+    let out = dir.join("bench-tls");
+    std::fs::create_dir_all(&out)?;
+    let (cert, key): (PathBuf, PathBuf) = (out.join("server.crt"), out.join("server.key"));
+    let status = std::process::Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=localhost",
+            "-addext",
+            "subjectAltName=DNS:localhost,IP:127.0.0.1",
+            "-keyout",
+        ])
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .stderr(std::process::Stdio::null())
+        .status()
+        .context("running openssl to make a certificate for the cluster (is it installed?)")?;
+    anyhow::ensure!(status.success(), "openssl could not make a certificate");
+    Ok(ServerTls {
+        cert,
+        key,
+        only: false,
+    })
+}
+
+/// A `postgres://` URL for `conn`, TLS settings included.
+fn pg_url(conn: &ConnInfo) -> String {
+    let cfg = &conn.config;
     let host = cfg
         .get_hosts()
         .first()
@@ -242,9 +361,39 @@ fn pg_url(cfg: &tokio_postgres::Config) -> String {
         None => user.to_string(),
     };
     let db = cfg.get_dbname().unwrap_or("postgres");
+    let mut params = Vec::new();
     if host.starts_with('/') {
-        format!("postgres://{auth}@/{db}?host={host}&port={port}")
-    } else {
-        format!("postgres://{auth}@{host}:{port}/{db}")
+        params.push(format!("host={host}"));
+        params.push(format!("port={port}"));
     }
+    if conn.tls.mode() != SslMode::Disable {
+        params.push(format!("sslmode={}", conn.tls.mode().as_str()));
+    }
+    if let Some(ca) = conn.tls.ca() {
+        params.push(format!(
+            "sslrootcert={}",
+            percent_encode(&ca.to_string_lossy())
+        ));
+    }
+    let query = if params.is_empty() {
+        String::new()
+    } else {
+        format!("?{}", params.join("&"))
+    };
+    if host.starts_with('/') {
+        format!("postgres://{auth}@/{db}{query}")
+    } else {
+        format!("postgres://{auth}@{host}:{port}/{db}{query}")
+    }
+}
+
+fn percent_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' | b'/' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }

@@ -1,12 +1,15 @@
 //! `segd bench stream`: StreamMembers against PostgreSQL's own limit,
-//! `COPY (the same SQL) TO STDOUT`, measured alternately in one run.
+//! `COPY (the same SQL) TO STDOUT`, measured alternately in one run; with
+//! `--tls`, both over plain connections and over TLS, in the same rounds.
 
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 
-use super::{BenchEnv, data};
+use super::{BenchEnv, Served, data};
 use crate::config::StreamBench;
+use crate::db::ConnInfo;
+use crate::db::tls::SslMode;
 use crate::proto::{
     self as pb, query_service_client::QueryServiceClient,
     segment_service_client::SegmentServiceClient,
@@ -19,6 +22,80 @@ const WS: &str = "bench";
 const SEGMENT: &str = "bench-80";
 /// About 80% of contacts: lead scores are uniform over 0..100.
 const DEFINITION: &str = "lead_score >= 20 AND NOT label:staff";
+
+/// One way of reaching PostgreSQL: a segd server whose sessions use it, and
+/// a client session for COPY that uses it too.
+struct Variant {
+    label: String,
+    query: QueryServiceClient<tonic::transport::Channel>,
+    copy: tokio_postgres::Client,
+    pid: Option<u32>,
+    streams: Vec<f64>,
+    copies: Vec<f64>,
+    ttfbs: Vec<f64>,
+}
+
+impl Variant {
+    async fn new(
+        conn: &ConnInfo,
+        channel: tonic::transport::Channel,
+        pid: Option<u32>,
+    ) -> anyhow::Result<Self> {
+        let (copy, connection) = conn.session(Duration::ZERO).connect().await?;
+        tokio::spawn(connection);
+        let label = match conn.tls.mode() {
+            SslMode::Disable => "plain".to_string(),
+            m => format!("tls ({})", m.as_str()),
+        };
+        Ok(Self {
+            label,
+            query: QueryServiceClient::new(channel).max_decoding_message_size(16 << 20),
+            copy,
+            pid,
+            streams: Vec::new(),
+            copies: Vec::new(),
+            ttfbs: Vec::new(),
+        })
+    }
+
+    /// One measured round; `copy_first` alternates which goes first, so
+    /// neither always runs on a warmer machine.
+    async fn round(&mut self, sql: &str, rows: u64, copy_first: bool) -> anyhow::Result<()> {
+        let cpu0 = self.pid.and_then(cpu_seconds).unwrap_or(0.0);
+        let self0 = cpu_seconds(std::process::id()).unwrap_or(0.0);
+        let (s, c) = if copy_first {
+            let c = timed_copy(&self.copy, sql).await?;
+            (timed_stream(&mut self.query).await?, c)
+        } else {
+            let s = timed_stream(&mut self.query).await?;
+            (s, timed_copy(&self.copy, sql).await?)
+        };
+        println!(
+            "  {:<16} stream {:.3}s ({:.0} rows/s, first batch {:.1} ms) | copy {:.3}s ({:.0} rows/s) | CPU: server {:.2}s, benchmark client {:.2}s",
+            self.label,
+            s.0.as_secs_f64(),
+            rows as f64 / s.0.as_secs_f64(),
+            s.1.as_secs_f64() * 1000.0,
+            c.as_secs_f64(),
+            rows as f64 / c.as_secs_f64(),
+            self.pid.and_then(cpu_seconds).unwrap_or(0.0) - cpu0,
+            cpu_seconds(std::process::id()).unwrap_or(0.0) - self0
+        );
+        self.streams.push(s.0.as_secs_f64());
+        self.ttfbs.push(s.1.as_secs_f64() * 1000.0);
+        self.copies.push(c.as_secs_f64());
+        Ok(())
+    }
+
+    /// Median stream and COPY seconds and first-batch milliseconds.
+    fn medians(&mut self) -> (f64, f64, f64) {
+        (
+            median(&mut self.streams),
+            median(&mut self.copies),
+            median(&mut self.ttfbs),
+        )
+    }
+}
 
 /// Generates the data, then measures.
 ///
@@ -57,6 +134,7 @@ pub async fn run(env: &BenchEnv, o: &StreamBench) -> anyhow::Result<()> {
         true,
     )
     .await?;
+    drop(client);
     // The very query the stream runs, with its values as literals (COPY
     // takes no bind parameters).
     let ids = Query {
@@ -67,59 +145,104 @@ pub async fn run(env: &BenchEnv, o: &StreamBench) -> anyhow::Result<()> {
     let copy_sql = format!("COPY ({}) TO STDOUT", t.compiled.render_literals(&ids));
     println!("segment: {DEFINITION}\nsql: {sql}");
 
-    let mut query =
-        QueryServiceClient::new(env.channel().await?).max_decoding_message_size(16 << 20);
-    // Warm the cache and both code paths once.
-    let (warm, _) = stream_once(&mut query).await?;
-    let warm_copy = copy_once(&client, &copy_sql).await?;
-    anyhow::ensure!(
-        warm == warm_copy,
-        "stream returned {warm} rows, COPY {warm_copy}"
-    );
-
-    let (mut streams, mut copies, mut ttfbs) = (Vec::new(), Vec::new(), Vec::new());
-    for round in 0..o.rounds {
-        // Alternate which goes first, so neither always runs on a warmer machine.
-        let cpu0 = env.server_pid().and_then(cpu_seconds).unwrap_or(0.0);
-        let self0 = cpu_seconds(std::process::id()).unwrap_or(0.0);
-        let (s, c) = if round % 2 == 0 {
-            let s = timed_stream(&mut query).await?;
-            (s, timed_copy(&client, &copy_sql).await?)
+    let mut variants = vec![Variant::new(&env.conn, env.channel().await?, env.server_pid()).await?];
+    // With --tls, a second server reaches the same database the other way.
+    let mut other: Option<Served> = None;
+    if o.tls {
+        let conn = if env.conn.tls.mode() == SslMode::Disable {
+            super::with_ssl_mode(&env.conn, SslMode::Require)?
         } else {
-            let c = timed_copy(&client, &copy_sql).await?;
-            (timed_stream(&mut query).await?, c)
+            super::with_ssl_mode(&env.conn, SslMode::Disable)?
         };
-        println!(
-            "round {}: stream {:.3}s ({:.0} rows/s, first batch {:.1} ms) | copy {:.3}s ({:.0} rows/s)",
-            round + 1,
-            s.0.as_secs_f64(),
-            warm as f64 / s.0.as_secs_f64(),
-            s.1.as_secs_f64() * 1000.0,
-            c.as_secs_f64(),
-            warm as f64 / c.as_secs_f64()
-        );
-        println!(
-            "         CPU used by this round: server {:.2}s, benchmark client {:.2}s",
-            env.server_pid().and_then(cpu_seconds).unwrap_or(0.0) - cpu0,
-            cpu_seconds(std::process::id()).unwrap_or(0.0) - self0
-        );
-        streams.push(s.0.as_secs_f64());
-        ttfbs.push(s.1.as_secs_f64() * 1000.0);
-        copies.push(c.as_secs_f64());
+        let served = env.serve_also(&conn).await?;
+        variants.push(Variant::new(&conn, served.channel().await?, served.pid()).await?);
+        variants.sort_by_key(|v| v.label != "plain");
+        other = Some(served);
     }
-    let (stream_s, copy_s, ttfb) = (
-        median(&mut streams),
-        median(&mut copies),
-        median(&mut ttfbs),
-    );
-    let rss = env.server_pid().and_then(peak_rss_mb).unwrap_or(0.0);
-    println!(
-        "medians: stream {stream_s:.3}s, copy {copy_s:.3}s, first batch {ttfb:.1} ms, server peak RSS {rss:.0} MB"
-    );
-    println!(
-        "stream_rows={warm} stream_s={stream_s:.3} copy_s={copy_s:.3} ratio={:.3} ttfb_ms={ttfb:.1} server_peak_rss_mb={rss:.0}",
-        copy_s / stream_s
-    );
+
+    // Warm the cache and both code paths of each variant once.
+    let mut rows = None;
+    for v in &mut variants {
+        let (warm, _) = stream_once(&mut v.query).await?;
+        let warm_copy = copy_once(&v.copy, &copy_sql).await?;
+        anyhow::ensure!(
+            warm == warm_copy && rows.is_none_or(|r| r == warm),
+            "{}: stream returned {warm} rows, COPY {warm_copy}",
+            v.label
+        );
+        rows = Some(warm);
+    }
+    let rows = rows.unwrap_or_default();
+
+    for round in 0..o.rounds {
+        println!("round {}:", round + 1);
+        let n = variants.len();
+        for i in 0..n {
+            // Alternate the order of the variants too.
+            let v = &mut variants[(i + round) % n];
+            v.round(&copy_sql, rows, round % 2 == 1).await?;
+        }
+    }
+    // Before the other server stops and its /proc entry goes.
+    let rss: Vec<f64> = variants
+        .iter()
+        .map(|v| v.pid.and_then(peak_rss_mb).unwrap_or(0.0))
+        .collect();
+    report_sessions(env).await?;
+    if let Some(s) = other {
+        s.stop().await;
+    }
+
+    let mut line = format!("stream_rows={rows}");
+    let mut plain_stream = None;
+    for (v, rss) in variants.iter_mut().zip(rss) {
+        let (stream_s, copy_s, ttfb) = v.medians();
+        println!(
+            "medians, {}: stream {stream_s:.3}s, copy {copy_s:.3}s (copy/stream {:.3}), first batch {ttfb:.1} ms, server peak RSS {rss:.0} MB",
+            v.label,
+            copy_s / stream_s
+        );
+        let p = if v.label == "plain" { "" } else { "tls_" };
+        line.push_str(&format!(
+            " {p}stream_s={stream_s:.3} {p}copy_s={copy_s:.3} {p}ratio={:.3} {p}ttfb_ms={ttfb:.1} {p}server_peak_rss_mb={rss:.0}",
+            copy_s / stream_s
+        ));
+        match plain_stream {
+            None => plain_stream = Some((stream_s, copy_s)),
+            Some((ps, pc)) => {
+                println!(
+                    "TLS costs the stream {:+.1}% and COPY {:+.1}% against plain",
+                    (stream_s / ps - 1.0) * 100.0,
+                    (copy_s / pc - 1.0) * 100.0
+                );
+                line.push_str(&format!(" tls_stream_cost={:.3}", stream_s / ps));
+            }
+        }
+    }
+    println!("{line}");
+    Ok(())
+}
+
+/// Prints how the servers' idle stream sessions reach PostgreSQL, as
+/// `pg_stat_ssl` sees them: the proof that the TLS figures are TLS.
+async fn report_sessions(env: &BenchEnv) -> anyhow::Result<()> {
+    let client = env.pool.get().await?;
+    let rows = client
+        .query(
+            "SELECT s.ssl, count(*) FROM pg_stat_activity a JOIN pg_stat_ssl s USING (pid)
+             WHERE a.datname = current_database() AND a.application_name = 'segd-stream'
+             GROUP BY s.ssl ORDER BY s.ssl",
+            &[],
+        )
+        .await?;
+    let counts: Vec<String> = rows
+        .iter()
+        .map(|r| {
+            let (ssl, n): (bool, i64) = (r.get(0), r.get(1));
+            format!("{n} {}", if ssl { "over TLS" } else { "plain" })
+        })
+        .collect();
+    println!("stream sessions (pg_stat_ssl): {}", counts.join(", "));
     Ok(())
 }
 

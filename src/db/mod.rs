@@ -3,6 +3,7 @@
 
 pub mod actions;
 pub mod changes;
+pub mod conninfo;
 pub mod contacts;
 pub mod deals;
 pub mod definitions;
@@ -20,30 +21,30 @@ pub mod replicas;
 pub mod scope;
 pub mod segments;
 pub mod stream_conn;
+pub mod tls;
 pub mod workspaces;
 
 use std::time::Duration;
 
-use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
-use tokio_postgres::NoTls;
-
 use crate::error::{Error, Result};
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 
+pub use conninfo::ConnInfo;
 pub use deadpool_postgres::Object as Conn;
 
 /// A transaction on a pooled connection; the write service layer owns it.
 pub type Tx<'a> = deadpool_postgres::Transaction<'a>;
 
-/// Builds a connection pool. Sessions run in UTC with the given default
-/// statement timeout.
+/// Builds a connection pool on `db`, whose sessions run in UTC with the
+/// given default statement timeout (see [`ConnInfo::session`]).
 ///
 /// # Errors
-/// The URL does not parse.
-pub fn pool(url: &str, size: usize, statement_timeout: Duration) -> Result<Pool> {
-    let cfg = session_config(url, statement_timeout)?;
+/// `Internal` if the pool cannot be built.
+pub fn pool(db: &ConnInfo, size: usize, statement_timeout: Duration) -> Result<Pool> {
+    let db = db.session(statement_timeout);
     let mgr = Manager::from_config(
-        cfg,
-        NoTls,
+        db.config,
+        db.tls.make(),
         ManagerConfig {
             // A connection a call scoped (see `scope`) is unscoped before
             // anyone else takes it.
@@ -57,27 +58,6 @@ pub fn pool(url: &str, size: usize, statement_timeout: Duration) -> Result<Pool>
         .runtime(deadpool_postgres::Runtime::Tokio1)
         .build()
         .map_err(Error::internal)
-}
-
-/// Connection settings for segd's sessions: UTC, the default statement
-/// timeout, quiet notices, and `segd` as the application name.
-///
-/// # Errors
-/// The URL does not parse.
-pub fn session_config(url: &str, statement_timeout: Duration) -> Result<tokio_postgres::Config> {
-    let mut cfg: tokio_postgres::Config = url
-        .parse()
-        .map_err(|e| Error::invalid("database_url", format!("{e}")))?;
-    let options = format!(
-        "{} -c statement_timeout={} -c TimeZone=UTC -c idle_in_transaction_session_timeout=300000 -c client_min_messages=warning",
-        cfg.get_options().unwrap_or_default(),
-        statement_timeout.as_millis()
-    );
-    cfg.options(options.trim());
-    if cfg.get_application_name().is_none() {
-        cfg.application_name("segd");
-    }
-    Ok(cfg)
 }
 
 /// Takes a connection from the pool.
@@ -145,19 +125,22 @@ const CANCEL_TIMEOUT: Duration = Duration::from_secs(5);
 pub struct Session {
     conn: Option<Conn>,
     cancel: tokio_postgres::CancelToken,
+    tls: tls::Tls,
 }
 
 impl Session {
-    /// A connection from the pool.
+    /// A connection from the pool; a cancel request goes over `tls` (the
+    /// pool's).
     ///
     /// # Errors
     /// `Unavailable` when no connection can be had.
-    pub async fn get(pool: &Pool) -> Result<Self> {
+    pub async fn get(pool: &Pool, tls: &tls::Tls) -> Result<Self> {
         let conn = conn(pool).await?;
         let cancel = conn.cancel_token();
         Ok(Self {
             conn: Some(conn),
             cancel,
+            tls: tls.clone(),
         })
     }
 
@@ -166,8 +149,12 @@ impl Session {
     ///
     /// # Errors
     /// `Unavailable` when no connection can be had.
-    pub async fn get_in(pool: &Pool, ws: crate::model::WorkspaceId) -> Result<Self> {
-        let mut s = Self::get(pool).await?;
+    pub async fn get_in(
+        pool: &Pool,
+        tls: &tls::Tls,
+        ws: crate::model::WorkspaceId,
+    ) -> Result<Self> {
+        let mut s = Self::get(pool, tls).await?;
         scope::enter(&***s.client(), ws, false).await?;
         Ok(s)
     }
@@ -193,8 +180,9 @@ impl Drop for Session {
         };
         let client = deadpool_postgres::Object::take(conn);
         let cancel = self.cancel.clone();
+        let tls = self.tls.make();
         rt.spawn(async move {
-            match tokio::time::timeout(CANCEL_TIMEOUT, cancel.cancel_query(NoTls)).await {
+            match tokio::time::timeout(CANCEL_TIMEOUT, cancel.cancel_query(tls)).await {
                 Ok(Ok(())) => tracing::info!("call abandoned; its statement was cancelled"),
                 Ok(Err(e)) => {
                     tracing::warn!(error = %e, "cancelling an abandoned call's statement")

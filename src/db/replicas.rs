@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 use deadpool_postgres::Pool;
 use tokio_util::sync::CancellationToken;
 
+use super::ConnInfo;
 use super::stream_conn::StreamSessions;
 use crate::error::{Error, Result};
 
@@ -77,14 +78,16 @@ impl Replicas {
         }
     }
 
-    /// Replicas at `urls`, each with a pool of `pool_size` and stream
-    /// sessions configured as the primary's (see `db::session_config`).
+    /// Replicas at `urls` (with `ca` as for the primary, see
+    /// [`ConnInfo::parse`]), each with a pool of `pool_size` and stream
+    /// sessions configured as the primary's (see [`ConnInfo::session`]).
     /// Nothing connects yet: the first check does.
     ///
     /// # Errors
-    /// A URL does not parse.
+    /// A URL does not parse, or its TLS settings cannot be used.
     pub fn connect(
         urls: &[&str],
+        ca: Option<&std::path::Path>,
         pool_size: usize,
         statement_timeout: Duration,
         socket_buffer: u32,
@@ -92,11 +95,15 @@ impl Replicas {
         let list = urls
             .iter()
             .map(|url| {
-                let streams = super::session_config(url, statement_timeout)?;
+                let db = ConnInfo::parse(url, ca)?;
                 Ok(Replica::new(
                     display_name(url)?,
-                    super::pool(url, pool_size, statement_timeout)?,
-                    Arc::new(StreamSessions::new(streams, 4, socket_buffer)),
+                    super::pool(&db, pool_size, statement_timeout)?,
+                    Arc::new(StreamSessions::new(
+                        db.session(statement_timeout),
+                        4,
+                        socket_buffer,
+                    )),
                 ))
             })
             .collect::<Result<Vec<_>>>()?;
@@ -192,9 +199,9 @@ async fn check(primary: &Pool, r: &Replica) -> Result<()> {
 /// # Errors
 /// The URL does not parse.
 pub fn display_name(url: &str) -> Result<String> {
-    let cfg: tokio_postgres::Config = url
-        .parse()
-        .map_err(|e| Error::invalid("read_database_url", format!("{e}")))?;
+    let cfg = ConnInfo::parse(url, None)
+        .map_err(|_| Error::invalid("read_database_url", "not a PostgreSQL URL"))?
+        .config;
     let host = match cfg.get_hosts().first() {
         Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
         Some(tokio_postgres::config::Host::Unix(p)) => p.display().to_string(),
@@ -212,14 +219,12 @@ mod tests {
     use super::*;
 
     fn replica(name: &str) -> Replica {
-        let pool =
-            crate::db::pool("postgres://u@127.0.0.1:1/db", 1, Duration::from_secs(1)).unwrap();
-        let cfg = crate::db::session_config("postgres://u@127.0.0.1:1/db", Duration::from_secs(1))
-            .unwrap();
+        let db = ConnInfo::parse("postgres://u@127.0.0.1:1/db", None).unwrap();
+        let pool = crate::db::pool(&db, 1, Duration::from_secs(1)).unwrap();
         Replica::new(
             name.into(),
             pool,
-            Arc::new(StreamSessions::new(cfg, 1, 1 << 16)),
+            Arc::new(StreamSessions::new(db, 1, 1 << 16)),
         )
     }
 

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use tokio::sync::{mpsc, oneshot, watch};
-use tokio_postgres::{AsyncMessage, NoTls};
+use tokio_postgres::AsyncMessage;
 use tokio_util::sync::CancellationToken;
 
 use crate::db::{self, feed::Change};
@@ -73,7 +73,7 @@ impl Listener {
     }
 
     /// Listens on `cfg`'s database until `stop`, reconnecting after errors.
-    pub async fn run(self: Arc<Self>, cfg: tokio_postgres::Config, stop: CancellationToken) {
+    pub async fn run(self: Arc<Self>, cfg: db::ConnInfo, stop: CancellationToken) {
         loop {
             tokio::select! {
                 () = stop.cancelled() => return,
@@ -92,8 +92,8 @@ impl Listener {
         }
     }
 
-    async fn session(&self, cfg: &tokio_postgres::Config) -> Result<()> {
-        let (client, mut conn) = cfg.connect(NoTls).await?;
+    async fn session(&self, cfg: &db::ConnInfo) -> Result<()> {
+        let (client, mut conn) = cfg.connect().await?;
         let (tx, mut rx) = mpsc::unbounded_channel();
         let driver = tokio::spawn(async move {
             let mut messages = futures::stream::poll_fn(move |cx| conn.poll_message(cx));

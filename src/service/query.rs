@@ -31,6 +31,8 @@ pub struct Reader<'a> {
     /// A read replica's connections, to try first, and where to note
     /// that the read went to the primary after all.
     pub replica: Option<(&'a deadpool_postgres::Pool, &'a AtomicBool)>,
+    /// The pool's TLS, for cancel requests.
+    pub tls: &'a db::tls::Tls,
     /// Statement timeout for these queries.
     pub timeout: Duration,
     /// Cost ceiling for inline definitions.
@@ -67,7 +69,7 @@ impl Reader<'_> {
         ws: WorkspaceId,
         f: impl AsyncFnOnce(&tokio_postgres::Transaction<'_>) -> Result<T>,
     ) -> Result<T> {
-        let mut session = db::Session::get(pool).await?;
+        let mut session = db::Session::get(pool, self.tls).await?;
         let tx = session.client().transaction().await?;
         // SET, not SELECT set_config: a query would take the snapshot
         // before `f` may choose its isolation level.

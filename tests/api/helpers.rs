@@ -57,7 +57,7 @@ fn init_shared() -> Shared {
                 .tempdir_in("/tmp")
                 .expect("temp dir")
                 .keep();
-            let c = LocalCluster::start(&tmp, ClusterOptions { durable: false })
+            let c = LocalCluster::start(&tmp, ClusterOptions::default())
                 .expect("starting a private PostgreSQL for the tests");
             (c.url("postgres"), Some(c), Some(tmp))
         }
@@ -69,10 +69,10 @@ fn init_shared() -> Shared {
         .build()
         .unwrap();
     rt.block_on(async {
-        segd::startup::create_database(&admin_url, &template)
+        segd::startup::create_database(&conninfo(&admin_url), &template)
             .await
             .expect("template db");
-        segd::startup::migrate(&with_db(&admin_url, &template))
+        segd::startup::migrate(&conninfo(&with_db(&admin_url, &template)))
             .await
             .expect("migrations");
     });
@@ -82,6 +82,11 @@ fn init_shared() -> Shared {
         cluster,
         tmp,
     }
+}
+
+/// A connection string parsed as segd parses `DATABASE_URL` (no CA flag).
+pub fn conninfo(url: &str) -> segd::db::ConnInfo {
+    segd::db::ConnInfo::parse(url, None).expect("a connection string")
 }
 
 /// `url` pointing at database `db`.
@@ -218,13 +223,14 @@ impl Spawn {
             .await
             .expect("create test database");
         let db_url = with_db(&s.admin_url, &db_name);
-        let pool =
-            segd::db::pool(&db_url, pool_size, std::time::Duration::from_secs(30)).expect("pool");
-        let stream_db = segd::db::session_config(
-            stream_url.as_deref().unwrap_or(&db_url),
+        let pool = segd::db::pool(
+            &conninfo(&db_url),
+            pool_size,
             std::time::Duration::from_secs(30),
         )
-        .unwrap();
+        .expect("pool");
+        let stream_db = conninfo(stream_url.as_deref().unwrap_or(&db_url))
+            .session(std::time::Duration::from_secs(30));
         let mut state = AppState::new(pool, stream_db, limits);
         if let Some(auth) = auth {
             state.auth = std::sync::Arc::new(auth);

@@ -13,6 +13,7 @@ mod live;
 mod metrics;
 mod newcomer;
 mod observe;
+mod pgtls;
 mod plans;
 mod polyglot;
 mod query;

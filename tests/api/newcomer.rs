@@ -33,7 +33,7 @@ fn a_checkout_in_a_private_home_gets_a_reachable_data_dir() {
         data_dir(None, home.path()),
         "another checkout, another place"
     );
-    let cluster = LocalCluster::start(&dir, ClusterOptions { durable: false })
+    let cluster = LocalCluster::start(&dir, ClusterOptions::default())
         .expect("the cluster starts where segd chose");
     cluster.stop().unwrap();
     drop(cluster);
@@ -41,6 +41,6 @@ fn a_checkout_in_a_private_home_gets_a_reachable_data_dir() {
     // Asked for explicitly, an unreachable directory is refused, plainly.
     let explicit = checkout.join("data");
     assert_eq!(data_dir(Some(&explicit), &checkout), explicit);
-    let err = LocalCluster::start(&explicit, ClusterOptions { durable: false }).unwrap_err();
+    let err = LocalCluster::start(&explicit, ClusterOptions::default()).unwrap_err();
     assert!(err.to_string().contains("cannot reach"), "{err:#}");
 }

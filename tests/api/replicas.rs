@@ -16,7 +16,7 @@ use segd::proto::{self as pb, query_service_client::QueryServiceClient};
 use tonic::Code;
 use tonic_types::StatusExt;
 
-use crate::helpers::{create_segment, inline, named, req};
+use crate::helpers::{conninfo, create_segment, inline, named, req};
 
 type Query = QueryServiceClient<tonic::transport::Channel>;
 
@@ -100,7 +100,7 @@ async fn reads_from_a_hot_standby_match_the_primary_and_respect_staleness() {
         let p = dir.path().to_path_buf();
         move || {
             let primary =
-                LocalCluster::start(&p.join("primary"), ClusterOptions { durable: false }).unwrap();
+                LocalCluster::start(&p.join("primary"), ClusterOptions::default()).unwrap();
             // Replication conflicts cancel standby queries at once.
             let standby = primary
                 .start_standby(&p.join("standby"), "max_standby_streaming_delay = 0")
@@ -118,23 +118,24 @@ async fn reads_from_a_hot_standby_match_the_primary_and_respect_staleness() {
     ] {
         admin.batch_execute(stmt).await.unwrap();
     }
-    segd::startup::create_database(&primary.url("postgres"), "replica")
+    segd::startup::create_database(&conninfo(&primary.url("postgres")), "replica")
         .await
         .unwrap();
     let url = primary.url("replica");
     let standby_url = standby.url("replica");
-    segd::startup::migrate(&url).await.unwrap();
+    segd::startup::migrate(&conninfo(&url)).await.unwrap();
 
     let limits = Limits {
         replica_check_interval: Duration::from_millis(100),
         ..Limits::default()
     };
-    let pool = segd::db::pool(&url, 4, Duration::from_secs(30)).unwrap();
-    let stream_db = segd::db::session_config(&url, Duration::from_secs(30)).unwrap();
+    let pool = segd::db::pool(&conninfo(&url), 4, Duration::from_secs(30)).unwrap();
+    let stream_db = conninfo(&url).session(Duration::from_secs(30));
     let mut state = AppState::new(pool, stream_db, limits.clone());
     state.replicas = Arc::new(
         segd::db::replicas::Replicas::connect(
             &[standby_url.as_str()],
+            None,
             4,
             Duration::from_secs(30),
             limits.stream_socket_buffer,

@@ -11,7 +11,7 @@ use segd::cluster::{ClusterOptions, LocalCluster};
 use segd::proto::{self as pb, query_service_client::QueryServiceClient};
 use tonic::Code;
 
-use crate::helpers::{inline, req};
+use crate::helpers::{conninfo, inline, req};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_database_restart_ends_the_stream_and_the_client_resumes() {
@@ -21,17 +21,17 @@ async fn a_database_restart_ends_the_stream_and_the_client_resumes() {
         .unwrap();
     let cluster = tokio::task::spawn_blocking({
         let p = dir.path().to_path_buf();
-        move || LocalCluster::start(&p, ClusterOptions { durable: false }).unwrap()
+        move || LocalCluster::start(&p, ClusterOptions::default()).unwrap()
     })
     .await
     .unwrap();
-    segd::startup::create_database(&cluster.url("postgres"), "restart")
+    segd::startup::create_database(&conninfo(&cluster.url("postgres")), "restart")
         .await
         .unwrap();
     let url = cluster.url("restart");
-    segd::startup::migrate(&url).await.unwrap();
-    let pool = segd::db::pool(&url, 4, std::time::Duration::from_secs(30)).unwrap();
-    let stream_db = segd::db::session_config(&url, std::time::Duration::from_secs(30)).unwrap();
+    segd::startup::migrate(&conninfo(&url)).await.unwrap();
+    let pool = segd::db::pool(&conninfo(&url), 4, std::time::Duration::from_secs(30)).unwrap();
+    let stream_db = conninfo(&url).session(std::time::Duration::from_secs(30));
     let state = AppState::new(pool, stream_db, Limits::default());
     let ws = state.workspaces.resolve("w").await.unwrap();
     let (db, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)

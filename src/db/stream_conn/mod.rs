@@ -11,176 +11,29 @@
 //! A session that finished cleanly goes back to a small idle list (a fresh
 //! backend is slow on its first large query); one that was abandoned or
 //! failed is closed.
+//!
+//! With TLS (`sslmode`), segd asks for it and performs the handshake itself
+//! ([`Tls::negotiate`]) before tokio-postgres starts the session over the
+//! decrypted stream, so what segd borrows is still the plain protocol:
+//! TLS adds the decryption and nothing else to the direct read.
 
-use std::pin::Pin;
-use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
+mod socket;
+
+use std::sync::Mutex;
 
 use bytes::{Buf, BytesMut};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
-use tokio::net::{TcpStream, UnixStream};
-use tokio_postgres::config::Host;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_postgres::{CancelToken, Client, NoTls};
 
+use self::socket::{Server, Sock, Tap};
+use super::ConnInfo;
 use crate::error::{Error, Result};
-
-/// A TCP or Unix socket.
-#[derive(Debug)]
-enum Sock {
-    Tcp(TcpStream),
-    Unix(UnixStream),
-}
-
-impl AsyncRead for Sock {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            Sock::Tcp(s) => Pin::new(s).poll_read(cx, buf),
-            Sock::Unix(s) => Pin::new(s).poll_read(cx, buf),
-        }
-    }
-}
-
-impl AsyncWrite for Sock {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        match self.get_mut() {
-            Sock::Tcp(s) => Pin::new(s).poll_write(cx, buf),
-            Sock::Unix(s) => Pin::new(s).poll_write(cx, buf),
-        }
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            Sock::Tcp(s) => Pin::new(s).poll_flush(cx),
-            Sock::Unix(s) => Pin::new(s).poll_flush(cx),
-        }
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            Sock::Tcp(s) => Pin::new(s).poll_shutdown(cx),
-            Sock::Unix(s) => Pin::new(s).poll_shutdown(cx),
-        }
-    }
-}
-
-/// The socket, shared between tokio-postgres and segd's own reads. While segd
-/// has borrowed it, tokio-postgres (which is idle then) sees it as pending.
-#[derive(Debug, Clone)]
-struct Tap(Arc<Mutex<TapState>>);
-
-#[derive(Debug)]
-struct TapState {
-    sock: Option<Sock>,
-    wakers: Vec<std::task::Waker>,
-}
-
-impl Tap {
-    fn with<R>(
-        &self,
-        cx: &mut Context<'_>,
-        f: impl FnOnce(&mut Sock, &mut Context<'_>) -> Poll<std::io::Result<R>>,
-    ) -> Poll<std::io::Result<R>> {
-        let mut st = self.0.lock().expect("tap lock");
-        match st.sock.as_mut() {
-            Some(s) => f(s, cx),
-            None => {
-                st.wakers.push(cx.waker().clone());
-                Poll::Pending
-            }
-        }
-    }
-
-    fn borrow(&self) -> Option<Sock> {
-        self.0.lock().expect("tap lock").sock.take()
-    }
-
-    fn give_back(&self, sock: Sock) {
-        let wakers = {
-            let mut st = self.0.lock().expect("tap lock");
-            st.sock = Some(sock);
-            std::mem::take(&mut st.wakers)
-        };
-        wakers.into_iter().for_each(std::task::Waker::wake);
-    }
-}
-
-impl AsyncRead for Tap {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        self.with(cx, |s, cx| Pin::new(s).poll_read(cx, buf))
-    }
-}
-
-impl AsyncWrite for Tap {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        self.with(cx, |s, cx| Pin::new(s).poll_write(cx, buf))
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        self.with(cx, |s, cx| Pin::new(s).poll_flush(cx))
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        self.with(cx, |s, cx| Pin::new(s).poll_shutdown(cx))
-    }
-}
 
 /// How long a cancel request may take to send.
 const CANCEL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Socket receive buffer asked for stream sessions by default, in bytes.
 pub const RECV_BUFFER: u32 = 4 << 20;
-
-/// Where the server is, for connecting and for cancel requests.
-#[derive(Debug, Clone)]
-enum Addr {
-    Tcp(String, u16),
-    Unix(std::path::PathBuf),
-}
-
-impl Addr {
-    /// Connects; `recv_buffer` (bytes, 0 for the system default) sizes the
-    /// socket's receive buffer.
-    async fn connect(&self, recv_buffer: u32) -> std::io::Result<Sock> {
-        match self {
-            Addr::Tcp(h, p) => {
-                let addr = tokio::net::lookup_host((h.as_str(), *p))
-                    .await?
-                    .next()
-                    .ok_or_else(|| std::io::Error::other(format!("{h} has no address")))?;
-                let sock = if addr.is_ipv4() {
-                    tokio::net::TcpSocket::new_v4()?
-                } else {
-                    tokio::net::TcpSocket::new_v6()?
-                };
-                // A deep receive buffer lets PostgreSQL keep writing rows
-                // while this process is briefly off the CPU.
-                if recv_buffer > 0 {
-                    sock.set_recv_buffer_size(recv_buffer)?;
-                }
-                let s = sock.connect(addr).await?;
-                s.set_nodelay(true)?;
-                Ok(Sock::Tcp(s))
-            }
-            Addr::Unix(dir) => Ok(Sock::Unix(UnixStream::connect(dir).await?)),
-        }
-    }
-}
 
 /// Aborts the connection task when dropped, so an abandoned session does not
 /// keep draining rows in the background.
@@ -199,28 +52,23 @@ pub struct StreamSession {
     tap: Tap,
     task: AbortOnDrop,
     cancel: CancelToken,
-    addr: Addr,
+    server: Server,
 }
 
-/// Opens a session with the settings of `cfg` (first host only).
+/// Opens a session with the settings of `db` (first host only).
 ///
 /// # Errors
-/// `Unavailable` when the server cannot be reached or refuses.
-pub async fn connect(cfg: &tokio_postgres::Config, recv_buffer: u32) -> Result<StreamSession> {
-    let port = cfg.get_ports().first().copied().unwrap_or(5432);
-    let addr = match cfg.get_hosts().first() {
-        Some(Host::Tcp(h)) => Addr::Tcp(h.clone(), port),
-        Some(Host::Unix(dir)) => Addr::Unix(dir.join(format!(".s.PGSQL.{port}"))),
-        None => Addr::Tcp("localhost".into(), port),
-    };
-    let sock = addr
-        .connect(recv_buffer)
-        .await
-        .map_err(|e| Error::Unavailable(format!("connecting for a stream: {e}")))?;
-    let tap = Tap(Arc::new(Mutex::new(TapState {
-        sock: Some(sock),
-        wakers: Vec::new(),
-    })));
+/// `Unavailable` when the server cannot be reached, refuses, or its TLS
+/// does not check out.
+pub async fn connect(db: &ConnInfo, recv_buffer: u32) -> Result<StreamSession> {
+    let server = Server::of(db);
+    let sock = server.connect(recv_buffer).await?;
+    let tap = Tap::new(sock);
+    // TLS, if any, is already under the tap: tokio-postgres speaks plain
+    // protocol over it (and so sends cancel requests plain over whatever
+    // socket it is given; see `Canceller`).
+    let mut cfg = db.config.clone();
+    cfg.ssl_mode(tokio_postgres::config::SslMode::Disable);
     let (client, conn) = cfg.connect_raw(tap.clone(), NoTls).await?;
     let task = AbortOnDrop(tokio::spawn(async move {
         let _ = conn.await;
@@ -231,7 +79,7 @@ pub async fn connect(cfg: &tokio_postgres::Config, recv_buffer: u32) -> Result<S
         tap,
         task,
         cancel,
-        addr,
+        server,
     })
 }
 
@@ -240,7 +88,7 @@ impl StreamSession {
     pub fn canceller(&self) -> Canceller {
         Canceller {
             token: self.cancel.clone(),
-            addr: self.addr.clone(),
+            server: self.server.clone(),
         }
     }
 
@@ -277,7 +125,7 @@ impl StreamSession {
 /// Idle stream sessions, reused so streams start on a warm backend.
 #[derive(Debug)]
 pub struct StreamSessions {
-    cfg: tokio_postgres::Config,
+    db: ConnInfo,
     idle: Mutex<Vec<StreamSession>>,
     max_idle: usize,
     recv_buffer: u32,
@@ -290,10 +138,11 @@ impl std::fmt::Debug for StreamSession {
 }
 
 impl StreamSessions {
-    /// Sessions with `cfg` (whose application name marks them as streams),
+    /// Sessions on `db` (whose application name marks them as streams),
     /// keeping at most `max_idle` idle, with sockets asking for a receive
     /// buffer of `recv_buffer` bytes (0: the system default).
-    pub fn new(mut cfg: tokio_postgres::Config, max_idle: usize, recv_buffer: u32) -> Self {
+    pub fn new(mut db: ConnInfo, max_idle: usize, recv_buffer: u32) -> Self {
+        let cfg = &mut db.config;
         cfg.application_name("segd-stream");
         // A stream reads a plain scan in id order. Past `jit_above_cost`
         // (large workspaces), PostgreSQL would first spend 50-100 ms
@@ -301,7 +150,7 @@ impl StreamSessions {
         let options = format!("{} -c jit=off", cfg.get_options().unwrap_or_default());
         cfg.options(options.trim());
         Self {
-            cfg,
+            db,
             idle: Mutex::new(Vec::new()),
             max_idle,
             recv_buffer,
@@ -318,7 +167,7 @@ impl StreamSessions {
             match s {
                 Some(s) if s.is_healthy() => return Ok(s),
                 Some(_) => continue,
-                None => return connect(&self.cfg, self.recv_buffer).await,
+                None => return connect(&self.db, self.recv_buffer).await,
             }
         }
     }
@@ -336,7 +185,7 @@ impl StreamSessions {
 #[derive(Clone)]
 pub struct Canceller {
     token: CancelToken,
-    addr: Addr,
+    server: Server,
 }
 
 impl Canceller {
@@ -344,7 +193,9 @@ impl Canceller {
     /// giving up after a few seconds when the server does not respond.
     pub async fn cancel(&self) {
         let send = async {
-            match self.addr.connect(0).await {
+            // Over TLS when the session is: the token sends its request
+            // plain over the stream it is given.
+            match self.server.connect(0).await {
                 Ok(s) => self
                     .token
                     .cancel_query_raw(s, NoTls)
@@ -393,6 +244,8 @@ impl RawCopy {
         let mut out = BytesMut::new();
         postgres_protocol::message::frontend::query(sql, &mut out).map_err(Error::internal)?;
         self.sock.write_all(&out).await.map_err(gone)?;
+        // TLS may hold the record back until flushed.
+        self.sock.flush().await.map_err(gone)?;
         Ok(())
     }
 
@@ -496,6 +349,8 @@ fn error_response(body: &[u8]) -> Error {
 
 #[cfg(test)]
 mod tests {
+    use tokio::net::UnixStream;
+
     use super::*;
 
     fn msg(tag: u8, body: &[u8]) -> Vec<u8> {
