@@ -23,4 +23,5 @@ mod segments;
 mod server;
 mod streams;
 mod tls;
+mod traces;
 mod writes;
