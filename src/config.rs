@@ -367,6 +367,17 @@ pub struct Config {
     #[arg(long, env = "SEGD_JWT_AUDIENCE", global = true)]
     pub jwt_audience: Option<String>,
 
+    /// Export traces over OTLP/gRPC to this receiver, such as an
+    /// OpenTelemetry Collector (`http://localhost:4317`): each call is a
+    /// server span, a child of the caller's W3C `traceparent` (off when
+    /// unset).
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT", global = true)]
+    pub otlp_endpoint: Option<String>,
+
+    /// The service name traces carry.
+    #[arg(long, env = "OTEL_SERVICE_NAME", default_value = "segd", global = true)]
+    pub otel_service_name: String,
+
     /// Log format.
     #[arg(
         long,

@@ -19,6 +19,8 @@
 //!   cluster ([`cluster`]).
 //! - [`config`]: clap flags with environment variables.
 //! - [`telemetry`]: tracing setup.
+//! - [`traces`]: OpenTelemetry traces over OTLP (optional).
+//! - [`observe`]: Prometheus metrics and each call's span.
 //! - [`bench`]: the benchmark commands.
 //! - [`error`]: the domain error type.
 //! - [`proto`]: generated protobuf code.
@@ -41,3 +43,4 @@ pub mod server;
 pub mod service;
 pub mod startup;
 pub mod telemetry;
+pub mod traces;

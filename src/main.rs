@@ -4,13 +4,13 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Parser;
+use opentelemetry::trace::TracerProvider as _;
 use segd::config::{Cli, Command, Config};
-use segd::{api, bench, server, startup, telemetry};
+use segd::{api, bench, server, startup, telemetry, traces};
 use tokio::net::TcpListener;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    telemetry::init(cli.config.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -21,7 +21,40 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli)) {
+    // Traces only with an endpoint: no exporter is built otherwise.
+    let endpoint = cli
+        .config
+        .otlp_endpoint
+        .as_deref()
+        .filter(|e| !e.is_empty());
+    let traces = match endpoint.map(|e| {
+        let _rt = runtime.enter();
+        traces::provider(e, &cli.config.otel_service_name)
+    }) {
+        None => None,
+        Some(Ok(p)) => Some(p),
+        Some(Err(e)) => {
+            eprintln!("segd: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    telemetry::init(
+        cli.config.log_format,
+        traces.as_ref().map(|p| p.tracer("segd")),
+    );
+    if let Some(e) = endpoint {
+        tracing::info!(endpoint = e, "exporting traces over OTLP");
+    }
+    let result = runtime.block_on(run(cli));
+    if let Some(p) = traces {
+        // Sends the spans still batched; the export runs on the runtime.
+        let flushed =
+            runtime.block_on(async { tokio::task::spawn_blocking(move || p.shutdown()).await });
+        if let Ok(Err(e)) = flushed {
+            tracing::warn!(error = %e, "could not send the last traces");
+        }
+    }
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("segd: {e:#}");

@@ -182,9 +182,9 @@ where
         let started = Instant::now();
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
-        let span = call_span(&method, req.headers());
-        let request_id = span.1;
+        let (span, request_id) = call_span(&method, req.headers());
         let deadline = crate::api::shed::deadline(req.headers()).map(|d| started + d);
+        let call = span.clone();
         let fut = async move {
             let mut resp = inner.call(req).await?;
             if let Ok(v) = http::HeaderValue::from_str(&request_id) {
@@ -193,20 +193,24 @@ where
             // An error before any message is a trailers-only response: its
             // code is in the headers.
             if let Some(code) = resp.headers().get("grpc-status") {
-                record(&method, code.to_str().unwrap_or("?"), started);
+                let code = code.to_str().unwrap_or("?");
+                crate::traces::finish_call(&call, code);
+                record(&method, code, started);
                 return Ok(resp);
             }
             let (parts, body) = resp.into_parts();
+            // The body keeps the span open until the call ends.
             let body = tonic::body::Body::new(Observed {
                 inner: body,
                 method,
                 started,
+                span: call,
                 done: false,
                 deadline: deadline.map(|d| Box::pin(tokio::time::sleep_until(d.into()))),
             });
             Ok(http::Response::from_parts(parts, body))
         };
-        Box::pin(tracing::Instrument::instrument(fut, span.0))
+        Box::pin(tracing::Instrument::instrument(fut, span))
     }
 }
 
@@ -216,7 +220,9 @@ pub const REQUEST_ID: &str = "x-request-id";
 
 /// The span every log line of a call carries: method, request id, the W3C
 /// `traceparent` trace id if given, and the workspace once known (see
-/// `api::auth`). Returns it with the request id.
+/// `api::auth`). Returns it with the request id. With traces on, it is the
+/// call's server span (see [`crate::traces`]), and its trace id (the
+/// caller's, or a new trace's) is the one logged.
 fn call_span(method: &str, headers: &http::HeaderMap) -> (tracing::Span, String) {
     let request_id = headers
         .get(REQUEST_ID)
@@ -229,13 +235,18 @@ fn call_span(method: &str, headers: &http::HeaderMap) -> (tracing::Span, String)
         request_id = %request_id,
         trace_id = tracing::field::Empty,
         workspace = tracing::field::Empty,
+        otel.kind = tracing::field::Empty,
+        otel.name = tracing::field::Empty,
     );
-    // traceparent: version-traceid-parentid-flags.
-    let trace = headers
-        .get("traceparent")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split('-').nth(1))
-        .filter(|t| t.len() == 32 && t.bytes().all(|b| b.is_ascii_hexdigit()));
+    let trace = crate::traces::start_call(&span, method, headers).or_else(|| {
+        // traceparent: version-traceid-parentid-flags.
+        headers
+            .get("traceparent")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split('-').nth(1))
+            .filter(|t| t.len() == 32 && t.bytes().all(|b| b.is_ascii_hexdigit()))
+            .map(str::to_string)
+    });
     if let Some(t) = trace {
         span.record("trace_id", t);
     }
@@ -277,8 +288,9 @@ fn record(method: &str, code: &str, started: Instant) {
         .record(started.elapsed().as_secs_f64());
 }
 
-/// A response body that records its call when its trailers pass (the
-/// call's code), or as CANCELLED when it is dropped before them (the
+/// A response body that records its call (metrics, and the code on its
+/// span, which it holds open) when its trailers pass (the call's code), or
+/// as CANCELLED when it is dropped before them (the
 /// client went away). With a deadline (`grpc-timeout`), a call still
 /// streaming when it passes ends there with DEADLINE_EXCEEDED: tonic's own
 /// timeout bounds only the response headers, so a stream could otherwise
@@ -287,6 +299,7 @@ struct Observed {
     inner: tonic::body::Body,
     method: String,
     started: Instant,
+    span: tracing::Span,
     done: bool,
     deadline: Option<Pin<Box<tokio::time::Sleep>>>,
 }
@@ -309,7 +322,7 @@ impl http_body::Body for Observed {
         {
             // The call's own trailers never come: these end it.
             self.done = true;
-            record(&self.method, "4", self.started);
+            self.finish("4");
             let mut trailers = http::HeaderMap::new();
             trailers.insert("grpc-status", http::HeaderValue::from_static("4"));
             trailers.insert(
@@ -328,7 +341,7 @@ impl http_body::Body for Observed {
                 .unwrap_or("0")
                 .to_string();
             self.done = true;
-            record(&self.method, &code, self.started);
+            self.finish(&code);
         }
         polled
     }
@@ -342,10 +355,17 @@ impl http_body::Body for Observed {
     }
 }
 
+impl Observed {
+    fn finish(&self, code: &str) {
+        crate::traces::finish_call(&self.span, code);
+        record(&self.method, code, self.started);
+    }
+}
+
 impl Drop for Observed {
     fn drop(&mut self) {
         if !self.done {
-            record(&self.method, "1", self.started);
+            self.finish("1");
         }
     }
 }

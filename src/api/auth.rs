@@ -140,7 +140,9 @@ impl Auth {
         let caller = self.caller(path, headers)?;
         // Every log line of the call names its workspace.
         if let Some(ws) = caller.as_ref().and_then(|c| c.workspace.as_deref()) {
-            tracing::Span::current().record("workspace", ws);
+            let span = tracing::Span::current();
+            span.record("workspace", ws);
+            crate::traces::workspace(&span, ws);
         }
         if caller.as_ref().is_some_and(|c| c.dev) {
             tracing::warn!(

@@ -206,7 +206,7 @@ impl Spawn {
         } = self;
         // Server logs, when asked for (SEGD_LOG=debug cargo test -- --nocapture).
         if std::env::var_os("SEGD_LOG").is_some() {
-            segd::telemetry::init(segd::config::LogFormat::Text);
+            segd::telemetry::init(segd::config::LogFormat::Text, None);
         }
         let s = shared();
         let n = COUNTER.fetch_add(1, Ordering::SeqCst);

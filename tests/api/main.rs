@@ -29,4 +29,5 @@ mod segments;
 mod server;
 mod streams;
 mod tls;
+mod traces;
 mod writes;
