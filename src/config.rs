@@ -346,6 +346,28 @@ pub struct Config {
     #[arg(long, env = "SEGD_JWKS_FILE", global = true)]
     pub jwks_file: Option<PathBuf>,
 
+    /// URL (https://, or http:// for an in-cluster issuer) of a JWKS with
+    /// the RS256 or ES256 public keys of bearer tokens: fetched at start
+    /// (segd does not start without it), then every --jwks-refresh and
+    /// when a token names an unknown key (at most every 10 s).
+    #[arg(
+        long,
+        env = "SEGD_JWKS_URL",
+        global = true,
+        conflicts_with = "jwks_file"
+    )]
+    pub jwks_url: Option<String>,
+
+    /// How often --jwks-url is fetched again (sooner when its answer's
+    /// `Cache-Control: max-age` says so, but not below 10 s).
+    #[arg(long, env = "SEGD_JWKS_REFRESH", default_value = "5m", value_parser = parse_duration, global = true)]
+    pub jwks_refresh: Duration,
+
+    /// More CA certificates (PEM) that --jwks-url's https server may be
+    /// signed by, besides the public (webpki) roots.
+    #[arg(long, env = "SEGD_JWKS_CA", global = true, requires = "jwks_url")]
+    pub jwks_ca: Option<PathBuf>,
+
     /// Required `iss` claim of bearer tokens.
     #[arg(long, env = "SEGD_JWT_ISSUER", global = true)]
     pub jwt_issuer: Option<String>,

@@ -1,13 +1,15 @@
 //! Who may call. A tower layer in front of every service checks each call
 //! before the service runs: a bearer token (JWT: HS256 with a shared
 //! secret, RS256 or ES256 with keys from a JWKS file reloaded when it
-//! changes; `exp`, `nbf`, `iss` and `aud` checked) carries the caller's
+//! changes or a JWKS URL refreshed in the background, see [`jwks`] and
+//! [`jwks_url`]; `exp`, `nbf`, `iss` and `aud` checked) carries the caller's
 //! workspace and role, and every RPC needs a role (see [`required`]).
 //! Health and reflection stay open. With `--insecure-dev-auth`, the
 //! `x-segd-workspace` header alone names the workspace and every caller
 //! may do anything: for a laptop, never for a deployment.
 
 mod jwks;
+mod jwks_url;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -17,6 +19,8 @@ use jsonwebtoken::{Algorithm, DecodingKey, Validation, decode, decode_header};
 use tonic::Status;
 
 use self::jwks::{Jwks, JwksFile};
+use self::jwks_url::JwksUrl;
+pub use self::jwks_url::{FETCH_TIMEOUT, JwksUrlOptions, MAX_BYTES};
 use super::workspace::{self, HEADER};
 
 crate::model::str_enum! {
@@ -104,6 +108,9 @@ pub struct JwtOptions {
     pub secret: Option<String>,
     /// JWKS file with RS256 or ES256 public keys, reloaded when it changes.
     pub jwks_file: Option<PathBuf>,
+    /// JWKS URL with RS256 or ES256 public keys, refreshed in the
+    /// background (not with `jwks_file`).
+    pub jwks_url: Option<JwksUrlOptions>,
     /// Required `iss`, if set.
     pub issuer: Option<String>,
     /// Required `aud`, if set.
@@ -111,18 +118,25 @@ pub struct JwtOptions {
 }
 
 impl Auth {
-    /// Token checking with `o`'s keys.
+    /// Token checking with `o`'s keys. With a JWKS URL, fetches it once and
+    /// starts refreshing it on the current tokio runtime (until the `Auth`
+    /// is dropped).
     ///
     /// # Errors
-    /// No key at all, or an unreadable JWKS file.
-    pub fn jwt(o: JwtOptions) -> anyhow::Result<Self> {
-        if o.secret.is_none() && o.jwks_file.is_none() {
-            anyhow::bail!("JWT authentication needs --jwt-secret or --jwks-file");
-        }
-        let jwks = match o.jwks_file {
-            Some(path) => Some(Jwks::File(JwksFile::open(path)?)),
-            None => None,
+    /// No key at all, both a JWKS file and URL, an unreadable JWKS file, or
+    /// a first fetch of the JWKS URL that fails or is not a JWKS.
+    pub async fn jwt(o: JwtOptions) -> anyhow::Result<Self> {
+        let jwks = match (o.jwks_file, o.jwks_url) {
+            (Some(_), Some(_)) => {
+                anyhow::bail!("--jwks-file and --jwks-url exclude each other; choose one")
+            }
+            (Some(path), None) => Some(Jwks::File(JwksFile::open(path)?)),
+            (None, Some(url)) => Some(Jwks::Url(JwksUrl::start(url).await?)),
+            (None, None) => None,
         };
+        if o.secret.is_none() && jwks.is_none() {
+            anyhow::bail!("JWT authentication needs --jwt-secret, --jwks-file or --jwks-url");
+        }
         Ok(Self::Jwt(Jwt {
             secret: o.secret.map(|s| DecodingKey::from_secret(s.as_bytes())),
             jwks,
@@ -227,7 +241,11 @@ impl Jwt {
             Algorithm::RS256 | Algorithm::ES256 => self
                 .jwks
                 .as_ref()
-                .ok_or_else(|| unauthenticated("RS256 and ES256 tokens need --jwks-file"))?
+                .ok_or_else(|| {
+                    unauthenticated(
+                        "RS256 and ES256 tokens need a JWKS (--jwks-file or --jwks-url)",
+                    )
+                })?
                 .key(header.kid.as_deref(), header.alg)?,
             other => {
                 return Err(unauthenticated(format!(

@@ -41,13 +41,14 @@ pub(crate) fn hs256(claims: &serde_json::Value) -> String {
 }
 
 /// Token authentication with the test secret, issuer and audience.
-pub(crate) fn jwt_app() -> Auth {
+pub(crate) async fn jwt_app() -> Auth {
     Auth::jwt(JwtOptions {
         secret: Some(SECRET.into()),
         issuer: Some(ISSUER.into()),
         audience: Some(AUDIENCE.into()),
         ..Default::default()
     })
+    .await
     .unwrap()
 }
 
@@ -136,7 +137,7 @@ async fn workspace_names(channel: &Channel, token: Option<&str>) -> Vec<String> 
 
 #[tokio::test]
 async fn every_rpc_refuses_the_wrong_caller_and_serves_the_right_one() {
-    let app = TestApp::with().auth(jwt_app()).spawn().await;
+    let app = TestApp::with().auth(jwt_app().await).spawn().await;
     let channel = app.channel().await;
     let admin = hs256(&claims("acme", "admin"));
     create_workspace(&channel, "acme", &admin).await.unwrap();
@@ -184,7 +185,7 @@ async fn every_rpc_refuses_the_wrong_caller_and_serves_the_right_one() {
 
 #[tokio::test]
 async fn tokens_are_checked_claim_by_claim() {
-    let app = TestApp::with().auth(jwt_app()).spawn().await;
+    let app = TestApp::with().auth(jwt_app().await).spawn().await;
     let channel = app.channel().await;
     create_workspace(&channel, "acme", &hs256(&claims("acme", "admin")))
         .await
@@ -295,6 +296,7 @@ async fn jwks_keys_verify_tokens_and_rotate_with_their_file() {
         jwks_file: Some(file.clone()),
         ..Default::default()
     })
+    .await
     .unwrap();
     let app = TestApp::with().auth(auth).spawn().await;
     let channel = app.channel().await;
@@ -334,7 +336,7 @@ async fn jwks_keys_verify_tokens_and_rotate_with_their_file() {
 
 #[tokio::test]
 async fn roles_decide_and_health_and_reflection_stay_open() {
-    let app = TestApp::with().auth(jwt_app()).spawn().await;
+    let app = TestApp::with().auth(jwt_app().await).spawn().await;
     let channel = app.channel().await;
     create_workspace(&channel, "acme", &hs256(&claims("acme", "admin")))
         .await

@@ -1,5 +1,6 @@
 //! Where the public keys of RS256 and ES256 tokens come from: a JWKS file
-//! read again when it changes. It hands out the current set as an
+//! read again when it changes, or a JWKS URL refreshed in the background
+//! (see [`super::jwks_url`]). Both hand out the current set as an
 //! `Arc<JwkSet>`, and one function picks a token's key from it.
 
 use std::path::{Path, PathBuf};
@@ -10,6 +11,7 @@ use jsonwebtoken::jwk::JwkSet;
 use jsonwebtoken::{Algorithm, DecodingKey};
 use tonic::Status;
 
+use super::jwks_url::JwksUrl;
 use super::unauthenticated;
 
 /// The JWKS that verifies RS256 and ES256 tokens.
@@ -17,18 +19,29 @@ use super::unauthenticated;
 pub(super) enum Jwks {
     /// A file, reloaded when its modification time changes.
     File(JwksFile),
+    /// A URL, refreshed in the background.
+    Url(JwksUrl),
 }
 
 impl Jwks {
     /// The key for `kid`, or without one, the only key of `alg`'s family.
+    /// An unknown `kid` asks a URL source to fetch the set again (rate
+    /// limited); this token is refused all the same.
     pub(super) fn key(&self, kid: Option<&str>, alg: Algorithm) -> Result<DecodingKey, Status> {
         let set = match self {
             Self::File(f) => f.current(),
+            Self::Url(u) => u.current(),
         };
         let jwk = match kid {
-            Some(kid) => set
-                .find(kid)
-                .ok_or_else(|| unauthenticated(format!("no key {kid:?} in the JWKS")))?,
+            Some(kid) => match set.find(kid) {
+                Some(jwk) => jwk,
+                None => {
+                    if let Self::Url(u) = self {
+                        u.missed();
+                    }
+                    return Err(unauthenticated(format!("no key {kid:?} in the JWKS")));
+                }
+            },
             None => {
                 let mut fit = set
                     .keys
