@@ -18,6 +18,7 @@ use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
+use jsonwebtoken::DecodingKey;
 use jsonwebtoken::jwk::JwkSet;
 use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject as _;
@@ -217,7 +218,7 @@ fn client(ca_pem: Option<&[u8]>) -> anyhow::Result<HttpClient> {
     Ok(Client::builder(TokioExecutor::new()).build(https))
 }
 
-/// GETs `uri`: a JWKS with at least one key, of at most [`MAX_BYTES`],
+/// GETs `uri`: a JWKS with at least one usable key, of at most [`MAX_BYTES`],
 /// within [`FETCH_TIMEOUT`].
 async fn fetch(client: &HttpClient, uri: &http::Uri) -> anyhow::Result<Fetched> {
     let req = http::Request::get(uri.clone())
@@ -240,8 +241,10 @@ async fn fetch(client: &HttpClient, uri: &http::Uri) -> anyhow::Result<Fetched> 
             .map_err(|e| anyhow!("reading the answer (at most {MAX_BYTES} bytes): {e}"))?
             .to_bytes();
         let set: JwkSet = serde_json::from_slice(&body).context("the answer is not a JWKS")?;
-        if set.keys.is_empty() {
-            bail!("the JWKS has no keys");
+        // An issuer answering an empty set, or keys segd cannot use, is
+        // broken: keep the keys that work.
+        if !set.keys.iter().any(|k| DecodingKey::from_jwk(k).is_ok()) {
+            bail!("the JWKS has no usable key");
         }
         Ok(Fetched { set, max_age })
     };
