@@ -465,6 +465,18 @@ mod tests {
     }
 
     #[test]
+    fn one_jwks_source() {
+        let parse = |args: &[&str]| Cli::try_parse_from([&["segd"], args].concat());
+        let url = "https://issuer.example/jwks.json";
+        assert!(parse(&["--jwks-url", url, "--jwks-file", "k.json"]).is_err());
+        assert!(parse(&["--jwks-ca", "ca.pem"]).is_err());
+        let c = parse(&["--jwks-url", url, "--jwks-ca", "ca.pem"])
+            .unwrap()
+            .config;
+        assert_eq!(c.jwks_refresh, Duration::from_secs(300));
+    }
+
+    #[test]
     fn defaults_serve_on_50051() {
         let c = Config::default();
         assert_eq!(c.listen.port(), 50051);

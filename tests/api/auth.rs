@@ -20,7 +20,7 @@ const SECRET: &str = "test-secret";
 const ISSUER: &str = "segd-tests";
 const AUDIENCE: &str = "segd";
 
-fn now() -> i64 {
+pub(crate) fn now() -> i64 {
     chrono::Utc::now().timestamp()
 }
 
@@ -53,7 +53,7 @@ pub(crate) async fn jwt_app() -> Auth {
 }
 
 /// A request with a bearer token and optionally the workspace header.
-fn with<T>(msg: T, token: Option<&str>, header: Option<&str>) -> tonic::Request<T> {
+pub(crate) fn with<T>(msg: T, token: Option<&str>, header: Option<&str>) -> tonic::Request<T> {
     let mut r = tonic::Request::new(msg);
     if let Some(t) = token {
         r.metadata_mut()
@@ -107,7 +107,7 @@ fn every_rpc() -> Vec<String> {
     out
 }
 
-async fn create_workspace(
+pub(crate) async fn create_workspace(
     channel: &Channel,
     name: &str,
     token: &str,
@@ -263,7 +263,7 @@ async fn tokens_are_checked_claim_by_claim() {
 }
 
 /// A JWKS with these fixture keys.
-fn jwks(names: &[&str]) -> String {
+pub(crate) fn jwks(names: &[&str]) -> String {
     let keys: Vec<serde_json::Value> = names
         .iter()
         .map(|n| {
@@ -275,7 +275,7 @@ fn jwks(names: &[&str]) -> String {
 }
 
 /// A token signed by fixture key `name` (ES256 or RS256), naming it.
-fn signed(name: &str, claims: &serde_json::Value) -> String {
+pub(crate) fn signed(name: &str, claims: &serde_json::Value) -> String {
     let pem = std::fs::read(format!("tests/fixtures/{name}.pem")).unwrap();
     let (alg, key) = if name.starts_with("rs") {
         (Algorithm::RS256, EncodingKey::from_rsa_pem(&pem).unwrap())
