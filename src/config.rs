@@ -359,6 +359,28 @@ pub struct Config {
     #[arg(long, env = "SEGD_JWKS_FILE", global = true)]
     pub jwks_file: Option<PathBuf>,
 
+    /// URL (https://, or http:// for an in-cluster issuer) of a JWKS with
+    /// the RS256 or ES256 public keys of bearer tokens: fetched at start
+    /// (segd does not start without it), then every --jwks-refresh and
+    /// when a token names an unknown key (at most every 10 s).
+    #[arg(
+        long,
+        env = "SEGD_JWKS_URL",
+        global = true,
+        conflicts_with = "jwks_file"
+    )]
+    pub jwks_url: Option<String>,
+
+    /// How often --jwks-url is fetched again (sooner when its answer's
+    /// `Cache-Control: max-age` says so, but not below 10 s).
+    #[arg(long, env = "SEGD_JWKS_REFRESH", default_value = "5m", value_parser = parse_duration, global = true)]
+    pub jwks_refresh: Duration,
+
+    /// More CA certificates (PEM) that --jwks-url's https server may be
+    /// signed by, besides the public (webpki) roots.
+    #[arg(long, env = "SEGD_JWKS_CA", global = true, requires = "jwks_url")]
+    pub jwks_ca: Option<PathBuf>,
+
     /// Required `iss` claim of bearer tokens.
     #[arg(long, env = "SEGD_JWT_ISSUER", global = true)]
     pub jwt_issuer: Option<String>,
@@ -464,6 +486,18 @@ mod tests {
     fn secrets_do_not_print() {
         let s: Secret = "postgres://u:pw@h/db".parse().unwrap();
         assert!(!format!("{s:?}").contains("pw"));
+    }
+
+    #[test]
+    fn one_jwks_source() {
+        let parse = |args: &[&str]| Cli::try_parse_from([&["segd"], args].concat());
+        let url = "https://issuer.example/jwks.json";
+        assert!(parse(&["--jwks-url", url, "--jwks-file", "k.json"]).is_err());
+        assert!(parse(&["--jwks-ca", "ca.pem"]).is_err());
+        let c = parse(&["--jwks-url", url, "--jwks-ca", "ca.pem"])
+            .unwrap()
+            .config;
+        assert_eq!(c.jwks_refresh, Duration::from_secs(300));
     }
 
     #[test]

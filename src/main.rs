@@ -108,7 +108,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     };
     let stream_db = db.conn.session(config.statement_timeout);
     let mut state = api::AppState::new(db.pool.clone(), stream_db, limits);
-    state.auth = std::sync::Arc::new(auth(&config)?);
+    state.auth = std::sync::Arc::new(auth(&config).await?);
     let read_urls: Vec<&str> = config
         .read_database_urls
         .iter()
@@ -180,8 +180,8 @@ fn tls(config: &Config) -> anyhow::Result<Option<server::Tls>> {
 }
 
 /// How callers are authenticated: bearer tokens when a key is configured,
-/// else insecure dev mode.
-fn auth(config: &Config) -> anyhow::Result<api::auth::Auth> {
+/// else insecure dev mode. A JWKS URL is fetched here, before serving.
+async fn auth(config: &Config) -> anyhow::Result<api::auth::Auth> {
     if config
         .jwt_secret
         .as_ref()
@@ -189,21 +189,39 @@ fn auth(config: &Config) -> anyhow::Result<api::auth::Auth> {
     {
         anyhow::bail!("--jwt-secret (SEGD_JWT_SECRET) is empty; give a secret or leave it unset");
     }
-    let keys = config.jwt_secret.is_some() || config.jwks_file.is_some();
+    let keys =
+        config.jwt_secret.is_some() || config.jwks_file.is_some() || config.jwks_url.is_some();
     match (keys, config.insecure_dev_auth) {
         (true, true) => anyhow::bail!(
-            "--insecure-dev-auth and a JWT key (--jwt-secret, --jwks-file) exclude each other; choose one"
+            "--insecure-dev-auth and a JWT key (--jwt-secret, --jwks-file, --jwks-url) exclude each other; choose one"
         ),
-        (true, false) => api::auth::Auth::jwt(api::auth::JwtOptions {
-            secret: config.jwt_secret.as_ref().map(|s| s.expose().to_string()),
-            jwks_file: config.jwks_file.clone(),
-            issuer: config.jwt_issuer.clone(),
-            audience: config.jwt_audience.clone(),
-        }),
+        (true, false) => {
+            let jwks_url = match &config.jwks_url {
+                Some(url) => Some(api::auth::JwksUrlOptions {
+                    refresh: config.jwks_refresh,
+                    ca_pem: match &config.jwks_ca {
+                        Some(p) => Some(
+                            std::fs::read(p).with_context(|| format!("reading {}", p.display()))?,
+                        ),
+                        None => None,
+                    },
+                    ..api::auth::JwksUrlOptions::new(url)
+                }),
+                None => None,
+            };
+            api::auth::Auth::jwt(api::auth::JwtOptions {
+                secret: config.jwt_secret.as_ref().map(|s| s.expose().to_string()),
+                jwks_file: config.jwks_file.clone(),
+                jwks_url,
+                issuer: config.jwt_issuer.clone(),
+                audience: config.jwt_audience.clone(),
+            })
+            .await
+        }
         (false, explicit) => {
             if !explicit {
                 tracing::warn!(
-                    "no JWT key is configured (--jwt-secret, --jwks-file): running with --insecure-dev-auth"
+                    "no JWT key is configured (--jwt-secret, --jwks-file, --jwks-url): running with --insecure-dev-auth"
                 );
             }
             Ok(api::auth::Auth::InsecureDev)

@@ -1,21 +1,26 @@
 //! Who may call. A tower layer in front of every service checks each call
 //! before the service runs: a bearer token (JWT: HS256 with a shared
 //! secret, RS256 or ES256 with keys from a JWKS file reloaded when it
-//! changes; `exp`, `nbf`, `iss` and `aud` checked) carries the caller's
+//! changes or a JWKS URL refreshed in the background, see [`jwks`] and
+//! [`jwks_url`]; `exp`, `nbf`, `iss` and `aud` checked) carries the caller's
 //! workspace and role, and every RPC needs a role (see [`required`]).
 //! Health and reflection stay open. With `--insecure-dev-auth`, the
 //! `x-segd-workspace` header alone names the workspace and every caller
 //! may do anything: for a laptop, never for a deployment.
 
-use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
-use std::time::{Duration, Instant, SystemTime};
+mod jwks;
+mod jwks_url;
 
-use jsonwebtoken::jwk::JwkSet;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
 use jsonwebtoken::{Algorithm, DecodingKey, Validation, decode, decode_header};
 use tonic::Status;
 
+use self::jwks::{Jwks, JwksFile};
+use self::jwks_url::JwksUrl;
+pub use self::jwks_url::{FETCH_TIMEOUT, JwksUrlOptions, MAX_BYTES};
 use super::workspace::{self, HEADER};
 
 crate::model::str_enum! {
@@ -91,7 +96,7 @@ pub enum Auth {
 #[derive(Debug)]
 pub struct Jwt {
     secret: Option<DecodingKey>,
-    jwks: Option<JwksFile>,
+    jwks: Option<Jwks>,
     issuer: Option<String>,
     audience: Option<String>,
 }
@@ -103,6 +108,9 @@ pub struct JwtOptions {
     pub secret: Option<String>,
     /// JWKS file with RS256 or ES256 public keys, reloaded when it changes.
     pub jwks_file: Option<PathBuf>,
+    /// JWKS URL with RS256 or ES256 public keys, refreshed in the
+    /// background (not with `jwks_file`).
+    pub jwks_url: Option<JwksUrlOptions>,
     /// Required `iss`, if set.
     pub issuer: Option<String>,
     /// Required `aud`, if set.
@@ -110,18 +118,25 @@ pub struct JwtOptions {
 }
 
 impl Auth {
-    /// Token checking with `o`'s keys.
+    /// Token checking with `o`'s keys. With a JWKS URL, fetches it once and
+    /// starts refreshing it on the current tokio runtime (until the `Auth`
+    /// is dropped).
     ///
     /// # Errors
-    /// No key at all, or an unreadable JWKS file.
-    pub fn jwt(o: JwtOptions) -> anyhow::Result<Self> {
-        if o.secret.is_none() && o.jwks_file.is_none() {
-            anyhow::bail!("JWT authentication needs --jwt-secret or --jwks-file");
-        }
-        let jwks = match o.jwks_file {
-            Some(path) => Some(JwksFile::open(path)?),
-            None => None,
+    /// No key at all, both a JWKS file and URL, an unreadable JWKS file, or
+    /// a first fetch of the JWKS URL that fails or is not a JWKS.
+    pub async fn jwt(o: JwtOptions) -> anyhow::Result<Self> {
+        let jwks = match (o.jwks_file, o.jwks_url) {
+            (Some(_), Some(_)) => {
+                anyhow::bail!("--jwks-file and --jwks-url exclude each other; choose one")
+            }
+            (Some(path), None) => Some(Jwks::File(JwksFile::open(path)?)),
+            (None, Some(url)) => Some(Jwks::Url(JwksUrl::start(url).await?)),
+            (None, None) => None,
         };
+        if o.secret.is_none() && jwks.is_none() {
+            anyhow::bail!("JWT authentication needs --jwt-secret, --jwks-file or --jwks-url");
+        }
         Ok(Self::Jwt(Jwt {
             secret: o.secret.map(|s| DecodingKey::from_secret(s.as_bytes())),
             jwks,
@@ -228,7 +243,11 @@ impl Jwt {
             Algorithm::RS256 | Algorithm::ES256 => self
                 .jwks
                 .as_ref()
-                .ok_or_else(|| unauthenticated("RS256 and ES256 tokens need --jwks-file"))?
+                .ok_or_else(|| {
+                    unauthenticated(
+                        "RS256 and ES256 tokens need a JWKS (--jwks-file or --jwks-url)",
+                    )
+                })?
                 .key(header.kid.as_deref(), header.alg)?,
             other => {
                 return Err(unauthenticated(format!(
@@ -275,97 +294,6 @@ impl Jwt {
             dev: false,
         })
     }
-}
-
-/// Public keys from a JWKS file, read again when its modification time
-/// changes (checked at most once a second).
-#[derive(Debug)]
-struct JwksFile {
-    path: PathBuf,
-    state: Mutex<Loaded>,
-}
-
-#[derive(Debug)]
-struct Loaded {
-    checked: Instant,
-    modified: Option<SystemTime>,
-    keys: Arc<JwkSet>,
-}
-
-/// How often the file's modification time is looked at.
-const JWKS_CHECK: Duration = Duration::from_secs(1);
-
-impl JwksFile {
-    fn open(path: PathBuf) -> anyhow::Result<Self> {
-        let (modified, keys) = read_jwks(&path)?;
-        Ok(Self {
-            path,
-            state: Mutex::new(Loaded {
-                checked: Instant::now(),
-                modified,
-                keys: Arc::new(keys),
-            }),
-        })
-    }
-
-    fn current(&self) -> Arc<JwkSet> {
-        let mut s = self.state.lock().expect("jwks lock");
-        if s.checked.elapsed() >= JWKS_CHECK {
-            s.checked = Instant::now();
-            let modified = std::fs::metadata(&self.path)
-                .and_then(|m| m.modified())
-                .ok();
-            if modified != s.modified {
-                match read_jwks(&self.path) {
-                    Ok((modified, keys)) => {
-                        tracing::info!(path = %self.path.display(), keys = keys.keys.len(), "reloaded the JWKS file");
-                        s.modified = modified;
-                        s.keys = Arc::new(keys);
-                    }
-                    // Keep the keys that worked; say why the new ones do not.
-                    Err(e) => {
-                        tracing::warn!(path = %self.path.display(), error = %e, "the JWKS file changed but cannot be read; keeping the previous keys")
-                    }
-                }
-            }
-        }
-        s.keys.clone()
-    }
-
-    /// The key for `kid`, or without one, the only key of `alg`'s family.
-    fn key(&self, kid: Option<&str>, alg: Algorithm) -> Result<DecodingKey, Status> {
-        let set = self.current();
-        let jwk = match kid {
-            Some(kid) => set
-                .find(kid)
-                .ok_or_else(|| unauthenticated(format!("no key {kid:?} in the JWKS")))?,
-            None => {
-                let mut fit = set
-                    .keys
-                    .iter()
-                    .filter(|k| DecodingKey::from_jwk(k).is_ok_and(|d| d.family() == alg.family()));
-                match (fit.next(), fit.next()) {
-                    (Some(k), None) => k,
-                    _ => {
-                        return Err(unauthenticated(
-                            "the token names no key (kid) and the JWKS has not exactly one for its algorithm",
-                        ));
-                    }
-                }
-            }
-        };
-        DecodingKey::from_jwk(jwk).map_err(|e| unauthenticated(format!("unusable JWKS key: {e}")))
-    }
-}
-
-fn read_jwks(path: &std::path::Path) -> anyhow::Result<(Option<SystemTime>, JwkSet)> {
-    use anyhow::Context as _;
-    let modified = std::fs::metadata(path).and_then(|m| m.modified()).ok();
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    let set: JwkSet =
-        serde_json::from_str(&text).with_context(|| format!("{} is not a JWKS", path.display()))?;
-    Ok((modified, set))
 }
 
 /// The tower layer that checks every call with an [`Auth`].

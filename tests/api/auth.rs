@@ -20,7 +20,7 @@ const SECRET: &str = "test-secret";
 const ISSUER: &str = "segd-tests";
 const AUDIENCE: &str = "segd";
 
-fn now() -> i64 {
+pub(crate) fn now() -> i64 {
     chrono::Utc::now().timestamp()
 }
 
@@ -41,18 +41,19 @@ pub(crate) fn hs256(claims: &serde_json::Value) -> String {
 }
 
 /// Token authentication with the test secret, issuer and audience.
-pub(crate) fn jwt_app() -> Auth {
+pub(crate) async fn jwt_app() -> Auth {
     Auth::jwt(JwtOptions {
         secret: Some(SECRET.into()),
         issuer: Some(ISSUER.into()),
         audience: Some(AUDIENCE.into()),
         ..Default::default()
     })
+    .await
     .unwrap()
 }
 
 /// A request with a bearer token and optionally the workspace header.
-fn with<T>(msg: T, token: Option<&str>, header: Option<&str>) -> tonic::Request<T> {
+pub(crate) fn with<T>(msg: T, token: Option<&str>, header: Option<&str>) -> tonic::Request<T> {
     let mut r = tonic::Request::new(msg);
     if let Some(t) = token {
         r.metadata_mut()
@@ -106,7 +107,7 @@ fn every_rpc() -> Vec<String> {
     out
 }
 
-async fn create_workspace(
+pub(crate) async fn create_workspace(
     channel: &Channel,
     name: &str,
     token: &str,
@@ -136,7 +137,7 @@ async fn workspace_names(channel: &Channel, token: Option<&str>) -> Vec<String> 
 
 #[tokio::test]
 async fn every_rpc_refuses_the_wrong_caller_and_serves_the_right_one() {
-    let app = TestApp::with().auth(jwt_app()).spawn().await;
+    let app = TestApp::with().auth(jwt_app().await).spawn().await;
     let channel = app.channel().await;
     let admin = hs256(&claims("acme", "admin"));
     create_workspace(&channel, "acme", &admin).await.unwrap();
@@ -184,7 +185,7 @@ async fn every_rpc_refuses_the_wrong_caller_and_serves_the_right_one() {
 
 #[tokio::test]
 async fn tokens_are_checked_claim_by_claim() {
-    let app = TestApp::with().auth(jwt_app()).spawn().await;
+    let app = TestApp::with().auth(jwt_app().await).spawn().await;
     let channel = app.channel().await;
     create_workspace(&channel, "acme", &hs256(&claims("acme", "admin")))
         .await
@@ -262,7 +263,7 @@ async fn tokens_are_checked_claim_by_claim() {
 }
 
 /// A JWKS with these fixture keys.
-fn jwks(names: &[&str]) -> String {
+pub(crate) fn jwks(names: &[&str]) -> String {
     let keys: Vec<serde_json::Value> = names
         .iter()
         .map(|n| {
@@ -274,7 +275,7 @@ fn jwks(names: &[&str]) -> String {
 }
 
 /// A token signed by fixture key `name` (ES256 or RS256), naming it.
-fn signed(name: &str, claims: &serde_json::Value) -> String {
+pub(crate) fn signed(name: &str, claims: &serde_json::Value) -> String {
     let pem = std::fs::read(format!("tests/fixtures/{name}.pem")).unwrap();
     let (alg, key) = if name.starts_with("rs") {
         (Algorithm::RS256, EncodingKey::from_rsa_pem(&pem).unwrap())
@@ -295,6 +296,7 @@ async fn jwks_keys_verify_tokens_and_rotate_with_their_file() {
         jwks_file: Some(file.clone()),
         ..Default::default()
     })
+    .await
     .unwrap();
     let app = TestApp::with().auth(auth).spawn().await;
     let channel = app.channel().await;
@@ -334,7 +336,7 @@ async fn jwks_keys_verify_tokens_and_rotate_with_their_file() {
 
 #[tokio::test]
 async fn roles_decide_and_health_and_reflection_stay_open() {
-    let app = TestApp::with().auth(jwt_app()).spawn().await;
+    let app = TestApp::with().auth(jwt_app().await).spawn().await;
     let channel = app.channel().await;
     create_workspace(&channel, "acme", &hs256(&claims("acme", "admin")))
         .await

@@ -9,6 +9,7 @@ mod differential;
 mod grpcurl;
 mod helm;
 mod helpers;
+mod jwks_url;
 mod live;
 mod metrics;
 mod newcomer;

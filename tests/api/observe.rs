@@ -112,13 +112,17 @@ async fn metrics_show_every_listed_series_and_move_with_calls() {
     }
     assert_eq!(streamed, 2_000);
 
-    // The statistics refresh runs in the background: wait for its series.
+    // The statistics refresh and the maintainer's lag run in the
+    // background (the lag is set after the pass commits, which the watcher
+    // may hear first): wait for their series.
     let mut text = String::new();
     for _ in 0..600 {
         let (status, body) = get(addr, "/metrics").await;
         assert_eq!(status, "HTTP/1.1 200 OK");
         text = body;
-        if text.contains("segd_analyze_runs_total{table=\"contacts\"}") {
+        if text.contains("segd_analyze_runs_total{table=\"contacts\"}")
+            && text.contains("segd_live_lag_seconds")
+        {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;

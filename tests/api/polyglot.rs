@@ -90,7 +90,10 @@ fn succeeded(out: &std::process::Output, who: &str) -> String {
 
 #[tokio::test]
 async fn the_python_client_runs_the_scenario_with_tokens() {
-    let app = TestApp::with().auth(crate::auth::jwt_app()).spawn().await;
+    let app = TestApp::with()
+        .auth(crate::auth::jwt_app().await)
+        .spawn()
+        .await;
     let (python, path) = python_with_grpc();
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/polyglot");
     let args = scenario_args(&app, "python-scenario");
@@ -121,7 +124,10 @@ async fn the_node_client_runs_the_scenario_with_tokens() {
             "npm install failed: the Node scenario needs @grpc/grpc-js"
         );
     }
-    let app = TestApp::with().auth(crate::auth::jwt_app()).spawn().await;
+    let app = TestApp::with()
+        .auth(crate::auth::jwt_app().await)
+        .spawn()
+        .await;
     let args = scenario_args(&app, "node-scenario");
     let out = tokio::process::Command::new("node")
         .arg(root.join("tests/polyglot/scenario.js"))
