@@ -43,13 +43,15 @@ impl Route {
             .map_or_else(|| primary.clone(), |(r, _)| r.streams.clone())
     }
 
-    /// Marks `resp` with where the read ran.
+    /// Marks `resp` with where the read ran, and counts it.
     pub fn annotate<T>(&self, mut resp: Response<T>) -> Response<T> {
         let h = resp.metadata_mut();
         let replica = self
             .replica
             .as_ref()
             .filter(|_| !self.fell_back.load(Ordering::Relaxed));
+        // Counted where the read ran, after any fall back to the primary.
+        crate::observe::read_routed(replica.is_some());
         match replica {
             None => {
                 h.insert("segd-read-from", MetadataValue::from_static("primary"));
@@ -87,7 +89,6 @@ impl AppState {
             Some(d) => Duration::new(d.seconds as u64, d.nanos as u32),
         };
         let replica = self.replicas.pick(max);
-        crate::observe::read_routed(replica.is_some());
         Ok(Route {
             replica,
             fell_back: AtomicBool::new(false),

@@ -143,23 +143,39 @@ impl Replicas {
                 () = shutdown.cancelled() => return,
                 _ = tick.tick() => {}
             }
+            // One reading of the primary serves every replica's check.
+            let at = Instant::now();
+            let limit = every.max(Duration::from_secs(1));
+            let lsn = match tokio::time::timeout(limit, primary_lsn(&primary)).await {
+                Ok(Ok(lsn)) => Some(lsn),
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "reading the primary's WAL position for the replica checks");
+                    None
+                }
+                Err(_) => {
+                    tracing::warn!(
+                        "reading the primary's WAL position for the replica checks timed out"
+                    );
+                    None
+                }
+            };
             for (r, failing) in self.list.iter().zip(failing.iter_mut()) {
-                match tokio::time::timeout(every.max(Duration::from_secs(1)), check(&primary, r))
-                    .await
-                {
-                    Ok(Ok(())) if *failing => {
-                        *failing = false;
-                        tracing::info!(replica = %r.name, "read replica reachable again");
+                if let Some(lsn) = &lsn {
+                    match tokio::time::timeout(limit, check(r, lsn, at)).await {
+                        Ok(Ok(())) if *failing => {
+                            *failing = false;
+                            tracing::info!(replica = %r.name, "read replica reachable again");
+                        }
+                        Ok(Err(e)) if !*failing => {
+                            *failing = true;
+                            tracing::warn!(replica = %r.name, error = %e, "read replica check failed; reads leave it as it grows stale");
+                        }
+                        Err(_) if !*failing => {
+                            *failing = true;
+                            tracing::warn!(replica = %r.name, "read replica check timed out; reads leave it as it grows stale");
+                        }
+                        _ => {}
                     }
-                    Ok(Err(e)) if !*failing => {
-                        *failing = true;
-                        tracing::warn!(replica = %r.name, error = %e, "read replica check failed; reads leave it as it grows stale");
-                    }
-                    Err(_) if !*failing => {
-                        *failing = true;
-                        tracing::warn!(replica = %r.name, "read replica check timed out; reads leave it as it grows stale");
-                    }
-                    _ => {}
                 }
                 crate::observe::replica_staleness(&r.name, r.staleness());
             }
@@ -167,14 +183,18 @@ impl Replicas {
     }
 }
 
-/// One check: is `r` replayed past the primary's current WAL position?
-async fn check(primary: &Pool, r: &Replica) -> Result<()> {
-    let at = Instant::now();
-    let lsn: String = super::conn(primary)
+/// The primary's current WAL position, as text.
+async fn primary_lsn(primary: &Pool) -> Result<String> {
+    Ok(super::conn(primary)
         .await?
         .query_one("SELECT pg_current_wal_lsn()::text", &[])
         .await?
-        .get(0);
+        .get(0))
+}
+
+/// One check: has `r` replayed past `lsn`, the primary's WAL position
+/// read after `at`? Then it holds everything committed before `at`.
+async fn check(r: &Replica, lsn: &str, at: Instant) -> Result<()> {
     let row = super::conn(&r.pool)
         .await?
         .query_one(
