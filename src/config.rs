@@ -159,6 +159,18 @@ pub enum LogFormat {
     Json,
 }
 
+/// What stands between segd and PostgreSQL at DATABASE_URL.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum)]
+pub enum Pooler {
+    /// Nothing, or a pooler in session mode: each connection is one
+    /// PostgreSQL session.
+    #[default]
+    None,
+    /// A pooler in transaction mode (PgBouncer's `pool_mode = transaction`):
+    /// sessions are shared between clients between transactions.
+    Transaction,
+}
+
 /// Settings shared by every command.
 #[derive(Debug, Clone, Args)]
 pub struct Config {
@@ -177,6 +189,28 @@ pub struct Config {
     /// verify-ca; verify-full) and `sslrootcert` (a PEM CA file) in the URL.
     #[arg(long, env = "DATABASE_URL", global = true)]
     pub database_url: Option<Secret>,
+
+    /// What DATABASE_URL reaches PostgreSQL through. With `transaction`
+    /// (PgBouncer's `pool_mode = transaction`), segd sends no session
+    /// settings, runs every call's statements in transactions that set
+    /// their own, and keeps work that needs a session of its own on
+    /// --session-database-url. Statement pooling is refused at start-up.
+    #[arg(
+        long,
+        env = "SEGD_DATABASE_POOLER",
+        value_enum,
+        default_value = "none",
+        global = true,
+        requires_if("transaction", "session_database_url")
+    )]
+    pub database_pooler: Pooler,
+
+    /// PostgreSQL reached directly (or through a pooler in session mode),
+    /// for what needs a session: migrations, the change feed's LISTEN,
+    /// live-segment maintenance, statistics and workspace administration.
+    /// Needed with --database-pooler transaction; unused otherwise.
+    #[arg(long, env = "SEGD_SESSION_DATABASE_URL", global = true)]
+    pub session_database_url: Option<Secret>,
 
     /// A PostgreSQL hot standby of the primary to serve reads from (member
     /// streams, counts, previews, breakdowns, overlaps); repeat the flag,
@@ -486,6 +520,23 @@ mod tests {
     fn secrets_do_not_print() {
         let s: Secret = "postgres://u:pw@h/db".parse().unwrap();
         assert!(!format!("{s:?}").contains("pw"));
+    }
+
+    #[test]
+    fn a_transaction_pooler_needs_a_session_url() {
+        let parse = |args: &[&str]| Cli::try_parse_from([&["segd"], args].concat());
+        let err = parse(&["--database-pooler", "transaction"]).unwrap_err();
+        assert!(err.to_string().contains("--session-database-url"), "{err}");
+        let c = parse(&[
+            "--database-pooler",
+            "transaction",
+            "--session-database-url",
+            "postgres://h/db",
+        ])
+        .unwrap()
+        .config;
+        assert_eq!(c.database_pooler, Pooler::Transaction);
+        assert!(parse(&["--database-pooler", "statement"]).is_err());
     }
 
     #[test]

@@ -106,8 +106,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         replica_check_interval: config.replica_check_interval,
         ..api::Limits::default()
     };
-    let stream_db = db.conn.session(config.statement_timeout);
-    let mut state = api::AppState::new(db.pool.clone(), stream_db, limits);
+    let mut state = db.state(limits);
     state.auth = std::sync::Arc::new(auth(&config).await?);
     let read_urls: Vec<&str> = config
         .read_database_urls
@@ -232,6 +231,7 @@ async fn auth(config: &Config) -> anyhow::Result<api::auth::Auth> {
 /// Closes the pool and stops the private cluster, if any.
 async fn stop(db: startup::Database) {
     db.pool.close();
+    db.owner.close();
     if let Some(cluster) = db.cluster {
         let _ = tokio::task::spawn_blocking(move || drop(cluster)).await;
     }

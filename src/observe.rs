@@ -49,11 +49,7 @@ pub fn handle() -> PrometheusHandle {
 
 /// Serves `/metrics` on `listener` until `shutdown`: plain HTTP/1.1, one
 /// response per connection. Pool figures are read at each scrape.
-pub async fn serve(
-    listener: TcpListener,
-    pool: deadpool_postgres::Pool,
-    shutdown: CancellationToken,
-) {
+pub async fn serve(listener: TcpListener, pool: crate::db::Pool, shutdown: CancellationToken) {
     let handle = handle();
     loop {
         let conn = tokio::select! {
@@ -86,7 +82,7 @@ pub async fn serve(
     }
 }
 
-fn pool_gauges(pool: &deadpool_postgres::Pool) {
+fn pool_gauges(pool: &crate::db::Pool) {
     let s = pool.status();
     let g = |state: &'static str, v: usize| {
         metrics::gauge!("segd_pool_connections", "state" => state).set(v as f64);

@@ -121,7 +121,7 @@ pub async fn serve(
         state
             .statistics
             .clone()
-            .run(state.pool.clone(), state.shutdown.clone()),
+            .run(state.owner.clone(), state.shutdown.clone()),
     );
 
     // Hears the change feed's notifications for WatchMembership.
@@ -134,7 +134,7 @@ pub async fn serve(
 
     // Keeps read replicas' staleness known.
     tokio::spawn(state.replicas.clone().run(
-        state.pool.clone(),
+        state.owner.clone(),
         state.limits.replica_check_interval,
         state.shutdown.clone(),
     ));

@@ -3,20 +3,27 @@
 
 use std::sync::Arc;
 
+use crate::db::Pool;
 use anyhow::Context;
-use deadpool_postgres::Pool;
 
 use crate::cluster::{ClusterOptions, DB_NAME, LocalCluster};
-use crate::config::Config;
+use crate::config::{Config, Pooler};
 use crate::db::{self, ConnInfo};
 
 /// A migrated database, and the private cluster behind it if segd started one.
 pub struct Database {
-    /// The pool.
+    /// The pool calls run on.
     pub pool: Pool,
-    /// Where it is and how to reach it, TLS included (holds secrets; do
-    /// not log).
+    /// The pool of work that needs a session (see `AppState::owner`): the
+    /// same as `pool` unless behind a transaction pooler.
+    pub owner: Pool,
+    /// Where calls reach it and how, TLS included (holds secrets; do not
+    /// log).
     pub conn: ConnInfo,
+    /// Where session work reaches it.
+    pub owner_conn: ConnInfo,
+    /// What `conn` goes through.
+    pub pooler: Pooler,
     /// The private cluster, stopped when the last handle drops.
     pub cluster: Option<Arc<LocalCluster>>,
 }
@@ -29,10 +36,13 @@ pub struct Database {
 /// met (a server without TLS, a certificate that does not check out), or
 /// migrations failed.
 pub async fn database(config: &Config) -> anyhow::Result<Database> {
+    let parse = |url: &crate::config::Secret, what: &'static str| {
+        ConnInfo::parse(url.expose(), config.database_ca.as_deref()).context(what)
+    };
     let (conn, cluster) = match &config.database_url {
-        Some(url) => (
-            ConnInfo::parse(url.expose(), config.database_ca.as_deref()).context("DATABASE_URL")?,
-            None,
+        Some(url) => (parse(url, "DATABASE_URL")?, None),
+        None if config.database_pooler == Pooler::Transaction => anyhow::bail!(
+            "--database-pooler transaction needs DATABASE_URL, the pooler's address (segd's private cluster has no pooler)"
         ),
         None => {
             let dir =
@@ -52,13 +62,133 @@ pub async fn database(config: &Config) -> anyhow::Result<Database> {
             (admin.with_dbname(DB_NAME), Some(Arc::new(cluster)))
         }
     };
-    migrate(&conn).await?;
-    let pool = db::pool(&conn, config.pool_size, config.statement_timeout)?;
+    let (size, timeout) = (config.pool_size, config.statement_timeout);
+    let (pool, owner, owner_conn) = match config.database_pooler {
+        Pooler::None => {
+            if config.database_url.is_some() {
+                check_session(&conn, timeout).await?;
+            }
+            let pool = db::pool(&conn, size, timeout)?;
+            (pool.clone(), pool, conn.clone())
+        }
+        Pooler::Transaction => {
+            let session = config.session_database_url.as_ref().context(
+                "--database-pooler transaction needs --session-database-url (SEGD_SESSION_DATABASE_URL)",
+            )?;
+            let owner_conn = parse(session, "--session-database-url")?;
+            check_session(&owner_conn, timeout)
+                .await
+                .context("--session-database-url must reach PostgreSQL directly, or through a pooler in session mode")?;
+            check_transactions(&conn).await?;
+            let pool = db::transaction_pool(&conn, size, timeout)?;
+            // Session work is a handful of connections: maintenance,
+            // statistics, administration.
+            let owner = db::pool(&owner_conn, size.clamp(2, 4), timeout)?;
+            (pool, owner, owner_conn)
+        }
+    };
+    migrate(&owner_conn).await?;
     Ok(Database {
         pool,
+        owner,
         conn,
+        owner_conn,
+        pooler: config.database_pooler,
         cluster,
     })
+}
+
+impl Database {
+    /// The services' state over this database: calls on `pool`, member
+    /// streams in sessions like its, session work on `owner`.
+    pub fn state(&self, limits: crate::api::Limits) -> crate::api::AppState {
+        let timeout = self.pool.statement_timeout;
+        let stream_db = match self.pooler {
+            Pooler::None => self.conn.session(timeout),
+            Pooler::Transaction => self.conn.pooled(),
+        };
+        crate::api::AppState::split(
+            self.pool.clone(),
+            self.owner.clone(),
+            stream_db,
+            self.owner_conn.session(timeout),
+            limits,
+        )
+    }
+}
+
+/// Checks that a connection to `db` is a session of its own that keeps
+/// segd's settings, as a pool without a transaction pooler needs. A
+/// transaction pooler refuses the settings (PgBouncer: "unsupported startup
+/// parameter: options") or, told to ignore them, drops them.
+///
+/// # Errors
+/// Says which, and what to configure instead.
+pub async fn check_session(
+    db: &ConnInfo,
+    statement_timeout: std::time::Duration,
+) -> anyhow::Result<()> {
+    const HINT: &str = "is a connection pooler in front of PostgreSQL? In transaction mode, start segd with --database-pooler transaction and --session-database-url";
+    let (client, conn) = match db.session(statement_timeout).connect().await {
+        Ok(c) => c,
+        Err(e) if e.to_string().contains("unsupported startup parameter") => {
+            anyhow::bail!("the server refused segd's session settings ({e}): {HINT}")
+        }
+        Err(e) => {
+            return Err(anyhow::Error::new(e).context(format!(
+                "connecting to PostgreSQL (sslmode={})",
+                db.tls.mode().as_str()
+            )));
+        }
+    };
+    let task = tokio::spawn(conn);
+    let got: String = client
+        .query_one(
+            "SELECT setting FROM pg_settings WHERE name = 'statement_timeout'",
+            &[],
+        )
+        .await?
+        .get(0);
+    drop(client);
+    let _ = task.await;
+    let want = statement_timeout.as_millis().to_string();
+    anyhow::ensure!(
+        got == want,
+        "the server ignored segd's session settings (statement_timeout is {got} ms, segd asked for {want}): {HINT}"
+    );
+    Ok(())
+}
+
+/// Checks that the transaction pooler at `db` lets a transaction run
+/// several statements: PgBouncer in statement mode does not, and segd runs
+/// every call as one transaction (its scope, then its statements).
+///
+/// # Errors
+/// Refuses statement pooling, or the pooler is unreachable.
+pub async fn check_transactions(db: &ConnInfo) -> anyhow::Result<()> {
+    let (client, conn) = db
+        .pooled()
+        .connect()
+        .await
+        .context("connecting to PostgreSQL through the transaction pooler (DATABASE_URL)")?;
+    let task = tokio::spawn(conn);
+    let probe = async {
+        client.batch_execute("BEGIN").await?;
+        client.simple_query("SELECT 1").await?;
+        client.batch_execute("COMMIT").await
+    }
+    .await;
+    drop(client);
+    let _ = task.await;
+    match probe {
+        Ok(()) => Ok(()),
+        Err(e) if e.to_string().contains("statement pooling") => anyhow::bail!(
+            "DATABASE_URL goes through a pooler in statement mode ({e}); segd runs each call as a transaction of several statements, which statement pooling forbids: use pool_mode = transaction (or session)"
+        ),
+        Err(e) => {
+            Err(anyhow::Error::new(e).context("a transaction through the pooler (DATABASE_URL)"))
+        }
+    }
 }
 
 /// Applies migrations over a dedicated connection.

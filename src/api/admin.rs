@@ -41,7 +41,7 @@ impl WorkspaceService for Admin {
                 "workspace {name:?} already exists"
             )));
         }
-        let client = self.state.conn().await?;
+        let client = self.state.owner_conn().await?;
         let at = db::workspaces::created_at(&**client, id).await?;
         Ok(Response::new(pb::CreateWorkspaceResponse {
             workspace: Some(pb::Workspace {
@@ -59,7 +59,7 @@ impl WorkspaceService for Admin {
         let r = req.into_inner();
         let limit = page_size(r.page_size, 100, 1000)
             .map_err(|e| invalid(vec![Violation::new("page_size", e)]))?;
-        let client = self.state.conn().await?;
+        let client = self.state.owner_conn().await?;
         let rows = db::workspaces::list(&**client, &r.page_token, limit + 1).await?;
         let more = rows.len() as i64 > limit;
         let workspaces: Vec<pb::Workspace> = rows

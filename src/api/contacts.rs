@@ -54,8 +54,10 @@ impl ContactService for Contacts {
             "contact",
             cc::key_from_proto(req.get_ref().contact.as_ref()),
         )?;
-        let client = self.state.conn_in(ws).await?;
-        let c = db::contacts::get(&**client, ws, &key).await?;
+        let mut client = self.state.conn_in(ws).await?;
+        let c = client
+            .run(async |tx| db::contacts::get(tx, ws, &key).await)
+            .await?;
         Ok(Response::new(pb::GetContactResponse {
             contact: Some(cc::to_proto(&c)),
         }))
@@ -129,9 +131,12 @@ impl ContactService for Contacts {
                     })?,
             ),
         };
-        let client = self.state.conn_in(ws).await?;
-        let (contacts, next) =
-            db::contacts::list(&**client, ws, &r.order_by, order, after.as_ref(), limit).await?;
+        let mut client = self.state.conn_in(ws).await?;
+        let (contacts, next) = client
+            .run(async |tx| {
+                db::contacts::list(tx, ws, &r.order_by, order, after.as_ref(), limit).await
+            })
+            .await?;
         Ok(Response::new(pb::ListContactsResponse {
             contacts: contacts.iter().map(cc::to_proto).collect(),
             next_page_token: next
@@ -201,8 +206,10 @@ impl ContactService for Contacts {
                 invalid(vec![Violation::new("page_token", "not a ListEvents token")])
             })?),
         };
-        let client = self.state.conn_in(ws).await?;
-        let events = db::events::list(&**client, ws, &key, event_type, after, limit + 1).await?;
+        let mut client = self.state.conn_in(ws).await?;
+        let events = client
+            .run(async |tx| db::events::list(tx, ws, &key, event_type, after, limit + 1).await)
+            .await?;
         let more = events.len() as i64 > limit;
         let events = &events[..events.len().min(limit as usize)];
         let next = match (more, events.last()) {
@@ -234,8 +241,10 @@ impl ContactService for Contacts {
                 )])
             })?,
         };
-        let client = self.state.conn_in(ws).await?;
-        let mut changes = db::history::list(&**client, ws, &key, field, after, limit + 1).await?;
+        let mut client = self.state.conn_in(ws).await?;
+        let mut changes = client
+            .run(async |tx| db::history::list(tx, ws, &key, field, after, limit + 1).await)
+            .await?;
         let next = if changes.len() as i64 > limit {
             changes.truncate(limit as usize);
             changes
@@ -301,8 +310,10 @@ impl ContactService for Contacts {
             })?,
         };
         let contact = (r.contact_id != 0).then_some(r.contact_id);
-        let client = self.state.conn_in(ws).await?;
-        let mut deals = db::deals::list(&**client, ws, contact, after, limit + 1).await?;
+        let mut client = self.state.conn_in(ws).await?;
+        let mut deals = client
+            .run(async |tx| db::deals::list(tx, ws, contact, after, limit + 1).await)
+            .await?;
         let next = if deals.len() as i64 > limit {
             deals.truncate(limit as usize);
             deals
@@ -327,8 +338,10 @@ impl ContactService for Contacts {
             "field",
             cc::custom_field_from_proto(&req.into_inner().field.unwrap_or_default()),
         )?;
-        let client = self.state.conn_in(ws).await?;
-        let d = db::definitions::define_custom_field(&**client, ws, &def).await?;
+        let mut client = self.state.conn_in(ws).await?;
+        let d = client
+            .run(async |tx| db::definitions::define_custom_field(tx, ws, &def).await)
+            .await?;
         Ok(Response::new(pb::DefineCustomFieldResponse {
             field: Some(cc::custom_field_to_proto(&d)),
         }))
@@ -339,8 +352,10 @@ impl ContactService for Contacts {
         req: Request<pb::ListCustomFieldsRequest>,
     ) -> Result<Response<pb::ListCustomFieldsResponse>, Status> {
         let ws = self.state.workspace(&req).await?;
-        let client = self.state.conn_in(ws).await?;
-        let defs = db::definitions::list_custom_fields(&**client, ws).await?;
+        let mut client = self.state.conn_in(ws).await?;
+        let defs = client
+            .run(async |tx| db::definitions::list_custom_fields(tx, ws).await)
+            .await?;
         Ok(Response::new(pb::ListCustomFieldsResponse {
             fields: defs.iter().map(cc::custom_field_to_proto).collect(),
         }))
@@ -355,8 +370,10 @@ impl ContactService for Contacts {
             "label",
             cc::label_from_proto(&req.into_inner().label.unwrap_or_default()),
         )?;
-        let client = self.state.conn_in(ws).await?;
-        let l = db::definitions::define_label(&**client, ws, &def).await?;
+        let mut client = self.state.conn_in(ws).await?;
+        let l = client
+            .run(async |tx| db::definitions::define_label(tx, ws, &def).await)
+            .await?;
         Ok(Response::new(pb::DefineLabelResponse {
             label: Some(cc::label_to_proto(&l)),
         }))
@@ -367,8 +384,10 @@ impl ContactService for Contacts {
         req: Request<pb::ListLabelsRequest>,
     ) -> Result<Response<pb::ListLabelsResponse>, Status> {
         let ws = self.state.workspace(&req).await?;
-        let client = self.state.conn_in(ws).await?;
-        let labels = db::definitions::list_labels(&**client, ws).await?;
+        let mut client = self.state.conn_in(ws).await?;
+        let labels = client
+            .run(async |tx| db::definitions::list_labels(tx, ws).await)
+            .await?;
         Ok(Response::new(pb::ListLabelsResponse {
             labels: labels.iter().map(cc::label_to_proto).collect(),
         }))

@@ -59,7 +59,7 @@ pub trait BatchWrite: Send + 'static {
 
     /// Applies valid rows atomically on `client`.
     fn apply(
-        client: &mut db::Conn,
+        client: &mut db::scope::Scoped,
         ws: WorkspaceId,
         rows: &[(usize, Self::Row)],
     ) -> impl Future<Output = Result<Vec<(usize, Self::Outcome)>>> + Send;
@@ -123,7 +123,7 @@ where
 }
 
 async fn apply<W: BatchWrite>(
-    pool: &deadpool_postgres::Pool,
+    pool: &crate::db::Pool,
     tls: &db::tls::Tls,
     ws: WorkspaceId,
     rows: &[(usize, W::Row)],
@@ -131,8 +131,8 @@ async fn apply<W: BatchWrite>(
     if rows.is_empty() {
         return Ok(vec![]);
     }
-    let mut session = db::Session::get_in(pool, tls, ws).await?;
-    let applied = W::apply(session.client(), ws, rows).await;
+    let mut session = db::scope::Scoped::guarded(pool, tls, ws).await?;
+    let applied = W::apply(&mut session, ws, rows).await;
     session.finish();
     Ok(applied?)
 }
@@ -269,7 +269,7 @@ impl BatchWrite for ContactImport {
     }
 
     async fn apply(
-        client: &mut db::Conn,
+        client: &mut db::scope::Scoped,
         ws: WorkspaceId,
         rows: &[(usize, Contact)],
     ) -> Result<Vec<(usize, RowResult)>> {
@@ -327,7 +327,7 @@ impl BatchWrite for EventRecording {
     }
 
     async fn apply(
-        client: &mut db::Conn,
+        client: &mut db::scope::Scoped,
         ws: WorkspaceId,
         rows: &[(usize, NewEvent)],
     ) -> Result<Vec<(usize, EventResult)>> {
@@ -390,7 +390,7 @@ impl BatchWrite for DealImport {
     }
 
     async fn apply(
-        client: &mut db::Conn,
+        client: &mut db::scope::Scoped,
         ws: WorkspaceId,
         rows: &[(usize, DealInput)],
     ) -> Result<Vec<(usize, RowResult)>> {

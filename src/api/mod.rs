@@ -18,7 +18,7 @@ pub mod workspace;
 use std::sync::Arc;
 use std::time::Duration;
 
-use deadpool_postgres::Pool;
+use crate::db::Pool;
 use tokio_util::sync::CancellationToken;
 
 use crate::db::workspaces::Workspaces;
@@ -83,8 +83,14 @@ impl Default for Limits {
 /// What every service shares.
 #[derive(Debug, Clone)]
 pub struct AppState {
-    /// The connection pool.
+    /// The pool calls run their scoped transactions on (through a
+    /// transaction pooler, if segd is behind one).
     pub pool: Pool,
+    /// The pool of work that needs a session of its own or spans
+    /// workspaces: live-segment maintenance, statistics, replica checks,
+    /// workspace administration. The same as `pool` unless segd is behind
+    /// a transaction pooler (`--session-database-url`).
+    pub owner: Pool,
     /// Sessions for member streams, apart from the pool.
     pub streams: Arc<crate::db::stream_conn::StreamSessions>,
     /// Bounds concurrent member streams.
@@ -99,7 +105,7 @@ pub struct AppState {
     pub live: crate::service::live::Maintainer,
     /// Hears the change feed's notifications.
     pub feed: Arc<crate::service::feed::Listener>,
-    /// Where the feed listener connects.
+    /// Where the feed listener connects (`LISTEN` needs a session).
     pub feed_db: crate::db::ConnInfo,
     /// The TLS of every database connection (cancel requests use it).
     pub db_tls: crate::db::tls::Tls,
@@ -117,7 +123,21 @@ impl AppState {
     /// State over `pool`; member streams open their own sessions with
     /// `stream_db` (see `db::ConnInfo::session`), with its TLS.
     pub fn new(pool: Pool, stream_db: crate::db::ConnInfo, limits: Limits) -> Self {
-        let feed_db = stream_db.clone();
+        Self::split(pool.clone(), pool, stream_db.clone(), stream_db, limits)
+    }
+
+    /// State whose calls run on `pool` and member streams on `stream_db`,
+    /// and whose session work runs on `owner` and the feed listener on
+    /// `owner_db`: behind a transaction pooler, the first two reach it and
+    /// the last two reach PostgreSQL directly (or a session pool).
+    pub fn split(
+        pool: Pool,
+        owner: Pool,
+        stream_db: crate::db::ConnInfo,
+        owner_db: crate::db::ConnInfo,
+        limits: Limits,
+    ) -> Self {
+        let feed_db = owner_db;
         let db_tls = stream_db.tls.clone();
         let statistics = crate::service::stats::Statistics::new(limits.statistics);
         let clock = crate::clock::Clock::default();
@@ -127,8 +147,8 @@ impl AppState {
                 4,
                 limits.stream_socket_buffer,
             )),
-            workspaces: Arc::new(Workspaces::new(pool.clone())),
-            live: crate::service::live::Maintainer::new(pool.clone(), limits.live)
+            workspaces: Arc::new(Workspaces::new(owner.clone())),
+            live: crate::service::live::Maintainer::new(owner.clone(), limits.live)
                 .with_statistics(statistics.clone())
                 .with_clock(clock.clone()),
             clock,
@@ -138,6 +158,7 @@ impl AppState {
             feed_db,
             db_tls,
             pool,
+            owner,
             shutdown: CancellationToken::new(),
             limits,
             auth: Arc::new(auth::Auth::InsecureDev),
@@ -145,23 +166,24 @@ impl AppState {
         }
     }
 
-    /// A pooled connection.
+    /// A connection as the tables' owner, for work across workspaces.
     ///
     /// # Errors
     /// `UNAVAILABLE` when the database cannot be reached.
-    pub async fn conn(&self) -> Result<crate::db::Conn, tonic::Status> {
-        Ok(crate::db::conn(&self.pool).await?)
+    pub async fn owner_conn(&self) -> Result<crate::db::Conn, tonic::Status> {
+        Ok(crate::db::conn(&self.owner).await?)
     }
 
-    /// A pooled connection for a call in workspace `ws`: its statements
-    /// run under row-level security, scoped to `ws` (see `db::scope`).
+    /// A connection for a call in workspace `ws`: its statements run in
+    /// transactions under row-level security, scoped to `ws` (see
+    /// `db::scope`).
     ///
     /// # Errors
     /// `UNAVAILABLE` when the database cannot be reached.
     pub async fn conn_in(
         &self,
         ws: crate::model::WorkspaceId,
-    ) -> Result<crate::db::Conn, tonic::Status> {
-        Ok(crate::db::scope::conn_in(&self.pool, ws).await?)
+    ) -> Result<crate::db::scope::Scoped, tonic::Status> {
+        Ok(crate::db::scope::Scoped::get(&self.pool, ws).await?)
     }
 }

@@ -294,15 +294,18 @@ impl QueryService for Query {
         let limits = &self.state.limits;
         let route = self.state.route(r.max_staleness.as_ref())?;
         let t = {
-            let conn = self.state.conn_in(ws).await?;
-            q::compile_guarded(
-                &**conn,
-                ws,
-                &target,
-                now,
-                limits.max_query_cost,
-                r.allow_expensive,
-            )
+            let mut conn = self.state.conn_in(ws).await?;
+            conn.run(async |tx| {
+                q::compile_guarded(
+                    tx,
+                    ws,
+                    &target,
+                    now,
+                    limits.max_query_cost,
+                    r.allow_expensive,
+                )
+                .await
+            })
             .await?
         };
         let compiled = t.compiled;
@@ -556,8 +559,10 @@ impl QueryService for Query {
         req: Request<pb::GetMetricsSettingsRequest>,
     ) -> Result<Response<pb::GetMetricsSettingsResponse>, Status> {
         let ws = self.state.workspace(&req).await?;
-        let client = self.state.conn_in(ws).await?;
-        let t = db::metrics::settings(&**client, ws).await?;
+        let mut client = self.state.conn_in(ws).await?;
+        let t = client
+            .run(async |tx| db::metrics::settings(tx, ws).await)
+            .await?;
         Ok(Response::new(pb::GetMetricsSettingsResponse {
             settings: Some(metrics::settings(&t)),
         }))

@@ -40,7 +40,7 @@ impl Segments {
         client: &impl tokio_postgres::GenericClient,
         ws: crate::model::WorkspaceId,
         segs: &[Segment],
-    ) -> Result<Vec<pb::Segment>, Status> {
+    ) -> crate::error::Result<Vec<pb::Segment>> {
         let infos = svc::infos(&db::segments::all(client, ws).await?);
         // Custom values of actions are typed by the workspace's fields.
         let typed = segs
@@ -60,7 +60,7 @@ impl Segments {
         client: &impl tokio_postgres::GenericClient,
         ws: crate::model::WorkspaceId,
         s: Segment,
-    ) -> Result<Option<pb::Segment>, Status> {
+    ) -> crate::error::Result<Option<pb::Segment>> {
         Ok(Self::out(client, ws, &[s]).await?.pop())
     }
 }
@@ -200,7 +200,9 @@ impl SegmentService for Segments {
         let mut client = self.state.conn_in(ws).await?;
         let created = svc::create(&mut client, ws, kind, changes).await?;
         Ok(Response::new(pb::CreateSegmentResponse {
-            segment: Self::one(&**client, ws, created).await?,
+            segment: client
+                .run(async |tx| Self::one(tx, ws, created).await)
+                .await?,
         }))
     }
 
@@ -210,10 +212,12 @@ impl SegmentService for Segments {
     ) -> Result<Response<pb::GetSegmentResponse>, Status> {
         let ws = self.state.workspace(&req).await?;
         let r = reference(req.get_ref().segment.as_ref(), "segment")?;
-        let client = self.state.conn_in(ws).await?;
-        let s = db::segments::get(&**client, ws, &r).await?;
+        let mut client = self.state.conn_in(ws).await?;
+        let s = client
+            .run(async |tx| db::segments::get(tx, ws, &r).await)
+            .await?;
         Ok(Response::new(pb::GetSegmentResponse {
-            segment: Self::one(&**client, ws, s).await?,
+            segment: client.run(async |tx| Self::one(tx, ws, s).await).await?,
         }))
     }
 
@@ -234,8 +238,10 @@ impl SegmentService for Segments {
                 )])
             })?,
         };
-        let client = self.state.conn_in(ws).await?;
-        let mut segs = db::segments::list(&**client, ws, after, limit + 1).await?;
+        let mut client = self.state.conn_in(ws).await?;
+        let mut segs = client
+            .run(async |tx| db::segments::list(tx, ws, after, limit + 1).await)
+            .await?;
         let next = if segs.len() as i64 > limit {
             segs.truncate(limit as usize);
             segs.last()
@@ -245,7 +251,9 @@ impl SegmentService for Segments {
             String::new()
         };
         Ok(Response::new(pb::ListSegmentsResponse {
-            segments: Self::out(&**client, ws, &segs).await?,
+            segments: client
+                .run(async |tx| Self::out(tx, ws, &segs).await)
+                .await?,
             next_page_token: next,
         }))
     }
@@ -307,7 +315,9 @@ impl SegmentService for Segments {
         let mut client = self.state.conn_in(ws).await?;
         let updated = svc::update(&mut client, ws, s.id, expected, c).await?;
         Ok(Response::new(pb::UpdateSegmentResponse {
-            segment: Self::one(&**client, ws, updated).await?,
+            segment: client
+                .run(async |tx| Self::one(tx, ws, updated).await)
+                .await?,
         }))
     }
 
@@ -321,8 +331,10 @@ impl SegmentService for Segments {
             return Err(invalid(vec![Violation::new("id", "required")]));
         }
         let expected = etag("etag", &r.etag)?;
-        let client = self.state.conn_in(ws).await?;
-        db::segments::delete(&**client, ws, r.id, expected).await?;
+        let mut client = self.state.conn_in(ws).await?;
+        client
+            .run(async |tx| db::segments::delete(tx, ws, r.id, expected).await)
+            .await?;
         Ok(Response::new(pb::DeleteSegmentResponse {}))
     }
 
@@ -383,7 +395,7 @@ impl SegmentService for Segments {
         )
         .await?;
         Ok(Response::new(pb::SnapshotSegmentResponse {
-            segment: Self::one(&**client, ws, s).await?,
+            segment: client.run(async |tx| Self::one(tx, ws, s).await).await?,
             member_count: n as i64,
         }))
     }
@@ -397,8 +409,10 @@ impl SegmentService for Segments {
             "",
             rules::definition(req.get_ref().definition.as_ref(), "definition"),
         )?;
-        let client = self.state.conn_in(ws).await?;
-        let v = svc::validate(&**client, ws, &rule, None).await?;
+        let mut client = self.state.conn_in(ws).await?;
+        let v = client
+            .run(async |tx| svc::validate(tx, ws, &rule, None).await)
+            .await?;
         Ok(Response::new(pb::ValidateSegmentResponse {
             rule: Some(rules::to_proto(&v.rule)),
             filter: print(&v.display),
@@ -416,10 +430,12 @@ impl SegmentService for Segments {
             return Err(invalid(vec![Violation::new("segment_id", "required")]));
         }
         self.state.live.rebuild(ws, id).await?;
-        let client = self.state.conn_in(ws).await?;
-        let s = db::segments::get(&**client, ws, &SegmentRef::Id(id)).await?;
+        let mut client = self.state.conn_in(ws).await?;
+        let s = client
+            .run(async |tx| db::segments::get(tx, ws, &SegmentRef::Id(id)).await)
+            .await?;
         Ok(Response::new(pb::RebuildSegmentResponse {
-            segment: Self::one(&**client, ws, s).await?,
+            segment: client.run(async |tx| Self::one(tx, ws, s).await).await?,
         }))
     }
 
@@ -473,8 +489,10 @@ impl SegmentService for Segments {
         let (Some(start), Some(end), true) = (start, end, bad.is_empty()) else {
             return Err(invalid(bad));
         };
-        let client = self.state.conn_in(ws).await?;
-        let s = db::segments::get(&**client, ws, &SegmentRef::Id(r.segment_id)).await?;
+        let mut client = self.state.conn_in(ws).await?;
+        let s = client
+            .run(async |tx| db::segments::get(tx, ws, &SegmentRef::Id(r.segment_id)).await)
+            .await?;
         if !s.live {
             return Err(crate::error::Error::FailedPrecondition(format!(
                 "segment {:?} is not live: only live segments keep a history",
@@ -482,7 +500,9 @@ impl SegmentService for Segments {
             ))
             .into());
         }
-        let buckets = db::history::segment(&**client, ws, s.id, (start, end), step).await?;
+        let buckets = client
+            .run(async |tx| db::history::segment(tx, ws, s.id, (start, end), step).await)
+            .await?;
         Ok(Response::new(pb::GetSegmentHistoryResponse {
             buckets: buckets
                 .into_iter()
@@ -535,9 +555,13 @@ impl SegmentService for Segments {
                 )]));
             }
         };
-        let client = self.state.conn_in(ws).await?;
-        let t = svc::compile(&**client, ws, &target, self.state.clock.now(), false).await?;
-        let e = svc::explain(&**client, &t.compiled, r.analyze).await?;
+        let mut client = self.state.conn_in(ws).await?;
+        let t = client
+            .run(async |tx| svc::compile(tx, ws, &target, self.state.clock.now(), false).await)
+            .await?;
+        let e = client
+            .run(async |tx| svc::explain(tx, &t.compiled, r.analyze).await)
+            .await?;
         Ok(Response::new(pb::ExplainSegmentResponse {
             sql: e.sql,
             params: e.params,

@@ -72,7 +72,7 @@ pub struct BenchEnv {
     /// The fresh database, as configured (plain on the private cluster).
     pub conn: ConnInfo,
     /// A pool on the fresh database, for setup and measurement.
-    pub pool: deadpool_postgres::Pool,
+    pub pool: crate::db::Pool,
     admin: ConnInfo,
     db_name: String,
     cluster: Option<Arc<LocalCluster>>,

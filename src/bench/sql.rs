@@ -208,13 +208,13 @@ pub async fn run(env: &BenchEnv, o: &SqlBench) -> anyhow::Result<()> {
     let started = Instant::now();
     let ws = data::generate(env, WS, &data::Shape::sql(o.contacts)).await?;
     println!("generated in {:.1}s", started.elapsed().as_secs_f64());
-    let mut client = env.pool.get().await?;
+    let mut scoped = crate::db::scope::Scoped::get(&env.pool, ws).await?;
     for (name, rule) in [
         ("newsletter-engaged", "event(email_open, last 30d)"),
         ("recent-buyers", "event(purchase, last 30d)"),
     ] {
         create(
-            &mut client,
+            &mut scoped,
             ws,
             crate::model::segment::SegmentKind::Dynamic,
             Changes {
@@ -226,6 +226,8 @@ pub async fn run(env: &BenchEnv, o: &SqlBench) -> anyhow::Result<()> {
         .await?;
     }
 
+    drop(scoped);
+    let client = env.pool.get().await?;
     let now = Utc::now();
     let x = Ctx { ws: ws.0, now };
     println!(

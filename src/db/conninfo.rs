@@ -83,6 +83,19 @@ impl ConnInfo {
         }
     }
 
+    /// The settings for connections through a transaction pooler: no
+    /// session settings (PgBouncer refuses the `options` startup parameter,
+    /// and a session's settings would reach other clients), only the
+    /// application name.
+    #[must_use]
+    pub fn pooled(&self) -> Self {
+        let mut c = self.clone();
+        if c.config.get_application_name().is_none() {
+            c.config.application_name("segd");
+        }
+        c
+    }
+
     /// The same server, database `name`.
     #[must_use]
     pub fn with_dbname(&self, name: &str) -> Self {

@@ -260,9 +260,10 @@ async fn update(
         .iter()
         .filter_map(|(_, c)| tids.get(&c.id).map(String::as_str))
         .collect();
-    let merge = tx.prepare_cached(MERGE_SQL.as_str()).await?;
+    // Prepared per call, not cached on the session: behind a transaction
+    // pooler, a statement must not outlive its transaction.
     let changed: std::collections::HashSet<i64> = tx
-        .query(&merge, &[&ws.0, &json, &ids])
+        .query(MERGE_SQL.as_str(), &[&ws.0, &json, &ids])
         .await
         .map_err(|e| taken(e, &updates[0].1))?
         .iter()
@@ -291,8 +292,9 @@ async fn insert<'a>(
         return Ok(vec![]);
     }
     let json = rows_param(&inserts.iter().map(|(_, c)| c).collect::<Vec<_>>());
-    let insert = tx.prepare_cached(IMPORT_INSERT_SQL.as_str()).await?;
-    let created = tx.query(&insert, &[&ws.0, &json]).await?;
+    let created = tx
+        .query(IMPORT_INSERT_SQL.as_str(), &[&ws.0, &json])
+        .await?;
     let mut ids: HashMap<(bool, String), i64> = HashMap::new();
     for r in &created {
         let id: i64 = r.get(0);

@@ -27,7 +27,7 @@ pub mod workspaces;
 use std::time::Duration;
 
 use crate::error::{Error, Result};
-use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use deadpool_postgres::{Manager, ManagerConfig, RecyclingMethod};
 
 pub use conninfo::ConnInfo;
 pub use deadpool_postgres::Object as Conn;
@@ -35,36 +35,71 @@ pub use deadpool_postgres::Object as Conn;
 /// A transaction on a pooled connection; the write service layer owns it.
 pub type Tx<'a> = deadpool_postgres::Transaction<'a>;
 
+/// A connection pool, and what each transaction a call runs on it sets
+/// for itself (see [`scope::Scoped`]).
+///
+/// Derefs to the deadpool pool it wraps.
+#[derive(Clone, Debug)]
+pub struct Pool {
+    inner: deadpool_postgres::Pool,
+    /// The statement timeout a call's transaction sets locally (a session's
+    /// settings do not reach its transactions behind a transaction pooler).
+    pub statement_timeout: Duration,
+}
+
+impl std::ops::Deref for Pool {
+    type Target = deadpool_postgres::Pool;
+    fn deref(&self) -> &Self::Target {
+        &self.inner
+    }
+}
+
 /// Builds a connection pool on `db`, whose sessions run in UTC with the
 /// given default statement timeout (see [`ConnInfo::session`]).
 ///
 /// # Errors
 /// `Internal` if the pool cannot be built.
 pub fn pool(db: &ConnInfo, size: usize, statement_timeout: Duration) -> Result<Pool> {
-    let db = db.session(statement_timeout);
+    build(&db.session(statement_timeout), size, statement_timeout)
+}
+
+/// Builds a connection pool on `db` behind a transaction pooler
+/// (PgBouncer's `pool_mode = transaction`): its connections send no
+/// session settings, which such a pooler refuses or would mix between
+/// clients; each call's transaction sets its own ([`scope::Scoped`]).
+///
+/// # Errors
+/// `Internal` if the pool cannot be built.
+pub fn transaction_pool(db: &ConnInfo, size: usize, statement_timeout: Duration) -> Result<Pool> {
+    build(&db.pooled(), size, statement_timeout)
+}
+
+fn build(db: &ConnInfo, size: usize, statement_timeout: Duration) -> Result<Pool> {
     let mgr = Manager::from_config(
-        db.config,
+        db.config.clone(),
         db.tls.make(),
         ManagerConfig {
-            // A connection a call scoped (see `scope`) is unscoped before
-            // anyone else takes it.
-            recycling_method: RecyclingMethod::Custom(scope::RESET.into()),
+            recycling_method: RecyclingMethod::Fast,
         },
     );
-    Pool::builder(mgr)
+    let inner = deadpool_postgres::Pool::builder(mgr)
         .max_size(size)
         .wait_timeout(Some(Duration::from_secs(10)))
         .create_timeout(Some(Duration::from_secs(10)))
         .runtime(deadpool_postgres::Runtime::Tokio1)
         .build()
-        .map_err(Error::internal)
+        .map_err(Error::internal)?;
+    Ok(Pool {
+        inner,
+        statement_timeout,
+    })
 }
 
 /// Takes a connection from the pool.
 ///
 /// # Errors
 /// `Unavailable` when no connection can be had.
-pub async fn conn(pool: &Pool) -> Result<Conn> {
+pub async fn conn(pool: &deadpool_postgres::Pool) -> Result<Conn> {
     Ok(pool.get().await?)
 }
 
@@ -134,7 +169,7 @@ impl Session {
     ///
     /// # Errors
     /// `Unavailable` when no connection can be had.
-    pub async fn get(pool: &Pool, tls: &tls::Tls) -> Result<Self> {
+    pub async fn get(pool: &deadpool_postgres::Pool, tls: &tls::Tls) -> Result<Self> {
         let conn = conn(pool).await?;
         let cancel = conn.cancel_token();
         Ok(Self {
@@ -142,21 +177,6 @@ impl Session {
             cancel,
             tls: tls.clone(),
         })
-    }
-
-    /// A connection from the pool, scoped to workspace `ws` (see
-    /// [`scope`]).
-    ///
-    /// # Errors
-    /// `Unavailable` when no connection can be had.
-    pub async fn get_in(
-        pool: &Pool,
-        tls: &tls::Tls,
-        ws: crate::model::WorkspaceId,
-    ) -> Result<Self> {
-        let mut s = Self::get(pool, tls).await?;
-        scope::enter(&***s.client(), ws, false).await?;
-        Ok(s)
     }
 
     /// The connection.
@@ -174,24 +194,31 @@ impl Session {
 
 impl Drop for Session {
     fn drop(&mut self) {
-        let Some(conn) = self.conn.take() else { return };
-        let Ok(rt) = tokio::runtime::Handle::try_current() else {
-            return;
-        };
-        let client = deadpool_postgres::Object::take(conn);
-        let cancel = self.cancel.clone();
-        let tls = self.tls.make();
-        rt.spawn(async move {
-            match tokio::time::timeout(CANCEL_TIMEOUT, cancel.cancel_query(tls)).await {
-                Ok(Ok(())) => tracing::info!("call abandoned; its statement was cancelled"),
-                Ok(Err(e)) => {
-                    tracing::warn!(error = %e, "cancelling an abandoned call's statement")
-                }
-                Err(_) => tracing::warn!("no answer to the cancel request of an abandoned call"),
-            }
-            drop(client);
-        });
+        if let Some(conn) = self.conn.take() {
+            abandon(conn, self.cancel.clone(), &self.tls);
+        }
     }
+}
+
+/// Cancels the statement running on `conn`, of a call that was dropped,
+/// and takes the connection out of its pool, so a late cancel can never
+/// hit the next user's query.
+pub(crate) fn abandon(conn: Conn, cancel: tokio_postgres::CancelToken, tls: &tls::Tls) {
+    let Ok(rt) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    let client = deadpool_postgres::Object::take(conn);
+    let tls = tls.make();
+    rt.spawn(async move {
+        match tokio::time::timeout(CANCEL_TIMEOUT, cancel.cancel_query(tls)).await {
+            Ok(Ok(())) => tracing::info!("call abandoned; its statement was cancelled"),
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "cancelling an abandoned call's statement")
+            }
+            Err(_) => tracing::warn!("no answer to the cancel request of an abandoned call"),
+        }
+        drop(client);
+    });
 }
 
 /// Encodes a keyset position as an opaque page token.

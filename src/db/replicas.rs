@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use deadpool_postgres::Pool;
+use crate::db::Pool;
 use tokio_util::sync::CancellationToken;
 
 use super::ConnInfo;

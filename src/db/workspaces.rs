@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::sync::RwLock;
 
-use deadpool_postgres::Pool;
+use crate::db::Pool;
 
 use crate::error::Result;
 use crate::model::{WorkspaceId, contact::BUILTIN_LABELS};

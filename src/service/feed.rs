@@ -15,6 +15,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio_postgres::AsyncMessage;
 use tokio_util::sync::CancellationToken;
 
+use crate::db::scope::Scoped;
 use crate::db::{self, feed::Change};
 use crate::error::{Error, Result};
 use crate::model::WorkspaceId;
@@ -154,15 +155,16 @@ pub struct Watch {
 /// `OutOfRange` when the start offset was trimmed, naming the oldest offset
 /// held; the database is unavailable.
 pub async fn start(
-    pool: &deadpool_postgres::Pool,
+    pool: &crate::db::Pool,
     listener: &Listener,
     w: Watch,
     stop: CancellationToken,
 ) -> Result<Watching> {
     let wake = listener.subscribe();
-    let client = db::scope::conn_in(pool, w.ws).await?;
-    let (last, oldest) = db::feed::bounds(&**client, w.ws).await?;
-    drop(client);
+    let (last, oldest) = Scoped::get(pool, w.ws)
+        .await?
+        .run(async |tx| db::feed::bounds(tx, w.ws).await)
+        .await?;
     let after = match w.start {
         Start::After(o) if o < 0 || o > last => {
             return Err(Error::OutOfRange(format!(
@@ -203,7 +205,7 @@ async fn send(items: &mpsc::Sender<Item>, item: Item, stall: Duration) -> Result
 }
 
 async fn produce(
-    pool: &deadpool_postgres::Pool,
+    pool: &crate::db::Pool,
     w: &Watch,
     after: i64,
     mut wake: watch::Receiver<u64>,
@@ -217,8 +219,10 @@ async fn produce(
     loop {
         wake.mark_unchanged();
         let page = {
-            let client = db::scope::conn_in(pool, w.ws).await?;
-            db::feed::after(&**client, w.ws, after, segments, PAGE).await?
+            Scoped::get(pool, w.ws)
+                .await?
+                .run(async |tx| db::feed::after(tx, w.ws, after, segments, PAGE).await)
+                .await?
         };
         let full = page.len() as i64 == PAGE;
         if let Some(c) = page.last() {
@@ -233,17 +237,10 @@ async fn produce(
 
 /// Sends the stored members of the watched live segments as of one feed
 /// offset, read in one REPEATABLE READ snapshot; returns that offset.
-async fn snapshot(
-    pool: &deadpool_postgres::Pool,
-    w: &Watch,
-    items: &mpsc::Sender<Item>,
-) -> Result<i64> {
-    let mut client = db::scope::conn_in(pool, w.ws).await?;
+async fn snapshot(pool: &crate::db::Pool, w: &Watch, items: &mpsc::Sender<Item>) -> Result<i64> {
+    let mut client = Scoped::get(pool, w.ws).await?;
     let tx = client
-        .build_transaction()
-        .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
-        .read_only(true)
-        .start()
+        .transaction_with(tokio_postgres::IsolationLevel::RepeatableRead, true)
         .await?;
     let (offset, _) = db::feed::bounds(&*tx, w.ws).await?;
     let segments = db::feed::live_segments(&*tx, w.ws, w.segments.as_deref()).await?;

@@ -27,8 +27,9 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::db::Pool;
+use crate::db::scope::Scoped;
 use chrono::{DateTime, Utc};
-use deadpool_postgres::Pool;
 use tokio_util::sync::CancellationToken;
 
 use super::segments::Definitions;
@@ -661,16 +662,13 @@ pub struct Drift {
 /// `FailedPrecondition` when the segment is not live and built; `NotFound`;
 /// the database is unavailable or timed out.
 pub async fn verify(
-    client: &mut db::Conn,
+    client: &mut Scoped,
     ws: WorkspaceId,
     segment: i64,
     now: DateTime<Utc>,
 ) -> Result<Drift> {
     let tx = client
-        .build_transaction()
-        .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
-        .read_only(true)
-        .start()
+        .transaction_with(tokio_postgres::IsolationLevel::RepeatableRead, true)
         .await?;
     let s = db::segments::get(&*tx, ws, &crate::segment::ast::SegmentRef::Id(segment)).await?;
     if !s.stored() {

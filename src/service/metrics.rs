@@ -147,11 +147,11 @@ impl Reader<'_> {
 /// `InvalidArgument` with `change`'s violations (nothing is written); the
 /// database is unavailable.
 pub async fn update_settings(
-    pool: &deadpool_postgres::Pool,
+    pool: &crate::db::Pool,
     ws: WorkspaceId,
     change: impl FnOnce(&EventTypes) -> std::result::Result<EventTypes, Vec<Violation>>,
 ) -> Result<EventTypes> {
-    let mut client = db::scope::conn_in(pool, ws).await?;
+    let mut client = db::scope::Scoped::get(pool, ws).await?;
     let tx = client.transaction().await?;
     db::metrics::lock_settings(&*tx, ws).await?;
     let current = db::metrics::settings(&*tx, ws).await?;

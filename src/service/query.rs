@@ -27,10 +27,10 @@ pub use crate::segment::render::Sample;
 #[derive(Debug, Clone, Copy)]
 pub struct Reader<'a> {
     /// The primary's connections.
-    pub pool: &'a deadpool_postgres::Pool,
+    pub pool: &'a crate::db::Pool,
     /// A read replica's connections, to try first, and where to note
     /// that the read went to the primary after all.
-    pub replica: Option<(&'a deadpool_postgres::Pool, &'a AtomicBool)>,
+    pub replica: Option<(&'a crate::db::Pool, &'a AtomicBool)>,
     /// The pool's TLS, for cancel requests.
     pub tls: &'a db::tls::Tls,
     /// Statement timeout for these queries.
@@ -65,7 +65,7 @@ impl Reader<'_> {
 
     async fn attempt<T>(
         &self,
-        pool: &deadpool_postgres::Pool,
+        pool: &crate::db::Pool,
         ws: WorkspaceId,
         f: impl AsyncFnOnce(&tokio_postgres::Transaction<'_>) -> Result<T>,
     ) -> Result<T> {

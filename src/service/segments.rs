@@ -4,6 +4,7 @@ use chrono::{DateTime, Utc};
 use tokio_postgres::GenericClient;
 
 use crate::db;
+use crate::db::scope::Scoped;
 use crate::error::{Error, Result, Violation};
 use crate::model::WorkspaceId;
 use crate::model::segment::{Definition, Segment, SegmentKind};
@@ -283,19 +284,19 @@ async fn lock_definitions(client: &impl GenericClient, ws: WorkspaceId) -> Resul
 /// `InvalidArgument` for a bad definition or a kind/definition mismatch,
 /// `AlreadyExists` for a taken name.
 pub async fn create(
-    client: &mut tokio_postgres::Client,
+    client: &mut Scoped,
     ws: WorkspaceId,
     kind: SegmentKind,
     c: Changes,
 ) -> Result<Segment> {
     let tx = client.transaction().await?;
-    lock_definitions(&tx, ws).await?;
+    lock_definitions(&*tx, ws).await?;
     let name = c
         .name
         .ok_or_else(|| Error::invalid("segment.name", "required"))?;
     let (rule, refs) = match (kind, c.rule) {
         (SegmentKind::Dynamic, Some(def)) => {
-            let v = validate(&tx, ws, &def, None).await?;
+            let v = validate(&*tx, ws, &def, None).await?;
             (Some(v.rule), v.checked.refs)
         }
         (SegmentKind::Dynamic, None) => {
@@ -344,11 +345,11 @@ pub async fn create(
         actions: vec![],
     };
     let s = Segment {
-        actions: actions(&tx, ws, s.live, c.actions.unwrap_or_default()).await?,
+        actions: actions(&*tx, ws, s.live, c.actions.unwrap_or_default()).await?,
         ..s
     };
-    let out = db::segments::insert(&tx, ws, &s).await?;
-    refuse_cycles(&tx, ws).await?;
+    let out = db::segments::insert(&*tx, ws, &s).await?;
+    refuse_cycles(&*tx, ws).await?;
     tx.commit().await?;
     Ok(out)
 }
@@ -360,15 +361,15 @@ pub async fn create(
 /// defining a non-dynamic one; `InvalidArgument` for a bad definition
 /// (including a reference cycle); `Aborted` on an etag mismatch.
 pub async fn update(
-    client: &mut tokio_postgres::Client,
+    client: &mut Scoped,
     ws: WorkspaceId,
     id: i64,
     expected: Option<i64>,
     c: Changes,
 ) -> Result<Segment> {
     let tx = client.transaction().await?;
-    lock_definitions(&tx, ws).await?;
-    let mut s = db::segments::get(&tx, ws, &SegmentRef::Id(id)).await?;
+    lock_definitions(&*tx, ws).await?;
+    let mut s = db::segments::get(&*tx, ws, &SegmentRef::Id(id)).await?;
     if s.builtin && (c.rule.is_some() || c.name.as_ref().is_some_and(|n| *n != s.name)) {
         return Err(Error::FailedPrecondition(format!(
             "{:?} is built in: its name and definition are fixed",
@@ -382,7 +383,7 @@ pub async fn update(
                 s.name, s.kind
             )));
         }
-        let v = validate(&tx, ws, &def, Some(id)).await?;
+        let v = validate(&*tx, ws, &def, Some(id)).await?;
         s.rule = Some(v.rule);
         s.refs = v.checked.refs;
     }
@@ -407,11 +408,11 @@ pub async fn update(
     // Kept actions are checked again: the segment may have stopped being
     // live, or lost a label they name.
     let wanted = c.actions.unwrap_or_else(|| std::mem::take(&mut s.actions));
-    s.actions = actions(&tx, ws, s.live, wanted).await?;
-    let out = db::segments::update(&tx, ws, &s, expected).await?;
-    refuse_cycles(&tx, ws).await?;
+    s.actions = actions(&*tx, ws, s.live, wanted).await?;
+    let out = db::segments::update(&*tx, ws, &s, expected).await?;
+    refuse_cycles(&*tx, ws).await?;
     if !out.live {
-        db::live::forget(&tx, ws, id).await?;
+        db::live::forget(&*tx, ws, id).await?;
     }
     tx.commit().await?;
     Ok(out)
@@ -456,7 +457,7 @@ async fn refuse_cycles(tx: &impl GenericClient, ws: WorkspaceId) -> Result<()> {
 /// `NotFound`, `AlreadyExists` for a taken name, `FailedPrecondition` for a
 /// disabled source.
 pub async fn snapshot(
-    client: &mut tokio_postgres::Client,
+    client: &mut Scoped,
     ws: WorkspaceId,
     source: &SegmentRef,
     name: String,
@@ -464,11 +465,9 @@ pub async fn snapshot(
     now: DateTime<Utc>,
 ) -> Result<(Segment, u64)> {
     let tx = client
-        .build_transaction()
-        .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
-        .start()
+        .transaction_with(tokio_postgres::IsolationLevel::RepeatableRead, false)
         .await?;
-    let t = compile(&tx, ws, &Target::Saved(source.clone()), now, true).await?;
+    let t = compile(&*tx, ws, &Target::Saved(source.clone()), now, true).await?;
     let src = t.segment.as_ref().expect("saved target");
     let s = Segment {
         id: 0,
@@ -488,7 +487,7 @@ pub async fn snapshot(
         live_state: None,
         actions: vec![],
     };
-    let created = db::segments::insert(&tx, ws, &s).await?;
+    let created = db::segments::insert(&*tx, ws, &s).await?;
     let insert = t.compiled.render(&Query::of(Select::Snapshot(created.id)));
     let n = tx.execute_typed(&insert.sql, &insert.typed()).await?;
     tx.commit().await?;

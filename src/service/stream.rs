@@ -293,7 +293,13 @@ async fn run(session: &stream_conn::StreamSession, plan: &Job, out: &mut Out<'_>
     out.wait(async {
         client
             .batch_execute(&format!(
-                "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY; SET LOCAL statement_timeout = {}; {}",
+                // A stream reads a plain scan in id order. Past
+                // `jit_above_cost` (large workspaces), PostgreSQL would
+                // first spend 50-100 ms compiling it, all before the first
+                // row: no JIT here. Settings are local to the transaction,
+                // which leaves the session as it found it (a transaction
+                // pooler may hand it to another client next).
+                "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY; SET LOCAL jit = off; SET LOCAL statement_timeout = {}; {}",
                 plan.timeouts.statement.as_millis(),
                 crate::db::scope::enter_local_sql(plan.ws)
             ))

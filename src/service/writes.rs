@@ -10,6 +10,7 @@ use crate::db::changes::{self, Touched};
 use crate::db::events::EventResult;
 use crate::db::import::RowResult;
 use crate::db::merge::Merged;
+use crate::db::scope::Scoped;
 use crate::db::{self, Tx};
 use crate::error::{Error, Result};
 use crate::model::WorkspaceId;
@@ -44,7 +45,7 @@ pub trait Write: Sync {
 ///
 /// # Errors
 /// The write's own errors; the database is unavailable.
-pub async fn run<W: Write>(client: &mut db::Conn, ws: WorkspaceId, w: &W) -> Result<W::Out> {
+pub async fn run<W: Write>(client: &mut Scoped, ws: WorkspaceId, w: &W) -> Result<W::Out> {
     let mut retry = db::Retry::default();
     loop {
         match attempt(client, ws, w).await {
@@ -54,7 +55,7 @@ pub async fn run<W: Write>(client: &mut db::Conn, ws: WorkspaceId, w: &W) -> Res
     }
 }
 
-async fn attempt<W: Write>(client: &mut db::Conn, ws: WorkspaceId, w: &W) -> Result<W::Out> {
+async fn attempt<W: Write>(client: &mut Scoped, ws: WorkspaceId, w: &W) -> Result<W::Out> {
     let tx = client.transaction().await?;
     cause(&*tx, W::CAUSE).await?;
     let (out, touched) = w.apply(&tx, ws).await?;
@@ -248,7 +249,7 @@ impl Write for UpsertDeals<'_> {
 /// `NotFound` for an unknown deal id or contact; `InvalidArgument` for a
 /// row a batch would fail.
 pub async fn upsert_deal(
-    client: &mut db::Conn,
+    client: &mut Scoped,
     ws: WorkspaceId,
     d: &DealInput,
 ) -> Result<(Deal, bool)> {
@@ -265,7 +266,10 @@ pub async fn upsert_deal(
         }
         RowResult::Failed { field, error } => return Err(Error::invalid(field, error)),
     };
-    Ok((db::deals::get(&***client, ws, id).await?, created))
+    let deal = client
+        .run(async |tx| db::deals::get(tx, ws, id).await)
+        .await?;
+    Ok((deal, created))
 }
 
 /// AddSegmentMembers or RemoveSegmentMembers.

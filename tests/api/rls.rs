@@ -60,8 +60,10 @@ async fn an_unscoped_query_through_segds_connection_sees_only_its_workspace() {
     let a = app.state.workspaces.resolve("a").await.unwrap();
     let b = app.state.workspaces.resolve("b").await.unwrap();
 
-    // Deliberately no workspace condition.
-    let conn = app.state.conn_in(a).await.unwrap();
+    // Deliberately no workspace condition, in a transaction of a call's
+    // connection (the only way it runs statements).
+    let mut scoped = app.state.conn_in(a).await.unwrap();
+    let conn = scoped.transaction().await.unwrap();
     let seen: Vec<i64> = conn
         .query("SELECT id FROM contacts ORDER BY id", &[])
         .await
@@ -81,7 +83,9 @@ async fn an_unscoped_query_through_segds_connection_sees_only_its_workspace() {
         .await
         .unwrap();
     assert_eq!(moved, 30, "an unscoped update reaches only workspace a");
+    conn.commit().await.unwrap();
     // A write into another workspace is refused outright.
+    let conn = scoped.transaction().await.unwrap();
     let err = conn
         .execute(
             "INSERT INTO contacts (workspace_id, external_id) VALUES ($1, 'smuggled')",
@@ -104,10 +108,23 @@ async fn an_unscoped_query_through_segds_connection_sees_only_its_workspace() {
         .unwrap()
         .get(0);
     assert_eq!(french_b, 0);
+    let french_a: i64 = app
+        .db()
+        .await
+        .query_one(
+            "SELECT count(*) FROM contacts WHERE workspace_id = $1 AND country = 'FR'",
+            &[&a.0],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(french_a, 30);
 
-    // A connection back in the pool is unscoped before its next use: the
-    // role and workspace do not leak into the next caller's session.
-    let next = app.state.conn().await.unwrap();
+    // The scope ended with the transaction: the role and workspace do not
+    // leak into the session, which the pool (or a transaction pooler)
+    // hands to the next caller.
+    drop(scoped);
+    let next = segd::db::conn(&app.state.pool).await.unwrap();
     let row = next
         .query_one(
             "SELECT current_user::text, coalesce(current_setting('segd.workspace', true), '')",
@@ -272,12 +289,17 @@ async fn tag_and_label_tests_keep_their_gin_indexes_under_the_policy() {
         let text = plan.to_string();
         text.contains("contacts_tags") || text.contains("contacts_labels")
     };
-    let conn = app.state.conn_in(ws).await.unwrap();
+    let mut scoped = app.state.conn_in(ws).await.unwrap();
+    let conn = scoped.transaction().await.unwrap();
     // With sequential scans off, an index is the cheap way in: the GIN index
     // if the planner may use it, else the workspace's btree.
-    for c in [&owner, &**conn] {
-        c.batch_execute("SET enable_seqscan = off").await.unwrap();
-    }
+    owner
+        .batch_execute("SET enable_seqscan = off")
+        .await
+        .unwrap();
+    conn.batch_execute("SET LOCAL enable_seqscan = off")
+        .await
+        .unwrap();
     for test in ["c.tags && ARRAY['vip']", "c.labels @> ARRAY['donor']"] {
         let as_owner = owner.query_one(&explain(test), &[&ws.0]).await.unwrap();
         let p: serde_json::Value = as_owner.get(0);
@@ -290,5 +312,5 @@ async fn tag_and_label_tests_keep_their_gin_indexes_under_the_policy() {
         // the mark PostgreSQL must not use the index under a policy.
         assert_eq!(uses_gin(scoped.get(0)), superuser, "{test}");
     }
-    conn.batch_execute("RESET enable_seqscan").await.unwrap();
+    conn.rollback().await.unwrap();
 }

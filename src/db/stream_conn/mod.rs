@@ -142,13 +142,7 @@ impl StreamSessions {
     /// keeping at most `max_idle` idle, with sockets asking for a receive
     /// buffer of `recv_buffer` bytes (0: the system default).
     pub fn new(mut db: ConnInfo, max_idle: usize, recv_buffer: u32) -> Self {
-        let cfg = &mut db.config;
-        cfg.application_name("segd-stream");
-        // A stream reads a plain scan in id order. Past `jit_above_cost`
-        // (large workspaces), PostgreSQL would first spend 50-100 ms
-        // compiling it, all of it before the first row: no JIT here.
-        let options = format!("{} -c jit=off", cfg.get_options().unwrap_or_default());
-        cfg.options(options.trim());
+        db.config.application_name("segd-stream");
         Self {
             db,
             idle: Mutex::new(Vec::new()),
