@@ -131,7 +131,7 @@ pub async fn check_session(
     const HINT: &str = "is a connection pooler in front of PostgreSQL? In transaction mode, start segd with --database-pooler transaction and --session-database-url";
     let (client, conn) = match db.session(statement_timeout).connect().await {
         Ok(c) => c,
-        Err(e) if e.to_string().contains("unsupported startup parameter") => {
+        Err(e) if server_said(&e).contains("unsupported startup parameter") => {
             anyhow::bail!("the server refused segd's session settings ({e}): {HINT}")
         }
         Err(e) => {
@@ -159,6 +159,12 @@ pub async fn check_session(
     Ok(())
 }
 
+/// What the server (or pooler) said, for an error it sent.
+fn server_said(e: &tokio_postgres::Error) -> String {
+    e.as_db_error()
+        .map_or_else(|| e.to_string(), |d| d.message().to_string())
+}
+
 /// Checks that the transaction pooler at `db` lets a transaction run
 /// several statements: PgBouncer in statement mode does not, and segd runs
 /// every call as one transaction (its scope, then its statements).
@@ -182,7 +188,7 @@ pub async fn check_transactions(db: &ConnInfo) -> anyhow::Result<()> {
     let _ = task.await;
     match probe {
         Ok(()) => Ok(()),
-        Err(e) if e.to_string().contains("statement pooling") => anyhow::bail!(
+        Err(e) if server_said(&e).contains("statement pooling") => anyhow::bail!(
             "DATABASE_URL goes through a pooler in statement mode ({e}); segd runs each call as a transaction of several statements, which statement pooling forbids: use pool_mode = transaction (or session)"
         ),
         Err(e) => {

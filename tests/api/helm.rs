@@ -214,6 +214,33 @@ fn the_chart_lints_renders_and_holds_what_a_deployment_needs() {
     );
     let cm = kind(prod, "ConfigMap");
     let settings = cm.iter().find(|c| c["metadata"]["name"] == "segd").unwrap();
+    // Behind PgBouncer: the pooler declared, and the session URL reaches
+    // both segd and the migrations hook (which runs before the ConfigMap
+    // exists, so it carries the pooler setting itself).
+    assert_eq!(settings["data"]["SEGD_DATABASE_POOLER"], "transaction");
+    assert_eq!(
+        one(prod, "Secret")["stringData"]["SEGD_SESSION_DATABASE_URL"],
+        "postgres://segd:secret@postgres:5432/segd"
+    );
+    let env_names = |pod: &Value| -> Vec<String> {
+        pod["containers"][0]["env"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["name"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let job = &one(prod, "Job")["spec"]["template"]["spec"];
+    let job_env = env_names(job);
+    for name in [
+        "DATABASE_URL",
+        "SEGD_SESSION_DATABASE_URL",
+        "SEGD_DATABASE_POOLER",
+    ] {
+        assert!(job_env.iter().any(|n| n == name), "migrations lack {name}");
+    }
+    assert_eq!(job["containers"][0]["env"][0]["value"], "transaction");
+    assert!(env_names(&d["template"]["spec"]).contains(&"SEGD_SESSION_DATABASE_URL".to_string()));
     assert_eq!(
         settings["data"]["SEGD_JWKS_FILE"],
         "/etc/segd/jwks/jwks.json"

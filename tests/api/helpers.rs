@@ -404,6 +404,16 @@ pub fn filter(text: &str) -> Option<segd::proto::Definition> {
     })
 }
 
+/// Every member of a stream read to its end (ids, or contacts' ids), which
+/// must end cleanly.
+pub async fn members(mut s: tonic::Streaming<segd::proto::StreamMembersResponse>) -> Vec<i64> {
+    let mut got = Vec::new();
+    while let Some(m) = s.message().await.expect("the stream ends cleanly") {
+        got.extend(m.ids.iter().copied().chain(m.contacts.iter().map(|c| c.id)));
+    }
+    got
+}
+
 /// A channel to `addr` with large receive windows (for streams).
 pub async fn wide_channel(addr: std::net::SocketAddr) -> Channel {
     tonic::transport::Endpoint::from_shared(format!("http://{addr}"))

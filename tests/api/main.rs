@@ -14,6 +14,7 @@ mod live;
 mod metrics;
 mod newcomer;
 mod observe;
+mod pgbouncer;
 mod pgtls;
 mod plans;
 mod polyglot;

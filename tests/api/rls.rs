@@ -7,7 +7,6 @@
 
 use std::collections::BTreeSet;
 
-use futures::StreamExt;
 use segd::proto as pb;
 use tonic::Code;
 
@@ -178,7 +177,7 @@ async fn every_call_path_reads_and_writes_under_the_policy() {
     // The id stream reads COPY straight off the socket; contacts come
     // through tokio-postgres. Both under the policy.
     for read_mask in [None, Some(vec!["external_id".to_string()])] {
-        let mut s = q
+        let s = q
             .stream_members(req(
                 "w",
                 pb::StreamMembersRequest {
@@ -190,12 +189,7 @@ async fn every_call_path_reads_and_writes_under_the_policy() {
             .await
             .unwrap()
             .into_inner();
-        let mut got = Vec::new();
-        while let Some(m) = s.next().await {
-            let m = m.unwrap();
-            got.extend(m.ids);
-            got.extend(m.contacts.iter().map(|c| c.id));
-        }
+        let got = crate::helpers::members(s).await;
         assert_eq!(got, even, "streams");
     }
 

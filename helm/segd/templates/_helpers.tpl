@@ -59,11 +59,7 @@ envFrom:
   - configMapRef:
       name: {{ include "segd.fullname" . }}
 env:
-  - name: DATABASE_URL
-    valueFrom:
-      secretKeyRef:
-        name: {{ include "segd.secretName" . }}
-        key: DATABASE_URL
+  {{- include "segd.databaseEnv" . | nindent 2 }}
   - name: SEGD_READ_DATABASE_URLS
     valueFrom:
       secretKeyRef:
@@ -76,4 +72,19 @@ env:
         name: {{ include "segd.secretName" . }}
         key: SEGD_JWT_SECRET
         optional: true
+{{- end -}}
+
+{{/* Where the database is, and how to reach it (also for migrations). */}}
+{{- define "segd.databaseEnv" -}}
+- name: DATABASE_URL
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "segd.secretName" . }}
+      key: DATABASE_URL
+- name: SEGD_SESSION_DATABASE_URL
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "segd.secretName" . }}
+      key: SEGD_SESSION_DATABASE_URL
+      optional: true
 {{- end -}}
