@@ -204,9 +204,10 @@ const SESSION: &str = "SELECT current_user, coalesce(current_setting('segd.works
      current_setting('statement_timeout'), current_setting('TimeZone'), current_setting('jit'), \
      (SELECT count(*) FROM pg_prepared_statements)";
 
-/// One workspace's calls on the server at `addr`: an import in several
-/// batches, a segment, counts, streams of ids and of contacts, a preview,
-/// reads and an update. Returns the members' ids.
+/// One workspace's calls on the server at `addr`: a live segment watched,
+/// an import in several batches, a saved segment, counts, streams of ids
+/// and of contacts, a preview and reads; the watch sees every member enter.
+/// Returns the members' ids.
 async fn calls(addr: std::net::SocketAddr, ws: &str, n: usize) -> Vec<i64> {
     let ch = wide_channel(addr).await;
     let mut contacts = ContactServiceClient::new(ch.clone());
@@ -227,13 +228,44 @@ async fn calls(addr: std::net::SocketAddr, ws: &str, n: usize) -> Vec<i64> {
         .chunks(10)
         .map(<[pb::Contact]>::to_vec)
         .collect();
+    // A live segment, watched from now on: the maintainer (on the session
+    // URL) keeps it, the feed's listener (LISTEN, also there) wakes the
+    // watch, whose reads go through the pooler.
+    let live = segs
+        .create_segment(req(
+            ws,
+            pb::CreateSegmentRequest {
+                segment: Some(pb::Segment {
+                    name: "vips".into(),
+                    definition: crate::helpers::filter("tags:vip"),
+                    live: Some(true),
+                    ..Default::default()
+                }),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .segment
+        .unwrap();
+    let mut watch = q
+        .watch_membership(req(
+            ws,
+            pb::WatchMembershipRequest {
+                segment_ids: vec![live.id],
+                start: Some(pb::watch_membership_request::Start::Now(true)),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
     let acks = import_all(&mut contacts, ws, batches).await.unwrap();
     assert_eq!(acks.created as usize, n, "{ws}: every row created");
-    create_segment(&mut segs, ws, "vips", "tags:vip")
+    create_segment(&mut segs, ws, "vips-saved", "tags:vip")
         .await
         .unwrap();
     let vips = n.div_ceil(2) as i64;
-    for selector in [inline("tags:vip"), crate::helpers::evaluated("vips")] {
+    for selector in [inline("tags:vip"), crate::helpers::evaluated("vips-saved")] {
         let count = q
             .count_members(req(
                 ws,
@@ -312,6 +344,18 @@ async fn calls(addr: std::net::SocketAddr, ws: &str, n: usize) -> Vec<i64> {
         .unwrap()
         .into_inner();
     assert_eq!(page.contacts.len(), n, "{ws}: only its own contacts");
+    let mut entered = std::collections::BTreeSet::new();
+    while entered.len() < ids.len() {
+        let m = tokio::time::timeout(Duration::from_secs(60), watch.message())
+            .await
+            .unwrap_or_else(|_| panic!("{ws}: {} of {} changes in 60 s", entered.len(), ids.len()))
+            .unwrap()
+            .expect("the watch goes on");
+        for ch in m.changes {
+            assert!(ch.entered && entered.insert(ch.contact_id), "{ws}: {ch:?}");
+        }
+    }
+    assert!(entered.into_iter().eq(ids.iter().copied()), "{ws}: watched");
     ids
 }
 
