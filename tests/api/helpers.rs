@@ -486,7 +486,7 @@ impl TestApp {
     pub async fn drained(&self) {
         let db = self.db().await;
         let maintainer =
-            segd::service::live::Maintainer::new(self.state.pool.clone(), self.state.limits.live)
+            segd::service::live::Maintainer::new(self.state.owner.clone(), self.state.limits.live)
                 .with_statistics(self.state.statistics.clone())
                 .with_clock(self.state.clock.clone());
         for _ in 0..600 {

@@ -896,6 +896,9 @@ async fn breakdowns_and_overlaps_match_hand_counts() {
         .unwrap_err();
     assert_eq!(violations(&err), vec!["group_by[0]"]);
 
+    // Leads is live: the overlap reads its stored members, current once
+    // the maintainer has applied the import.
+    app.drained().await;
     let mut seg = app.segments().await;
     let mk = |name: &str, text: &str| pb::CreateSegmentRequest {
         segment: Some(pb::Segment {
