@@ -3,12 +3,11 @@
 
 use std::sync::Arc;
 
-use crate::db::Pool;
 use anyhow::Context;
 
 use crate::cluster::{ClusterOptions, DB_NAME, LocalCluster};
 use crate::config::{Config, Pooler};
-use crate::db::{self, ConnInfo};
+use crate::db::{self, ConnInfo, Pool};
 
 /// A migrated database, and the private cluster behind it if segd started one.
 pub struct Database {
@@ -132,7 +131,10 @@ pub async fn check_session(
     let (client, conn) = match db.session(statement_timeout).connect().await {
         Ok(c) => c,
         Err(e) if server_said(&e).contains("unsupported startup parameter") => {
-            anyhow::bail!("the server refused segd's session settings ({e}): {HINT}")
+            anyhow::bail!(
+                "the server refused segd's session settings ({}): {HINT}",
+                server_said(&e)
+            )
         }
         Err(e) => {
             return Err(anyhow::Error::new(e).context(format!(
@@ -142,13 +144,17 @@ pub async fn check_session(
         }
     };
     let task = tokio::spawn(conn);
-    let got: String = client
-        .query_one(
-            "SELECT setting FROM pg_settings WHERE name = 'statement_timeout'",
-            &[],
-        )
-        .await?
-        .get(0);
+    // A simple query: it is one statement even through a transaction pooler.
+    let rows = client
+        .simple_query("SELECT setting FROM pg_settings WHERE name = 'statement_timeout'")
+        .await?;
+    let got = rows
+        .iter()
+        .find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_string),
+            _ => None,
+        })
+        .unwrap_or_default();
     drop(client);
     let _ = task.await;
     let want = statement_timeout.as_millis().to_string();

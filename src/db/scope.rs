@@ -69,7 +69,10 @@ impl Scope {
         isolation: Option<IsolationLevel>,
         read_only: bool,
     ) -> Result<Tx<'a>> {
-        let mut b = client.build_transaction().read_only(read_only);
+        let mut b = client.build_transaction();
+        if read_only {
+            b = b.read_only(true);
+        }
         if let Some(i) = isolation {
             b = b.isolation_level(i);
         }

@@ -27,7 +27,8 @@ struct Bouncer {
 }
 
 impl Bouncer {
-    fn start(db_url: &str) -> Bouncer {
+    /// `extra`: more `[pgbouncer]` settings.
+    fn start(db_url: &str, extra: &str) -> Bouncer {
         let cfg: tokio_postgres::Config = db_url.parse().unwrap();
         let host = match &cfg.get_hosts()[0] {
             tokio_postgres::config::Host::Tcp(h) => h.clone(),
@@ -67,6 +68,7 @@ impl Bouncer {
                  pool_mode = transaction\n\
                  default_pool_size = 2\n\
                  max_client_conn = 200\n\
+                 {extra}\n\
                  logfile = {d}/pgbouncer.log\n\
                  pidfile = {d}/pgbouncer.pid\n"
             ),
@@ -147,11 +149,16 @@ fn write(path: &Path, text: &str) {
 /// A test database, and a PgBouncer in front of it.
 async fn bounced() -> (TestApp, Bouncer) {
     let app = TestApp::spawn().await;
-    let url = app.db_url.clone();
-    let bouncer = tokio::task::spawn_blocking(move || Bouncer::start(&url))
-        .await
-        .unwrap();
+    let bouncer = bouncer_for(&app, "").await;
     (app, bouncer)
+}
+
+/// A PgBouncer in front of `app`'s database, with `extra` settings.
+async fn bouncer_for(app: &TestApp, extra: &'static str) -> Bouncer {
+    let url = app.db_url.clone();
+    tokio::task::spawn_blocking(move || Bouncer::start(&url, extra))
+        .await
+        .unwrap()
 }
 
 /// segd's configuration for `args`.
@@ -505,6 +512,17 @@ async fn statement_pooling_and_an_undeclared_transaction_pooler_are_refused_at_s
         .expect("a pooled session URL is refused");
     let msg = format!("{err:#}");
     assert!(msg.contains("--session-database-url"), "{msg}");
+
+    // Told to drop the settings it does not pass on, PgBouncer takes them
+    // silently: segd sees its statement timeout missing.
+    let lenient = bouncer_for(&app, "ignore_startup_parameters = options").await;
+    let err = segd::startup::database(&config(&["--database-url", &lenient.url("tx")]))
+        .await
+        .err()
+        .expect("a pooler that drops the settings is refused");
+    let msg = format!("{err:#}");
+    assert!(msg.contains("ignored segd's session settings"), "{msg}");
+    assert!(msg.contains("--database-pooler transaction"), "{msg}");
 
     // Declared, the same bouncer works.
     segd::startup::database(&config(&behind(&tx_url, &app.db_url)))
