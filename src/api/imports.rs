@@ -80,7 +80,6 @@ where
     W::Request: Rows,
 {
     let pool = state.pool.clone();
-    let tls = state.db_tls.clone();
     let statistics = state.statistics.clone();
     Box::pin(async_stream::try_stream! {
         let mut batch = 0usize;
@@ -97,7 +96,7 @@ where
             let (rows, mut outcomes) = W::rows(msg);
             // Read ahead while PostgreSQL applies this batch, but acknowledge
             // it as soon as it commits, whether or not more has arrived.
-            let applying = apply::<W>(&pool, &tls, ws, &rows);
+            let applying = apply::<W>(&pool, ws, &rows);
             let reading = requests.message();
             tokio::pin!(applying, reading);
             let mut read = None;
@@ -124,17 +123,16 @@ where
 
 async fn apply<W: BatchWrite>(
     pool: &crate::db::Pool,
-    tls: &db::tls::Tls,
     ws: WorkspaceId,
     rows: &[(usize, W::Row)],
 ) -> Result<Vec<(usize, W::Outcome)>, Status> {
     if rows.is_empty() {
         return Ok(vec![]);
     }
-    let mut session = db::scope::Scoped::guarded(pool, tls, ws).await?;
-    let applied = W::apply(&mut session, ws, rows).await;
-    session.finish();
-    Ok(applied?)
+    // Dropped mid-batch (the caller went away), the connection cancels its
+    // statement and leaves the pool (see `Scoped`).
+    let mut session = db::scope::Scoped::get(pool, ws).await?;
+    Ok(W::apply(&mut session, ws, rows).await?)
 }
 
 /// A request message's row count, and the field that holds its rows.

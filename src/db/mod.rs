@@ -45,6 +45,8 @@ pub struct Pool {
     /// The statement timeout a call's transaction sets locally (a session's
     /// settings do not reach its transactions behind a transaction pooler).
     pub statement_timeout: Duration,
+    /// The TLS of its connections, for cancel requests.
+    pub tls: tls::Tls,
 }
 
 impl std::ops::Deref for Pool {
@@ -92,6 +94,7 @@ fn build(db: &ConnInfo, size: usize, statement_timeout: Duration) -> Result<Pool
     Ok(Pool {
         inner,
         statement_timeout,
+        tls: db.tls.clone(),
     })
 }
 

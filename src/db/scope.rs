@@ -5,7 +5,7 @@
 //! write, only that workspace's rows.
 //!
 //! The scope is set with `SET LOCAL` in every transaction a call runs
-//! ([`Scoped`], [`Scope::begin`]) and ends with it, together with the
+//! ([`Scoped`], [`Scope::begin_with`]) and ends with it, together with the
 //! session settings a transaction relies on (UTC, the statement timeout).
 //! Nothing is left on the session, so a connection is safe to share behind
 //! a transaction pooler (PgBouncer's `pool_mode = transaction`), which hands
@@ -50,19 +50,11 @@ impl Scope {
         }
     }
 
-    /// Begins a scoped read-committed transaction on `client`.
+    /// Begins a scoped transaction on `client` at `isolation` (read
+    /// committed when `None`), read-only if asked.
     ///
     /// # Errors
     /// The database is unavailable, or the role is missing (migration 0008).
-    pub async fn begin<'a>(&self, client: &'a mut Conn) -> Result<Tx<'a>> {
-        self.begin_with(client, None, false).await
-    }
-
-    /// Begins a scoped transaction at `isolation` (read committed when
-    /// `None`), read-only if asked.
-    ///
-    /// # Errors
-    /// As [`Scope::begin`].
     pub async fn begin_with<'a>(
         &self,
         client: &'a mut Conn,
@@ -94,13 +86,22 @@ impl Scope {
 }
 
 /// A pooled connection for one call in one workspace. Its statements run
-/// only in transactions it begins, each scoped ([`Scope`]).
+/// only inside the functions it runs, each in a scoped transaction
+/// ([`Scope`]) that it commits when the function succeeds.
+///
+/// Dropped while a transaction is under way (the call was dropped: its
+/// caller went away, or its deadline passed), it cancels the statement on
+/// the server and takes the connection out of the pool. The connection may
+/// then hold a statement prepared by a request that never saw its answer;
+/// closed, it cannot reach the next caller, nor, behind a transaction
+/// pooler, another client.
 pub struct Scoped {
     conn: Option<Conn>,
     scope: Scope,
-    /// Set for a call whose statement is cancelled if it is dropped before
-    /// [`Scoped::finish`] (see [`super::Session`]).
-    guard: Option<(tokio_postgres::CancelToken, super::tls::Tls)>,
+    /// A transaction was begun and has not ended.
+    busy: bool,
+    cancel: tokio_postgres::CancelToken,
+    tls: super::tls::Tls,
 }
 
 impl Scoped {
@@ -109,35 +110,14 @@ impl Scoped {
     /// # Errors
     /// `Unavailable` when no connection can be had.
     pub async fn get(pool: &Pool, ws: WorkspaceId) -> Result<Self> {
+        let conn = super::conn(pool).await?;
         Ok(Self {
-            conn: Some(super::conn(pool).await?),
+            cancel: conn.cancel_token(),
+            conn: Some(conn),
             scope: Scope::of(pool, ws),
-            guard: None,
+            busy: false,
+            tls: pool.tls.clone(),
         })
-    }
-
-    /// The same, but if the call is dropped before [`Scoped::finish`] (its
-    /// caller went away, or its deadline passed), its statement is
-    /// cancelled on the server (over `tls`, the pool's) and the connection
-    /// leaves the pool.
-    ///
-    /// # Errors
-    /// `Unavailable` when no connection can be had.
-    pub async fn guarded(pool: &Pool, tls: &super::tls::Tls, ws: WorkspaceId) -> Result<Self> {
-        let mut s = Self::get(pool, ws).await?;
-        s.guard = Some((s.conn().cancel_token(), tls.clone()));
-        Ok(s)
-    }
-
-    /// The call completed: the connection goes back to the pool.
-    pub fn finish(mut self) {
-        self.guard = None;
-    }
-
-    fn conn(&mut self) -> &mut Conn {
-        self.conn
-            .as_mut()
-            .expect("a scoped connection holds it until dropped")
     }
 
     /// The call's scope.
@@ -145,31 +125,8 @@ impl Scoped {
         self.scope
     }
 
-    /// Begins a scoped read-committed transaction.
-    ///
-    /// # Errors
-    /// As [`Scope::begin`].
-    pub async fn transaction(&mut self) -> Result<Tx<'_>> {
-        let scope = self.scope;
-        scope.begin(self.conn()).await
-    }
-
-    /// Begins a scoped transaction at `isolation`, read-only if asked.
-    ///
-    /// # Errors
-    /// As [`Scope::begin`].
-    pub async fn transaction_with(
-        &mut self,
-        isolation: IsolationLevel,
-        read_only: bool,
-    ) -> Result<Tx<'_>> {
-        let scope = self.scope;
-        scope
-            .begin_with(self.conn(), Some(isolation), read_only)
-            .await
-    }
-
-    /// Runs `f` in a scoped read-committed transaction and commits it.
+    /// Runs `f` in a scoped read-committed transaction, and commits it if
+    /// `f` succeeds.
     ///
     /// # Errors
     /// `f`'s errors; the database is unavailable.
@@ -177,17 +134,58 @@ impl Scoped {
         &mut self,
         f: impl AsyncFnOnce(&tokio_postgres::Transaction<'_>) -> Result<T>,
     ) -> Result<T> {
-        let tx = self.transaction().await?;
-        let out = f(&tx).await?;
-        tx.commit().await?;
-        Ok(out)
+        self.run_tx(None, false, async |tx| f(tx).await).await
+    }
+
+    /// Runs `f` in a scoped read-only REPEATABLE READ transaction: one
+    /// snapshot for all its reads.
+    ///
+    /// # Errors
+    /// `f`'s errors; the database is unavailable.
+    pub async fn read_snapshot<T>(
+        &mut self,
+        f: impl AsyncFnOnce(&tokio_postgres::Transaction<'_>) -> Result<T>,
+    ) -> Result<T> {
+        self.run_tx(Some(IsolationLevel::RepeatableRead), true, async |tx| {
+            f(tx).await
+        })
+        .await
+    }
+
+    /// Runs `f` in a scoped transaction at `isolation` (read committed when
+    /// `None`), read-only if asked, and commits it if `f` succeeds.
+    ///
+    /// # Errors
+    /// `f`'s errors; the database is unavailable.
+    pub async fn run_tx<T>(
+        &mut self,
+        isolation: Option<IsolationLevel>,
+        read_only: bool,
+        f: impl AsyncFnOnce(&Tx<'_>) -> Result<T>,
+    ) -> Result<T> {
+        let scope = self.scope;
+        let conn = self
+            .conn
+            .as_mut()
+            .expect("a scoped connection holds it until dropped");
+        self.busy = true;
+        let tx = scope.begin_with(conn, isolation, read_only).await?;
+        let out = f(&tx).await;
+        let out = match out {
+            Ok(v) => tx.commit().await.map(|()| v).map_err(Into::into),
+            // Nothing is in flight: the rollback goes ahead of whatever the
+            // connection runs next.
+            Err(e) => Err(e),
+        };
+        self.busy = false;
+        out
     }
 }
 
 impl Drop for Scoped {
     fn drop(&mut self) {
-        if let (Some(conn), Some((cancel, tls))) = (self.conn.take(), self.guard.take()) {
-            super::abandon(conn, cancel, &tls);
+        if let Some(conn) = self.conn.take().filter(|_| self.busy) {
+            super::abandon(conn, self.cancel.clone(), &self.tls);
         }
     }
 }

@@ -239,33 +239,33 @@ async fn produce(
 /// offset, read in one REPEATABLE READ snapshot; returns that offset.
 async fn snapshot(pool: &crate::db::Pool, w: &Watch, items: &mpsc::Sender<Item>) -> Result<i64> {
     let mut client = Scoped::get(pool, w.ws).await?;
-    let tx = client
-        .transaction_with(tokio_postgres::IsolationLevel::RepeatableRead, true)
-        .await?;
-    let (offset, _) = db::feed::bounds(&*tx, w.ws).await?;
-    let segments = db::feed::live_segments(&*tx, w.ws, w.segments.as_deref()).await?;
-    let mut pending: Option<Item> = None;
-    for s in segments {
-        let mut from = 0;
-        loop {
-            let ids = db::feed::members(&*tx, w.ws, s, from, SNAPSHOT_PAGE).await?;
-            let Some(&lastid) = ids.last() else { break };
-            from = lastid;
-            let more = ids.len() as i64 == SNAPSHOT_PAGE;
-            if let Some(p) = pending.replace(Item::Snapshot {
-                segment: s,
-                ids,
-                offset,
-                last: false,
-            }) {
-                send(items, p, w.stall).await?;
-            }
-            if !more {
-                break;
+    let read = async |tx: &tokio_postgres::Transaction<'_>| {
+        let (offset, _) = db::feed::bounds(tx, w.ws).await?;
+        let segments = db::feed::live_segments(tx, w.ws, w.segments.as_deref()).await?;
+        let mut pending: Option<Item> = None;
+        for s in segments {
+            let mut from = 0;
+            loop {
+                let ids = db::feed::members(tx, w.ws, s, from, SNAPSHOT_PAGE).await?;
+                let Some(&lastid) = ids.last() else { break };
+                from = lastid;
+                let more = ids.len() as i64 == SNAPSHOT_PAGE;
+                if let Some(p) = pending.replace(Item::Snapshot {
+                    segment: s,
+                    ids,
+                    offset,
+                    last: false,
+                }) {
+                    send(items, p, w.stall).await?;
+                }
+                if !more {
+                    break;
+                }
             }
         }
-    }
-    tx.commit().await?;
+        Ok((offset, pending))
+    };
+    let (offset, pending) = client.read_snapshot(read).await?;
     let last = match pending {
         Some(Item::Snapshot {
             segment,

@@ -667,24 +667,26 @@ pub async fn verify(
     segment: i64,
     now: DateTime<Utc>,
 ) -> Result<Drift> {
-    let tx = client
-        .transaction_with(tokio_postgres::IsolationLevel::RepeatableRead, true)
-        .await?;
-    let s = db::segments::get(&*tx, ws, &crate::segment::ast::SegmentRef::Id(segment)).await?;
-    if !s.stored() {
-        return Err(Error::FailedPrecondition(format!(
-            "segment {:?} has no current stored members: it is not live and enabled, or not built yet",
-            s.name
-        )));
-    }
-    let defs = Definitions::load(&*tx, ws).await?.inlined();
-    let r = plan_of(ws, &s, &defs, now)?.render(&Query::of(Select::Drift(s.id)));
-    let rows = tx.query_typed(&r.sql, &r.typed()).await?;
-    let row = rows
-        .first()
-        .ok_or_else(|| Error::internal("a drift check returns one row"))?;
-    let pending = db::live::pending(&*tx, ws).await?;
-    tx.commit().await?;
+    let read = async |tx: &tokio_postgres::Transaction<'_>| {
+        let s = db::segments::get(tx, ws, &crate::segment::ast::SegmentRef::Id(segment)).await?;
+        if !s.stored() {
+            return Err(Error::FailedPrecondition(format!(
+                "segment {:?} has no current stored members: it is not live and enabled, or not built yet",
+                s.name
+            )));
+        }
+        let defs = Definitions::load(tx, ws).await?.inlined();
+        let r = plan_of(ws, &s, &defs, now)?.render(&Query::of(Select::Drift(s.id)));
+        let row = tx
+            .query_typed(&r.sql, &r.typed())
+            .await?
+            .into_iter()
+            .next()
+            .ok_or_else(|| Error::internal("a drift check returns one row"))?;
+        let pending = db::live::pending(tx, ws).await?;
+        Ok((row, pending))
+    };
+    let (row, pending) = client.read_snapshot(read).await?;
     Ok(Drift {
         missing: row.get(0),
         extra: row.get(1),

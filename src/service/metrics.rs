@@ -152,11 +152,13 @@ pub async fn update_settings(
     change: impl FnOnce(&EventTypes) -> std::result::Result<EventTypes, Vec<Violation>>,
 ) -> Result<EventTypes> {
     let mut client = db::scope::Scoped::get(pool, ws).await?;
-    let tx = client.transaction().await?;
-    db::metrics::lock_settings(&*tx, ws).await?;
-    let current = db::metrics::settings(&*tx, ws).await?;
-    let t = change(&current).map_err(Error::InvalidArgument)?;
-    db::metrics::set_settings(&*tx, ws, &t).await?;
-    tx.commit().await?;
-    Ok(t)
+    client
+        .run_tx(None, false, async |tx| {
+            db::metrics::lock_settings(&**tx, ws).await?;
+            let current = db::metrics::settings(&**tx, ws).await?;
+            let t = change(&current).map_err(Error::InvalidArgument)?;
+            db::metrics::set_settings(&**tx, ws, &t).await?;
+            Ok(t)
+        })
+        .await
 }

@@ -289,14 +289,14 @@ pub async fn create(
     kind: SegmentKind,
     c: Changes,
 ) -> Result<Segment> {
-    let tx = client.transaction().await?;
-    lock_definitions(&*tx, ws).await?;
+    client.run_tx(None, false, async |tx| {
+    lock_definitions(&**tx, ws).await?;
     let name = c
         .name
         .ok_or_else(|| Error::invalid("segment.name", "required"))?;
     let (rule, refs) = match (kind, c.rule) {
         (SegmentKind::Dynamic, Some(def)) => {
-            let v = validate(&*tx, ws, &def, None).await?;
+            let v = validate(&**tx, ws, &def, None).await?;
             (Some(v.rule), v.checked.refs)
         }
         (SegmentKind::Dynamic, None) => {
@@ -345,13 +345,14 @@ pub async fn create(
         actions: vec![],
     };
     let s = Segment {
-        actions: actions(&*tx, ws, s.live, c.actions.unwrap_or_default()).await?,
+        actions: actions(&**tx, ws, s.live, c.actions.unwrap_or_default()).await?,
         ..s
     };
-    let out = db::segments::insert(&*tx, ws, &s).await?;
-    refuse_cycles(&*tx, ws).await?;
-    tx.commit().await?;
+    let out = db::segments::insert(&**tx, ws, &s).await?;
+    refuse_cycles(&**tx, ws).await?;
     Ok(out)
+    })
+    .await
 }
 
 /// Updates a segment.
@@ -367,9 +368,9 @@ pub async fn update(
     expected: Option<i64>,
     c: Changes,
 ) -> Result<Segment> {
-    let tx = client.transaction().await?;
-    lock_definitions(&*tx, ws).await?;
-    let mut s = db::segments::get(&*tx, ws, &SegmentRef::Id(id)).await?;
+    client.run_tx(None, false, async |tx| {
+    lock_definitions(&**tx, ws).await?;
+    let mut s = db::segments::get(&**tx, ws, &SegmentRef::Id(id)).await?;
     if s.builtin && (c.rule.is_some() || c.name.as_ref().is_some_and(|n| *n != s.name)) {
         return Err(Error::FailedPrecondition(format!(
             "{:?} is built in: its name and definition are fixed",
@@ -383,7 +384,7 @@ pub async fn update(
                 s.name, s.kind
             )));
         }
-        let v = validate(&*tx, ws, &def, Some(id)).await?;
+        let v = validate(&**tx, ws, &def, Some(id)).await?;
         s.rule = Some(v.rule);
         s.refs = v.checked.refs;
     }
@@ -408,14 +409,15 @@ pub async fn update(
     // Kept actions are checked again: the segment may have stopped being
     // live, or lost a label they name.
     let wanted = c.actions.unwrap_or_else(|| std::mem::take(&mut s.actions));
-    s.actions = actions(&*tx, ws, s.live, wanted).await?;
-    let out = db::segments::update(&*tx, ws, &s, expected).await?;
-    refuse_cycles(&*tx, ws).await?;
+    s.actions = actions(&**tx, ws, s.live, wanted).await?;
+    let out = db::segments::update(&**tx, ws, &s, expected).await?;
+    refuse_cycles(&**tx, ws).await?;
     if !out.live {
-        db::live::forget(&*tx, ws, id).await?;
+        db::live::forget(&**tx, ws, id).await?;
     }
-    tx.commit().await?;
     Ok(out)
+    })
+    .await
 }
 
 /// Checks `actions` for a segment as it will be saved (`live` or not):
@@ -464,34 +466,38 @@ pub async fn snapshot(
     description: String,
     now: DateTime<Utc>,
 ) -> Result<(Segment, u64)> {
-    let tx = client
-        .transaction_with(tokio_postgres::IsolationLevel::RepeatableRead, false)
-        .await?;
-    let t = compile(&*tx, ws, &Target::Saved(source.clone()), now, true).await?;
-    let src = t.segment.as_ref().expect("saved target");
-    let s = Segment {
-        id: 0,
-        name,
-        description,
-        kind: SegmentKind::Snapshot,
-        enabled: true,
-        builtin: false,
-        rule: None,
-        refs: vec![],
-        source_segment_id: Some(src.id),
-        snapshot_at: Some(now),
-        created_at: now,
-        updated_at: now,
-        version: 1,
-        live: false,
-        live_state: None,
-        actions: vec![],
-    };
-    let created = db::segments::insert(&*tx, ws, &s).await?;
-    let insert = t.compiled.render(&Query::of(Select::Snapshot(created.id)));
-    let n = tx.execute_typed(&insert.sql, &insert.typed()).await?;
-    tx.commit().await?;
-    Ok((created, n))
+    client
+        .run_tx(
+            Some(tokio_postgres::IsolationLevel::RepeatableRead),
+            false,
+            async |tx| {
+                let t = compile(&**tx, ws, &Target::Saved(source.clone()), now, true).await?;
+                let src = t.segment.as_ref().expect("saved target");
+                let s = Segment {
+                    id: 0,
+                    name,
+                    description,
+                    kind: SegmentKind::Snapshot,
+                    enabled: true,
+                    builtin: false,
+                    rule: None,
+                    refs: vec![],
+                    source_segment_id: Some(src.id),
+                    snapshot_at: Some(now),
+                    created_at: now,
+                    updated_at: now,
+                    version: 1,
+                    live: false,
+                    live_state: None,
+                    actions: vec![],
+                };
+                let created = db::segments::insert(&**tx, ws, &s).await?;
+                let insert = t.compiled.render(&Query::of(Select::Snapshot(created.id)));
+                let n = tx.execute_typed(&insert.sql, &insert.typed()).await?;
+                Ok((created, n))
+            },
+        )
+        .await
 }
 
 /// PostgreSQL's plan for a compiled target.

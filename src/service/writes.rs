@@ -56,14 +56,16 @@ pub async fn run<W: Write>(client: &mut Scoped, ws: WorkspaceId, w: &W) -> Resul
 }
 
 async fn attempt<W: Write>(client: &mut Scoped, ws: WorkspaceId, w: &W) -> Result<W::Out> {
-    let tx = client.transaction().await?;
-    cause(&*tx, W::CAUSE).await?;
-    let (out, touched) = w.apply(&tx, ws).await?;
-    for t in &touched {
-        changes::enqueue(&*tx, ws, t, W::CAUSE).await?;
-    }
-    tx.commit().await?;
-    Ok(out)
+    client
+        .run_tx(None, false, async |tx| {
+            cause(&**tx, W::CAUSE).await?;
+            let (out, touched) = w.apply(tx, ws).await?;
+            for t in &touched {
+                changes::enqueue(&**tx, ws, t, W::CAUSE).await?;
+            }
+            Ok(out)
+        })
+        .await
 }
 
 /// Names the cause of the transaction's contact changes, for their history

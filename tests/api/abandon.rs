@@ -24,17 +24,23 @@ async fn waiting_on_locks(app: &TestApp) -> i64 {
 }
 
 async fn eventually_locks(app: &TestApp, n: i64, what: &str) {
-    for _ in 0..600 {
+    within_locks(app, n, what, Duration::from_secs(60)).await;
+}
+
+async fn within_locks(app: &TestApp, n: i64, what: &str, limit: Duration) {
+    let started = Instant::now();
+    while started.elapsed() < limit {
         if waiting_on_locks(app).await == n {
             return;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    panic!("{what}: still not {n} queries waiting on the lock after a minute");
+    panic!("{what}: still not {n} queries waiting on the lock after {limit:?}");
 }
 
 /// A query blocked on a lock outlives neither its caller's deadline nor its
-/// caller: the statement is cancelled on the server.
+/// caller: the statement is cancelled on the server, for queries, and for
+/// calls on a scoped connection.
 #[tokio::test]
 async fn abandoned_calls_cancel_their_queries() {
     let app = TestApp::spawn().await;
@@ -82,6 +88,31 @@ async fn abandoned_calls_cancel_their_queries() {
     eventually_locks(&app, 1, "while the count waits").await;
     call.abort();
     eventually_locks(&app, 0, "after the caller left").await;
+
+    // A call on a scoped connection (ListContacts) too: dropped mid-
+    // statement, the connection cancels it and leaves the pool.
+    let mut c = app.contacts().await;
+    let mut r = req(
+        "w",
+        pb::ListContactsRequest {
+            page_size: 10,
+            ..Default::default()
+        },
+    );
+    r.set_timeout(Duration::from_secs(2));
+    let err = c.list_contacts(r).await.unwrap_err();
+    assert!(
+        matches!(err.code(), Code::DeadlineExceeded | Code::Cancelled),
+        "{err:?}"
+    );
+    // Well before the pool's 30 s statement timeout would end it anyway.
+    within_locks(
+        &app,
+        0,
+        "after the contacts call's deadline",
+        Duration::from_secs(20),
+    )
+    .await;
     lock.rollback().await.unwrap();
     // The pool still serves.
     q.breakdown_segment(breakdown()).await.unwrap();

@@ -62,38 +62,44 @@ async fn an_unscoped_query_through_segds_connection_sees_only_its_workspace() {
     // Deliberately no workspace condition, in a transaction of a call's
     // connection (the only way it runs statements).
     let mut scoped = app.state.conn_in(a).await.unwrap();
-    let conn = scoped.transaction().await.unwrap();
-    let seen: Vec<i64> = conn
-        .query("SELECT id FROM contacts ORDER BY id", &[])
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
-    assert_eq!(seen, a_ids, "only workspace a's contacts");
-    let workspaces: i64 = conn
-        .query_one("SELECT count(*) FROM workspaces", &[])
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(workspaces, 1, "only its own workspace row");
-    let moved = conn
-        .execute("UPDATE contacts SET country = 'FR'", &[])
+    scoped
+        .run(async |conn| {
+            let seen: Vec<i64> = conn
+                .query("SELECT id FROM contacts ORDER BY id", &[])
+                .await
+                .unwrap()
+                .iter()
+                .map(|r| r.get(0))
+                .collect();
+            assert_eq!(seen, a_ids, "only workspace a's contacts");
+            let workspaces: i64 = conn
+                .query_one("SELECT count(*) FROM workspaces", &[])
+                .await
+                .unwrap()
+                .get(0);
+            assert_eq!(workspaces, 1, "only its own workspace row");
+            let moved = conn
+                .execute("UPDATE contacts SET country = 'FR'", &[])
+                .await
+                .unwrap();
+            assert_eq!(moved, 30, "an unscoped update reaches only workspace a");
+            Ok(())
+        })
         .await
         .unwrap();
-    assert_eq!(moved, 30, "an unscoped update reaches only workspace a");
-    conn.commit().await.unwrap();
     // A write into another workspace is refused outright.
-    let conn = scoped.transaction().await.unwrap();
-    let err = conn
-        .execute(
-            "INSERT INTO contacts (workspace_id, external_id) VALUES ($1, 'smuggled')",
-            &[&b.0],
-        )
+    let err = scoped
+        .run(async |conn| {
+            conn.execute(
+                "INSERT INTO contacts (workspace_id, external_id) VALUES ($1, 'smuggled')",
+                &[&b.0],
+            )
+            .await?;
+            Ok(())
+        })
         .await
         .unwrap_err();
-    assert_eq!(err.code().map(|c| c.code()), Some("42501"), "{err}");
-    drop(conn);
+    assert!(err.to_string().contains("SQLSTATE 42501"), "{err}");
 
     // The owner sees that b was untouched.
     let french_b: i64 = app
@@ -284,27 +290,31 @@ async fn tag_and_label_tests_keep_their_gin_indexes_under_the_policy() {
         text.contains("contacts_tags") || text.contains("contacts_labels")
     };
     let mut scoped = app.state.conn_in(ws).await.unwrap();
-    let conn = scoped.transaction().await.unwrap();
-    // With sequential scans off, an index is the cheap way in: the GIN index
-    // if the planner may use it, else the workspace's btree.
-    owner
-        .batch_execute("SET enable_seqscan = off")
+    scoped
+        .run(async |conn| {
+            // With sequential scans off, an index is the cheap way in: the GIN index
+            // if the planner may use it, else the workspace's btree.
+            owner
+                .batch_execute("SET enable_seqscan = off")
+                .await
+                .unwrap();
+            conn.batch_execute("SET LOCAL enable_seqscan = off")
+                .await
+                .unwrap();
+            for test in ["c.tags && ARRAY['vip']", "c.labels @> ARRAY['donor']"] {
+                let as_owner = owner.query_one(&explain(test), &[&ws.0]).await.unwrap();
+                let p: serde_json::Value = as_owner.get(0);
+                assert!(
+                    uses_gin(p.clone()),
+                    "{test}: the owner's plan reads the GIN index: {p}"
+                );
+                let scoped = conn.query_one(&explain(test), &[&ws.0]).await.unwrap();
+                // Migrating as a superuser marks the array tests LEAKPROOF; without
+                // the mark PostgreSQL must not use the index under a policy.
+                assert_eq!(uses_gin(scoped.get(0)), superuser, "{test}");
+            }
+            Ok(())
+        })
         .await
         .unwrap();
-    conn.batch_execute("SET LOCAL enable_seqscan = off")
-        .await
-        .unwrap();
-    for test in ["c.tags && ARRAY['vip']", "c.labels @> ARRAY['donor']"] {
-        let as_owner = owner.query_one(&explain(test), &[&ws.0]).await.unwrap();
-        let p: serde_json::Value = as_owner.get(0);
-        assert!(
-            uses_gin(p.clone()),
-            "{test}: the owner's plan reads the GIN index: {p}"
-        );
-        let scoped = conn.query_one(&explain(test), &[&ws.0]).await.unwrap();
-        // Migrating as a superuser marks the array tests LEAKPROOF; without
-        // the mark PostgreSQL must not use the index under a policy.
-        assert_eq!(uses_gin(scoped.get(0)), superuser, "{test}");
-    }
-    conn.rollback().await.unwrap();
 }
