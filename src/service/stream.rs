@@ -278,9 +278,11 @@ async fn produce(
         Err(stop) => stop,
     };
     // Stop the statement on the server and close the session: a backend
-    // blocked writing to a reader that stalled sees its socket close.
+    // blocked writing to a reader that stalled sees its socket close. The
+    // caller's answer does not wait for the cancel request (a new
+    // connection to the server, slow when it is busy).
     drop(session);
-    canceller.cancel().await;
+    tokio::spawn(async move { canceller.cancel().await });
     match stopped {
         Stop::End(end) => Err(end.error()),
         Stop::Failed(e) => Err(e),
