@@ -26,11 +26,24 @@ for f in sorted((chart / "ci").glob("*.yaml")):
                 doc["__template"] = path
                 objects.append(doc)
     out["render"][f.name] = objects
-# Without a database URL or an existing Secret the chart refuses to render.
-try:
-    with helm.Chart.load(str(chart)) as c:
-        c.render({}, name="segd", namespace="crm", is_install=True)
-    out["refused"] = None
-except Exception as e:  # noqa: BLE001 - the message is what is checked
-    out["refused"] = str(e)
+
+def refusal(values):
+    """The error rendering `values` fails with, or None."""
+    try:
+        with helm.Chart.load(str(chart)) as c:
+            c.render(values, name="segd", namespace="crm", is_install=True)
+        return None
+    except Exception as e:  # noqa: BLE001 - the message is what is checked
+        return str(e)
+
+
+# Without a database URL or an existing Secret the chart refuses to render,
+# and behind a transaction pooler without a session URL.
+out["refused"] = refusal({})
+out["refused_pooler"] = refusal(
+    {
+        "secret": {"databaseUrl": "postgres://segd@pgbouncer:6432/segd"},
+        "config": {"databasePooler": "transaction"},
+    }
+)
 print(json.dumps(out))

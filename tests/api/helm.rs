@@ -252,4 +252,8 @@ fn the_chart_lints_renders_and_holds_what_a_deployment_needs() {
         .as_str()
         .expect("rendering without a database refused");
     assert!(refused.contains("secret.databaseUrl"), "{refused}");
+    let refused = out["refused_pooler"]
+        .as_str()
+        .expect("a transaction pooler without a session URL refused");
+    assert!(refused.contains("secret.sessionDatabaseUrl"), "{refused}");
 }
