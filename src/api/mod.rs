@@ -107,8 +107,6 @@ pub struct AppState {
     pub feed: Arc<crate::service::feed::Listener>,
     /// Where the feed listener connects (`LISTEN` needs a session).
     pub feed_db: crate::db::ConnInfo,
-    /// The TLS of every database connection (cancel requests use it).
-    pub db_tls: crate::db::tls::Tls,
     /// Limits and timeouts.
     pub limits: Limits,
     /// The instant definitions are evaluated at (tests move it).
@@ -138,7 +136,6 @@ impl AppState {
         limits: Limits,
     ) -> Self {
         let feed_db = owner_db;
-        let db_tls = stream_db.tls.clone();
         let statistics = crate::service::stats::Statistics::new(limits.statistics);
         let clock = crate::clock::Clock::default();
         Self {
@@ -156,7 +153,6 @@ impl AppState {
             stream_slots: Arc::new(tokio::sync::Semaphore::new(limits.max_streams)),
             feed: crate::service::feed::Listener::new(),
             feed_db,
-            db_tls,
             pool,
             owner,
             shutdown: CancellationToken::new(),

@@ -42,7 +42,6 @@ impl Query {
         q::Reader {
             pool: &self.state.pool,
             replica: None,
-            tls: &self.state.db_tls,
             timeout: self.state.limits.query_timeout,
             max_cost: self.state.limits.max_query_cost,
         }

@@ -156,53 +156,6 @@ pub fn lost_race(e: &Error) -> bool {
 /// How long a cancel request for an abandoned call may take.
 const CANCEL_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// A pooled connection for one call that stops its statement if the call is
-/// dropped before [`Session::finish`] (the caller went away, or its deadline
-/// passed): the statement is cancelled on the server and the connection
-/// leaves the pool, so a late cancel can never hit the next user's query.
-pub struct Session {
-    conn: Option<Conn>,
-    cancel: tokio_postgres::CancelToken,
-    tls: tls::Tls,
-}
-
-impl Session {
-    /// A connection from the pool; a cancel request goes over `tls` (the
-    /// pool's).
-    ///
-    /// # Errors
-    /// `Unavailable` when no connection can be had.
-    pub async fn get(pool: &deadpool_postgres::Pool, tls: &tls::Tls) -> Result<Self> {
-        let conn = conn(pool).await?;
-        let cancel = conn.cancel_token();
-        Ok(Self {
-            conn: Some(conn),
-            cancel,
-            tls: tls.clone(),
-        })
-    }
-
-    /// The connection.
-    pub fn client(&mut self) -> &mut Conn {
-        self.conn
-            .as_mut()
-            .expect("a session holds its connection until dropped")
-    }
-
-    /// The call completed: the connection goes back to the pool.
-    pub fn finish(mut self) {
-        self.conn.take();
-    }
-}
-
-impl Drop for Session {
-    fn drop(&mut self) {
-        if let Some(conn) = self.conn.take() {
-            abandon(conn, self.cancel.clone(), &self.tls);
-        }
-    }
-}
-
 /// Cancels the statement running on `conn`, of a call that was dropped,
 /// and takes the connection out of its pool, so a late cancel can never
 /// hit the next user's query.

@@ -74,12 +74,13 @@ impl Scope {
         Ok(tx)
     }
 
-    /// The statements that scope a transaction, to send with others in one
-    /// simple query (the values are numbers, not caller text).
+    /// The statements that scope a transaction ([`APP_ROLE`],
+    /// [`WORKSPACE_SETTING`], UTC, the statement timeout), to send with
+    /// others in one simple query (the values are numbers, not caller text).
     pub fn local_sql(&self) -> String {
         format!(
-            "{}; SET LOCAL statement_timeout = {}",
-            enter_local_sql(self.ws),
+            "SET LOCAL ROLE {APP_ROLE}; SET LOCAL {WORKSPACE_SETTING} = '{}'; SET LOCAL TimeZone = 'UTC'; SET LOCAL statement_timeout = {}",
+            self.ws.0,
             self.statement_timeout.as_millis()
         )
     }
@@ -123,6 +124,14 @@ impl Scoped {
     /// The call's scope.
     pub fn scope(&self) -> Scope {
         self.scope
+    }
+
+    /// The same, with statement timeout `timeout` (zero: none) instead of
+    /// the pool's.
+    #[must_use]
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.scope.statement_timeout = timeout;
+        self
     }
 
     /// Runs `f` in a scoped read-committed transaction, and commits it if
@@ -188,14 +197,4 @@ impl Drop for Scoped {
             super::abandon(conn, self.cancel.clone(), &self.tls);
         }
     }
-}
-
-/// Scopes the transaction to `ws` ([`APP_ROLE`], [`WORKSPACE_SETTING`]) in
-/// UTC, as statements to send with others in one simple query (the
-/// workspace id is a number, not caller text).
-pub fn enter_local_sql(ws: WorkspaceId) -> String {
-    format!(
-        "SET LOCAL ROLE {APP_ROLE}; SET LOCAL {WORKSPACE_SETTING} = '{}'; SET LOCAL TimeZone = 'UTC'",
-        ws.0
-    )
 }

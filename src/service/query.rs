@@ -31,8 +31,6 @@ pub struct Reader<'a> {
     /// A read replica's connections, to try first, and where to note
     /// that the read went to the primary after all.
     pub replica: Option<(&'a crate::db::Pool, &'a AtomicBool)>,
-    /// The pool's TLS, for cancel requests.
-    pub tls: &'a db::tls::Tls,
     /// Statement timeout for these queries.
     pub timeout: Duration,
     /// Cost ceiling for inline definitions.
@@ -44,7 +42,7 @@ impl Reader<'_> {
     /// replica if there is one. A replica that cannot answer (down, a query
     /// cancelled by replication, a segment or contact it has not received
     /// yet) hands the read to the primary. If the call is dropped
-    /// meanwhile, the statement is cancelled (see [`db::Session`]).
+    /// meanwhile, the statement is cancelled (see [`db::scope::Scoped`]).
     pub(crate) async fn within<T>(
         &self,
         ws: WorkspaceId,
@@ -69,16 +67,13 @@ impl Reader<'_> {
         ws: WorkspaceId,
         f: impl AsyncFnOnce(&tokio_postgres::Transaction<'_>) -> Result<T>,
     ) -> Result<T> {
-        let mut session = db::Session::get(pool, self.tls).await?;
-        let tx = session.client().transaction().await?;
-        // SET, not SELECT set_config: a query would take the snapshot
-        // before `f` may choose its isolation level.
-        tx.batch_execute(&db::scope::enter_local_sql(ws)).await?;
-        set_timeout(&*tx, self.timeout).await?;
-        let out = f(&tx).await;
-        drop(tx);
-        session.finish();
-        out
+        // The scope's statements are SETs, not queries: `f` may still
+        // choose its isolation level before the snapshot is taken.
+        db::scope::Scoped::get(pool, ws)
+            .await?
+            .with_timeout(self.timeout)
+            .run(f)
+            .await
     }
 
     /// The exact size of a target, optionally sampled.
@@ -171,20 +166,6 @@ impl Reader<'_> {
         self.within(ws, async |tx| overlap(tx, ws, ids, now).await)
             .await
     }
-}
-
-/// Sets a statement timeout for the rest of the transaction (zero: none).
-///
-/// # Errors
-/// The database is unavailable.
-pub async fn set_timeout(client: &impl GenericClient, timeout: Duration) -> Result<()> {
-    client
-        .batch_execute(&format!(
-            "SET LOCAL statement_timeout = {}",
-            timeout.as_millis()
-        ))
-        .await?;
-    Ok(())
 }
 
 /// Compiles a target and, for inline definitions, refuses plans costlier

@@ -301,9 +301,12 @@ async fn run(session: &stream_conn::StreamSession, plan: &Job, out: &mut Out<'_>
                 // row: no JIT here. Settings are local to the transaction,
                 // which leaves the session as it found it (a transaction
                 // pooler may hand it to another client next).
-                "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY; SET LOCAL jit = off; SET LOCAL statement_timeout = {}; {}",
-                plan.timeouts.statement.as_millis(),
-                crate::db::scope::enter_local_sql(plan.ws)
+                "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY; SET LOCAL jit = off; {}",
+                crate::db::scope::Scope {
+                    ws: plan.ws,
+                    statement_timeout: plan.timeouts.statement,
+                }
+                .local_sql()
             ))
             .await
             .map_err(Error::from)
