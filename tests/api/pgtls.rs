@@ -452,7 +452,11 @@ async fn a_cancel_request_over_tls_stops_a_stream_sessions_query() {
         e.code(),
         Some(&tokio_postgres::error::SqlState::QUERY_CANCELED)
     );
-    assert_eq!(sleeping().await, 0);
+    // The backend reports itself idle around when the error is sent.
+    eventually("the cancelled query leaves pg_stat_activity", async || {
+        sleeping().await == 0
+    })
+    .await;
     // The session goes on, and its socket still lends itself to raw reads.
     let mut raw = session.borrow().unwrap();
     raw.send_query("COPY (SELECT generate_series(1, 100000)) TO STDOUT")
