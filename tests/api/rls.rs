@@ -101,29 +101,19 @@ async fn an_unscoped_query_through_segds_connection_sees_only_its_workspace() {
         .unwrap_err();
     assert!(err.to_string().contains("SQLSTATE 42501"), "{err}");
 
-    // The owner sees that b was untouched.
-    let french_b: i64 = app
-        .db()
-        .await
-        .query_one(
-            "SELECT count(*) FROM contacts WHERE workspace_id = $1 AND country = 'FR'",
-            &[&b.0],
-        )
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(french_b, 0);
-    let french_a: i64 = app
-        .db()
-        .await
-        .query_one(
-            "SELECT count(*) FROM contacts WHERE workspace_id = $1 AND country = 'FR'",
-            &[&a.0],
-        )
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(french_a, 30);
+    // The owner sees that a was updated and b untouched.
+    let owner = app.db().await;
+    let french = async |ws: segd::model::WorkspaceId| -> i64 {
+        owner
+            .query_one(
+                "SELECT count(*) FROM contacts WHERE workspace_id = $1 AND country = 'FR'",
+                &[&ws.0],
+            )
+            .await
+            .unwrap()
+            .get(0)
+    };
+    assert_eq!((french(a).await, french(b).await), (30, 0));
 
     // The scope ended with the transaction: the role and workspace do not
     // leak into the session, which the pool (or a transaction pooler)
