@@ -229,6 +229,73 @@ impl Plan {
             .sql
     }
 
+    /// Every statement the renderer writes for this plan in workspace `ws`:
+    /// each `Select`, plain and restricted, in each parameter style, with
+    /// the way each writes the workspace (`$1`, or a literal). For checks
+    /// over all of them (the routing tests).
+    #[doc(hidden)]
+    pub fn every_statement(
+        &self,
+        ws: i64,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Vec<(String, String)> {
+        let keys = [
+            GroupKey::Column("country"),
+            GroupKey::Set("tags"),
+            GroupKey::Custom("plan".into()),
+            GroupKey::CustomList("pets".into()),
+        ];
+        let metrics = |split| Metrics {
+            from: now - chrono::Duration::days(30),
+            to: now,
+            types: crate::model::metrics::EventTypes::default(),
+            split,
+        };
+        let (whole, split) = (metrics(None), metrics(Some((3, "s".into()))));
+        let refresh = Refresh {
+            segment: 40,
+            base: 10,
+            cause: "event".into(),
+            at: now,
+        };
+        let selects = [
+            Select::Ids,
+            Select::Contacts("c.id, c.email"),
+            Select::Count,
+            Select::Snapshot(42),
+            Select::Breakdown(&keys, 5),
+            Select::Refresh(&refresh),
+            Select::Drift(40),
+            Select::Diff {
+                segment: 40,
+                cap: 100,
+            },
+            Select::Metrics(&whole),
+            Select::Metrics(&split),
+        ];
+        let sample = Sample::Fraction(0.5, "s".into());
+        let ids = [3_i64, 4];
+        let literal = format!("{ws}::bigint");
+        let mut out = Vec::new();
+        for select in selects {
+            let plain = Query::of(select);
+            let restricted = Query {
+                after: Some(2),
+                sample: Some(&sample),
+                only: Some(&ids),
+                order: Order::Id,
+                limit: Some(10),
+                ..plain
+            };
+            for q in [plain, restricted] {
+                out.push((self.render(&q).sql, "$1".to_string()));
+                out.push((self.render_with_settings(&q).query, literal.clone()));
+                out.push((self.render_literals(&q), literal.clone()));
+            }
+        }
+        out
+    }
+
     /// The member query's canonical text and parameters, for fingerprints
     /// and explanations: ids, any order, no restriction.
     pub fn canonical(&self) -> Rendered {

@@ -39,6 +39,19 @@ use sqlparser::ast::{
 use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::parser::Parser;
 
+/// The tables with a `workspace_id`, from segd's migrations.
+pub fn tenants() -> &'static BTreeSet<String> {
+    static T: std::sync::OnceLock<BTreeSet<String>> = std::sync::OnceLock::new();
+    T.get_or_init(|| {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/src/db/migrations");
+        let files: Vec<String> = std::fs::read_dir(dir)
+            .expect("the migrations")
+            .map(|e| std::fs::read_to_string(e.unwrap().path()).unwrap())
+            .collect();
+        tenant_tables(&files.iter().map(String::as_str).collect::<Vec<_>>())
+    })
+}
+
 /// The tables with a `workspace_id` column, from the migrations' `CREATE
 /// TABLE` statements.
 pub fn tenant_tables(migrations: &[&str]) -> BTreeSet<String> {

@@ -3,30 +3,13 @@
 //! and without restrictions, in all three parameter styles) follows them,
 //! for the golden definitions and for generated trees.
 
-use std::collections::BTreeSet;
-use std::sync::OnceLock;
-
-use chrono::TimeZone;
 use proptest::prelude::*;
 
 use super::check::{Catalog, check};
 use super::plan::Plan;
-use super::render::{GroupKey, Metrics, Order, Query, Refresh, Sample, Select};
-use super::routing::{tenant_tables, violations};
-use crate::model::WorkspaceId;
 
-/// The tables with a `workspace_id`, from the migrations.
-pub(crate) fn tenants() -> &'static BTreeSet<String> {
-    static T: OnceLock<BTreeSet<String>> = OnceLock::new();
-    T.get_or_init(|| {
-        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/src/db/migrations");
-        let files: Vec<String> = std::fs::read_dir(dir)
-            .expect("the migrations")
-            .map(|e| std::fs::read_to_string(e.unwrap().path()).unwrap())
-            .collect();
-        tenant_tables(&files.iter().map(String::as_str).collect::<Vec<_>>())
-    })
-}
+use super::routing::{tenants, violations};
+use crate::model::WorkspaceId;
 
 fn check_sql(sql: &str, ws: &str) -> Vec<String> {
     violations(sql, ws, tenants()).unwrap_or_else(|e| panic!("unparsable: {e}"))
@@ -34,68 +17,14 @@ fn check_sql(sql: &str, ws: &str) -> Vec<String> {
 
 /// Every statement the renderer writes for `plan` (workspace 7), with the
 /// way each writes the workspace.
-pub(crate) fn every_statement(plan: &Plan) -> Vec<(String, &'static str)> {
-    let now = super::golden::now();
-    let keys = [
-        GroupKey::Column("country"),
-        GroupKey::Set("tags"),
-        GroupKey::Custom("plan".into()),
-        GroupKey::CustomList("pets".into()),
-    ];
-    let metrics = |split| Metrics {
-        from: now - chrono::Duration::days(30),
-        to: now,
-        types: crate::model::metrics::EventTypes::default(),
-        split,
-    };
-    let (whole, split) = (metrics(None), metrics(Some((3, "s".into()))));
-    let refresh = Refresh {
-        segment: 40,
-        base: 10,
-        cause: "event".into(),
-        at: chrono::Utc.with_ymd_and_hms(2026, 3, 15, 12, 0, 0).unwrap(),
-    };
-    let selects = [
-        Select::Ids,
-        Select::Contacts("c.id, c.email"),
-        Select::Count,
-        Select::Snapshot(42),
-        Select::Breakdown(&keys, 5),
-        Select::Refresh(&refresh),
-        Select::Drift(40),
-        Select::Diff {
-            segment: 40,
-            cap: 100,
-        },
-        Select::Metrics(&whole),
-        Select::Metrics(&split),
-    ];
-    let sample = Sample::Fraction(0.5, "s".into());
-    let ids = [3_i64, 4];
-    let mut out = Vec::new();
-    for select in selects {
-        let plain = Query::of(select);
-        let restricted = Query {
-            after: Some(2),
-            sample: Some(&sample),
-            only: Some(&ids),
-            order: Order::Id,
-            limit: Some(10),
-            ..plain
-        };
-        for q in [plain, restricted] {
-            out.push((plan.render(&q).sql, "$1"));
-            out.push((plan.render_with_settings(&q).query, "7::bigint"));
-            out.push((plan.render_literals(&q), "7::bigint"));
-        }
-    }
-    out
+pub(crate) fn every_statement(plan: &Plan) -> Vec<(String, String)> {
+    plan.every_statement(7, super::golden::now())
 }
 
 /// Panics naming each statement of `plan` that breaks a routing rule.
 pub(crate) fn assert_routes(what: &str, plan: &Plan) {
     for (sql, ws) in every_statement(plan) {
-        let v = check_sql(&sql, ws);
+        let v = check_sql(&sql, &ws);
         assert!(v.is_empty(), "{what}: {v:#?}\n{sql}");
     }
 }
@@ -283,7 +212,7 @@ proptest! {
     fn every_statement_of_generated_trees_routes(r in super::proptests::valid_rule()) {
         let plan = lowered(&r).expect("a valid tree");
         for (sql, ws) in every_statement(&plan) {
-            let v = check_sql(&sql, ws);
+            let v = check_sql(&sql, &ws);
             prop_assert!(v.is_empty(), "{}: {:#?}\n{}", super::print::print(&r), v, sql);
         }
     }

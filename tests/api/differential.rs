@@ -24,7 +24,7 @@ use segd::segment::eval::{ContactData, eval, explain};
 use segd::segment::lower::lower;
 use segd::segment::plan::Plan;
 use segd::segment::print::print;
-use segd::segment::render::{GroupKey, Metrics, Order, Query, Refresh, Sample, Select};
+use segd::segment::render::{Query, Select};
 
 use crate::helpers::{TestApp, req};
 
@@ -543,66 +543,13 @@ impl World {
 /// restricted, in each parameter style) routes to one shard of a cluster
 /// distributed by workspace: see `routing`.
 fn routes(text: &str, plan: &Plan, ws: WorkspaceId) -> Result<(), TestCaseError> {
-    static TENANTS: std::sync::OnceLock<BTreeSet<String>> = std::sync::OnceLock::new();
-    let tenants = TENANTS.get_or_init(|| {
-        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/src/db/migrations");
-        let files: Vec<String> = std::fs::read_dir(dir)
-            .unwrap()
-            .map(|e| std::fs::read_to_string(e.unwrap().path()).unwrap())
-            .collect();
-        crate::routing::tenant_tables(&files.iter().map(String::as_str).collect::<Vec<_>>())
-    });
-    let keys = [GroupKey::Column("country"), GroupKey::Set("tags")];
-    let metrics = Metrics {
-        from: now() - Duration::days(30),
-        to: now(),
-        types: segd::model::metrics::EventTypes::default(),
-        split: Some((2, "s".into())),
-    };
-    let refresh = Refresh {
-        segment: 1,
-        base: 0,
-        cause: "test".into(),
-        at: now(),
-    };
-    let sample = Sample::Fraction(0.5, "s".into());
-    let literal = format!("{}::bigint", ws.0);
-    for select in [
-        Select::Ids,
-        Select::Contacts("c.id"),
-        Select::Count,
-        Select::Snapshot(1),
-        Select::Breakdown(&keys, 5),
-        Select::Refresh(&refresh),
-        Select::Drift(1),
-        Select::Diff {
-            segment: 1,
-            cap: 10,
-        },
-        Select::Metrics(&metrics),
-    ] {
-        let plain = Query::of(select);
-        let restricted = Query {
-            after: Some(1),
-            sample: Some(&sample),
-            only: Some(&[1, 2]),
-            order: Order::Id,
-            limit: Some(5),
-            ..plain
-        };
-        for q in [plain, restricted] {
-            for (sql, ws) in [
-                (plan.render(&q).sql, "$1"),
-                (plan.render_with_settings(&q).query, literal.as_str()),
-            ] {
-                let v =
-                    crate::routing::violations(&sql, ws, tenants).map_err(TestCaseError::fail)?;
-                if !v.is_empty() {
-                    return Err(TestCaseError::fail(format!(
-                        "definition: {text}\nnot routable to one shard: {v:#?}\n{sql}"
-                    )));
-                }
-            }
+    for (sql, ws) in plan.every_statement(ws.0, now()) {
+        let v = crate::routing::violations(&sql, &ws, crate::routing::tenants())
+            .map_err(TestCaseError::fail)?;
+        if !v.is_empty() {
+            return Err(TestCaseError::fail(format!(
+                "definition: {text}\nnot routable to one shard: {v:#?}\n{sql}"
+            )));
         }
     }
     Ok(())
